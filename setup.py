@@ -1,0 +1,35 @@
+"""critique_jax: entropy control and critique-in-the-loop RL for reasoning LMs in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="critique_jax",
+    version="0.1.0",
+    description=(
+        "Pure-functional JAX/Flax NNX codebase for studying how critique models keep a "
+        "reasoning policy's entropy from collapsing under RL (GRPO, Clip-Cov, KL-Cov, "
+        "GPPO, forking-token masks, Critique-GRPO)."
+    ),
+    packages=find_packages(include=["critique_jax", "critique_jax.*"]),
+    python_requires=">=3.11",
+    # Minimums are the versions the test suite was run with (2026-11); older ones may work.
+    install_requires=[
+        "jax>=0.10.0",
+        "flax>=0.12.0",
+        "optax>=0.2.6",
+        "orbax-checkpoint>=0.11.0",
+        "tensorflow-datasets>=4.9.9",  # used without TensorFlow: array_record + data_source
+        "array-record>=0.8.0",
+        "sentencepiece>=0.2.0",
+        "ml-collections>=1.1.0",
+        "absl-py>=2.1.0",
+        "numpy>=1.26",
+        "tqdm>=4.66",
+        "matplotlib>=3.9",
+        "tensorboardX>=2.6.2",  # TensorBoard event writer with no TensorFlow dependency
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "pytest-timeout>=2.3"],
+        "notebooks": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+    },
+)

@@ -1,0 +1,23 @@
+"""Shared test set-up: 8 virtual CPU devices so mesh tests run anywhere.
+
+XLA_FLAGS must be set before jax is imported anywhere, hence at the top of conftest.
+"""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_flag = "--xla_force_host_platform_device_count=8"
+if _flag not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture
+def np_rng(request) -> np.random.Generator:
+    """A fresh NumPy generator per test, seeded from the test's name (reproducible)."""
+    return np.random.default_rng(abs(hash(request.node.nodeid)) % (2**32))

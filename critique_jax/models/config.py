@@ -1,0 +1,128 @@
+"""Model configuration: one dataclass, architecture-family switches and size presets.
+
+A config is ``family`` switches (Llama / Qwen2 / Gemma conventions, so real checkpoints
+can be mapped onto the parameter tree later) combined with a size preset (``tiny`` for
+tests, ``small`` for CPU experiments). The vocabulary size comes from the tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A decoder-only transformer.
+
+    Sizes: ``d_model`` hidden width, ``n_heads`` query heads, ``n_kv_heads`` key/value heads
+    (grouped-query attention; must divide ``n_heads``), ``head_dim`` per head, ``d_ff`` MLP
+    hidden width. ``max_seq_len`` bounds positions (prompt + response) and KV-cache length.
+
+    Family switches: ``mlp`` ("swiglu": silu-gated, Llama/Qwen2; "geglu": tanh-gelu-gated,
+    Gemma), ``qkv_bias`` (Qwen2), ``tie_embeddings``, ``embed_scale`` (Gemma multiplies
+    embeddings by sqrt(d_model)), ``norm_plus_one`` (Gemma RMSNorm scales by 1 + w, w zero-init),
+    ``final_logit_softcap`` (Gemma 2: ``c * tanh(z / c)`` on the output logits),
+    ``rope_theta`` (RoPE base).
+
+    Dtypes: ``param_dtype`` for stored parameters, ``dtype`` for activations and matmuls
+    (attention softmax, norms and output log-probs are always computed in float32).
+    """
+
+    vocab_size: int
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    head_dim: int = 16
+    d_ff: int = 192
+    max_seq_len: int = 256
+    mlp: str = "swiglu"
+    qkv_bias: bool = False
+    tie_embeddings: bool = True
+    embed_scale: bool = False
+    norm_plus_one: bool = False
+    final_logit_softcap: float | None = None
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-6
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"ModelConfig: {msg}")
+
+        for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                  "d_ff", "max_seq_len"):
+            v = getattr(self, f)
+            need(isinstance(v, int) and v > 0, f"{f}={v!r}: expected a positive integer")
+        need(self.n_heads % self.n_kv_heads == 0,
+             f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
+        need(self.head_dim % 2 == 0, f"head_dim={self.head_dim}: RoPE needs an even head_dim")
+        need(self.mlp in ("swiglu", "geglu"), f"mlp={self.mlp!r}: expected 'swiglu' or 'geglu'")
+        for f in ("param_dtype", "dtype"):
+            need(getattr(self, f) in _DTYPES,
+                 f"{f}={getattr(self, f)!r}: expected one of {sorted(_DTYPES)}")
+        need(self.final_logit_softcap is None or self.final_logit_softcap > 0,
+             f"final_logit_softcap={self.final_logit_softcap!r}: expected None or > 0")
+
+    @property
+    def jnp_dtype(self) -> Any:
+        return _DTYPES[self.dtype]
+
+    @property
+    def jnp_param_dtype(self) -> Any:
+        return _DTYPES[self.param_dtype]
+
+
+FAMILIES: dict[str, dict[str, Any]] = {
+    "llama": dict(mlp="swiglu", qkv_bias=False, tie_embeddings=False, embed_scale=False,
+                  norm_plus_one=False, final_logit_softcap=None, rope_theta=500_000.0,
+                  norm_eps=1e-5),
+    "qwen2": dict(mlp="swiglu", qkv_bias=True, tie_embeddings=True, embed_scale=False,
+                  norm_plus_one=False, final_logit_softcap=None, rope_theta=1_000_000.0,
+                  norm_eps=1e-6),
+    "gemma": dict(mlp="geglu", qkv_bias=False, tie_embeddings=True, embed_scale=True,
+                  norm_plus_one=True, final_logit_softcap=30.0, rope_theta=10_000.0,
+                  norm_eps=1e-6),
+}
+
+SIZES: dict[str, dict[str, int]] = {
+    # < 1M parameters at a 512-token vocabulary: unit tests.
+    "tiny": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=192,
+                 max_seq_len=256),
+    # ~6M parameters: CPU experiments (SFT + RL in minutes on 2 cores).
+    "small": dict(d_model=256, n_layers=8, n_heads=8, n_kv_heads=4, head_dim=32, d_ff=768,
+                  max_seq_len=256),
+}
+
+
+def model_config(preset: str, vocab_size: int, family: str = "qwen2", **overrides: Any) -> ModelConfig:
+    """``SIZES[preset]`` + ``FAMILIES[family]`` + ``overrides``; unknown names list the valid ones."""
+    if preset not in SIZES:
+        raise KeyError(f"unknown model preset {preset!r}; valid presets: {', '.join(sorted(SIZES))}")
+    if family not in FAMILIES:
+        raise KeyError(f"unknown model family {family!r}; valid families: {', '.join(sorted(FAMILIES))}")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise KeyError(f"unknown ModelConfig field(s) {bad}; valid fields: {', '.join(sorted(fields))}")
+    return ModelConfig(vocab_size=vocab_size, **{**SIZES[preset], **FAMILIES[family], **overrides})
+
+
+def param_count(cfg: ModelConfig) -> int:
+    """Number of parameters, from the architecture alone (checked against the model in tests)."""
+    d, h, kv, hd, ff, v = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff,
+                           cfg.vocab_size)
+    attn = d * h * hd + 2 * d * kv * hd + h * hd * d
+    if cfg.qkv_bias:
+        attn += h * hd + 2 * kv * hd
+    mlp = 3 * d * ff
+    norms = 2 * d
+    embed = v * d * (1 if cfg.tie_embeddings else 2)
+    return cfg.n_layers * (attn + mlp + norms) + d + embed

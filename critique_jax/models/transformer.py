@@ -1,0 +1,241 @@
+"""Decoder-only transformer in Flax NNX with an explicit, functional KV cache.
+
+RMSNorm, rotary position embeddings (half-split "rotate_half" convention, as in the
+Llama/Qwen2/Gemma reference code, so checkpoints map without permutation), grouped-query
+attention, SwiGLU/GeGLU MLP, optional QKV bias, tied or untied embeddings.
+
+The forward pass takes explicit ``positions`` and a ``valid`` mask so left-padded batches
+work: padding tokens are never attended to, and each sequence's positions start at 0 at
+its first real token. The KV cache is an explicit pytree argument and return value (never
+hidden module state), so sampling steps are pure functions that can donate it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from critique_jax.models.config import ModelConfig
+
+_MASKED = -1e30  # large finite negative: a fully masked row (a padding query) stays finite
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+    """Keys and values of every layer for ``S`` slots.
+
+    k, v: [L, B, S, n_kv_heads, head_dim] in the compute dtype.
+    valid: [B, S] bool, True where a slot holds a real (non-padding) token.
+    end: int32 scalar, the next slot to write; slots ``[end, S)`` are free.
+    """
+
+    k: jax.Array
+    v: jax.Array
+    valid: jax.Array
+    end: jax.Array
+
+    @property
+    def size(self) -> int:
+        return self.k.shape[2]
+
+    @staticmethod
+    def zeros(cfg: ModelConfig, batch: int, size: int) -> "KVCache":
+        if size > cfg.max_seq_len:
+            raise ValueError(f"KV cache size {size} exceeds max_seq_len={cfg.max_seq_len}")
+        shape = (cfg.n_layers, batch, size, cfg.n_kv_heads, cfg.head_dim)
+        return KVCache(
+            k=jnp.zeros(shape, cfg.jnp_dtype),
+            v=jnp.zeros(shape, cfg.jnp_dtype),
+            valid=jnp.zeros((batch, size), bool),
+            end=jnp.zeros((), jnp.int32),
+        )
+
+    def repeat(self, n: int) -> "KVCache":
+        """Each sequence's cache repeated ``n`` times along the batch (b0,b0,..,b1,b1,..)."""
+        return KVCache(
+            k=jnp.repeat(self.k, n, axis=1),
+            v=jnp.repeat(self.v, n, axis=1),
+            valid=jnp.repeat(self.valid, n, axis=0),
+            end=self.end,
+        )
+
+
+class RMSNorm(nnx.Module):
+    """``x / rms(x) * w`` (or ``* (1 + w)`` with ``plus_one``, Gemma), computed in float32."""
+
+    def __init__(self, dim: int, cfg: ModelConfig):
+        init = jnp.zeros if cfg.norm_plus_one else jnp.ones
+        self.weight = nnx.Param(init((dim,), cfg.jnp_param_dtype))
+        self.eps = cfg.norm_eps
+        self.plus_one = cfg.norm_plus_one
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        w = self.weight[...].astype(jnp.float32)
+        return (y * (1.0 + w if self.plus_one else w)).astype(x.dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding. x: [B, T, H, D]; positions: [B, T] int. Rotation in float32."""
+    half = x.shape[-1] // 2
+    inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, half]
+    sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def _linear(d_in: int, d_out: int, cfg: ModelConfig, rngs: nnx.Rngs, bias: bool = False) -> nnx.Linear:
+    return nnx.Linear(d_in, d_out, use_bias=bias, dtype=cfg.jnp_dtype,
+                      param_dtype=cfg.jnp_param_dtype, rngs=rngs)
+
+
+class Attention(nnx.Module):
+    """Grouped-query self-attention over the current tokens, or over a KV cache."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        hd = cfg.head_dim
+        self.q_proj = _linear(cfg.d_model, cfg.n_heads * hd, cfg, rngs, cfg.qkv_bias)
+        self.k_proj = _linear(cfg.d_model, cfg.n_kv_heads * hd, cfg, rngs, cfg.qkv_bias)
+        self.v_proj = _linear(cfg.d_model, cfg.n_kv_heads * hd, cfg, rngs, cfg.qkv_bias)
+        self.o_proj = _linear(cfg.n_heads * hd, cfg.d_model, cfg, rngs)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        mask: jax.Array,
+        cache_kv: tuple[jax.Array, jax.Array] | None,
+        layer: int,
+        write_at: jax.Array | None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """x: [B, T, d]; mask: [B, T, S] bool (S = T without a cache, else the cache size).
+
+        With a cache, the stacked keys/values of all layers ``[L, B, S, kv, hd]`` get this
+        layer's new tokens written at ``[layer, :, write_at:write_at + T]`` (in place when the
+        cache is donated) and are returned updated.
+        """
+        cfg = self.cfg
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, cfg.n_heads, cfg.head_dim)
+        k = self.k_proj(x).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
+        v = self.v_proj(x).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
+        q = apply_rope(q, positions, cfg.rope_theta)
+        k = apply_rope(k, positions, cfg.rope_theta)
+        if cache_kv is not None:
+            zero = jnp.zeros((), jnp.int32)
+            at = (jnp.asarray(layer, jnp.int32), zero, write_at, zero, zero)
+            k_all = jax.lax.dynamic_update_slice(cache_kv[0], k[None].astype(cache_kv[0].dtype), at)
+            v_all = jax.lax.dynamic_update_slice(cache_kv[1], v[None].astype(cache_kv[1].dtype), at)
+            cache_kv = (k_all, v_all)
+            k, v = k_all[layer], v_all[layer]
+        groups = cfg.n_heads // cfg.n_kv_heads
+        q = q.reshape(b, t, cfg.n_kv_heads, groups, cfg.head_dim)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+        scores = scores / math.sqrt(cfg.head_dim)
+        scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, cfg.n_heads * cfg.head_dim)
+        return self.o_proj(out), cache_kv
+
+
+class MLP(nnx.Module):
+    """Gated MLP: ``down(act(gate(x)) * up(x))``; act = silu (SwiGLU) or tanh-gelu (GeGLU)."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.gate_proj = _linear(cfg.d_model, cfg.d_ff, cfg, rngs)
+        self.up_proj = _linear(cfg.d_model, cfg.d_ff, cfg, rngs)
+        self.down_proj = _linear(cfg.d_ff, cfg.d_model, cfg, rngs)
+        self.act = jax.nn.silu if cfg.mlp == "swiglu" else (lambda z: jax.nn.gelu(z, approximate=True))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.input_norm = RMSNorm(cfg.d_model, cfg)
+        self.attn = Attention(cfg, rngs)
+        self.post_attn_norm = RMSNorm(cfg.d_model, cfg)
+        self.mlp = MLP(cfg, rngs)
+
+    def __call__(self, x, positions, mask, cache_kv, layer, write_at):
+        h, cache_kv = self.attn(self.input_norm(x), positions, mask, cache_kv, layer, write_at)
+        x = x + h
+        return x + self.mlp(self.post_attn_norm(x)), cache_kv
+
+
+class Transformer(nnx.Module):
+    """The decoder. ``__call__`` returns final normed hidden states; ``logits`` projects them."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.jnp_dtype,
+                               param_dtype=cfg.jnp_param_dtype,
+                               embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+        self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+        self.final_norm = RMSNorm(cfg.d_model, cfg)
+        self.lm_head = None if cfg.tie_embeddings else _linear(cfg.d_model, cfg.vocab_size, cfg, rngs)
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        valid: jax.Array,
+        cache: KVCache | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """tokens, positions: [B, T] int32; valid: [B, T] bool (False = padding).
+
+        Without a cache: causal self-attention among the T tokens. With a cache: the tokens
+        are written at slots ``[cache.end, cache.end + T)`` and attend to every valid earlier
+        slot; the updated cache is returned. Output hidden: [B, T, d_model] in ``cfg.dtype``.
+        """
+        cfg = self.cfg
+        b, t = tokens.shape
+        x = self.embed(tokens)
+        if cfg.embed_scale:
+            x = x * jnp.asarray(math.sqrt(cfg.d_model), x.dtype)
+        if cache is None:
+            idx = jnp.arange(t)
+            mask = valid[:, None, :] & (idx[None, :] <= idx[:, None])[None]
+            write_at, kv_valid = None, None
+        else:
+            if t > cache.size:
+                raise ValueError(f"{t} tokens do not fit a KV cache of {cache.size} slots")
+            write_at = cache.end
+            kv_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (jnp.zeros((), jnp.int32), write_at))
+            slots = jnp.arange(cache.size)
+            query_slot = write_at + jnp.arange(t)
+            mask = kv_valid[:, None, :] & (slots[None, :] <= query_slot[:, None])[None]
+        kv = None if cache is None else (cache.k, cache.v)
+        for i, block in enumerate(self.layers):
+            x, kv = block(x, positions, mask, kv, i, write_at)
+        hidden = self.final_norm(x)
+        if cache is None:
+            return hidden, None
+        return hidden, KVCache(k=kv[0], v=kv[1], valid=kv_valid, end=write_at + t)
+
+    def unembed(self) -> jax.Array:
+        """The output projection as a [d_model, vocab] matrix (in the parameter dtype)."""
+        if self.lm_head is None:
+            return self.embed.embedding[...].T
+        return self.lm_head.kernel[...]
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """[..., d_model] -> float32 [..., vocab], with Gemma-2 soft-capping if configured."""
+        w = self.unembed().astype(hidden.dtype)
+        z = jnp.einsum("...d,dv->...v", hidden, w, preferred_element_type=jnp.float32)
+        cap = self.cfg.final_logit_softcap
+        return z if cap is None else cap * jnp.tanh(z / cap)
+
+
+def positions_from_valid(valid: jax.Array) -> jax.Array:
+    """Positions for a left-padded batch: 0 at each row's first real token. [B, T] -> [B, T] int32."""
+    return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1, 0)

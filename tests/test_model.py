@@ -1,0 +1,189 @@
+"""Transformer: float64 NumPy reference, KV-cache consistency, padding, shapes, param counts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from critique_jax.models import (FAMILIES, SIZES, KVCache, Transformer, model_config, param_count,
+                                 positions_from_valid)
+
+V = 97
+
+
+def _model(family: str, **overrides) -> Transformer:
+    cfg = model_config("tiny", V, family=family, **overrides)
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    # Non-trivial norm weights and biases so every switch matters in the comparisons.
+    rng = np.random.default_rng(1)
+    for path, p in nnx.iter_graph(model):
+        if isinstance(p, nnx.Param) and (path[-1] in ("weight", "bias")):
+            p[...] = jnp.asarray(rng.normal(0, 0.3, p.shape), p.dtype) + (0.0 if family == "gemma" or path[-1] == "bias" else 1.0)
+    return model
+
+
+def _batch(rng: np.random.Generator, lengths: list[int], t: int):
+    tokens = rng.integers(4, V, (len(lengths), t)).astype(np.int32)
+    valid = np.zeros((len(lengths), t), bool)
+    for b, n in enumerate(lengths):
+        valid[b, t - n:] = True  # left padding
+    return jnp.asarray(tokens), jnp.asarray(valid)
+
+
+def _numpy_forward(model: Transformer, tokens: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Independent float64 reference of the whole forward pass -> logits [B, T, V]."""
+    cfg = model.cfg
+    f = lambda a: np.asarray(a[...], np.float64)  # noqa: E731
+    pos = np.maximum(np.cumsum(valid, 1) - 1, 0)
+
+    def norm(x, w):
+        y = x / np.sqrt((x * x).mean(-1, keepdims=True) + cfg.norm_eps)
+        return y * ((1 + f(w)) if cfg.norm_plus_one else f(w))
+
+    def lin(x, layer):
+        y = x @ f(layer.kernel)
+        return y + f(layer.bias) if layer.bias is not None else y
+
+    def rope(x):  # [B, T, H, D]
+        half = x.shape[-1] // 2
+        inv = cfg.rope_theta ** (-np.arange(half) / half)
+        ang = pos[..., None, None] * inv
+        x1, x2 = x[..., :half], x[..., half:]
+        return np.concatenate([x1 * np.cos(ang) - x2 * np.sin(ang), x2 * np.cos(ang) + x1 * np.sin(ang)], -1)
+
+    b, t = tokens.shape
+    emb = f(model.embed.embedding)
+    x = emb[tokens] * (np.sqrt(cfg.d_model) if cfg.embed_scale else 1.0)
+    causal = np.tril(np.ones((t, t), bool))
+    for blk in model.layers:
+        h = norm(x, blk.input_norm.weight)
+        a = blk.attn
+        q = rope(lin(h, a.q_proj).reshape(b, t, cfg.n_heads, cfg.head_dim))
+        k = rope(lin(h, a.k_proj).reshape(b, t, cfg.n_kv_heads, cfg.head_dim))
+        v = lin(h, a.v_proj).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
+        rep = cfg.n_heads // cfg.n_kv_heads
+        k, v = np.repeat(k, rep, axis=2), np.repeat(v, rep, axis=2)
+        s = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(cfg.head_dim)
+        allowed = causal[None, None] & valid[:, None, None, :]
+        s = np.where(allowed, s, -1e300)  # padding query rows: finite garbage, ignored
+        s = s - s.max(-1, keepdims=True)
+        p = np.exp(s)
+        p = p / p.sum(-1, keepdims=True)
+        o = np.einsum("bhts,bshd->bthd", p, v).reshape(b, t, -1)
+        x = x + lin(o, a.o_proj)
+        h = norm(x, blk.post_attn_norm.weight)
+        g = lin(h, blk.mlp.gate_proj)
+        if cfg.mlp == "swiglu":
+            act = g / (1 + np.exp(-g))
+        else:
+            act = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g ** 3)))
+        x = x + lin(act * lin(h, blk.mlp.up_proj), blk.mlp.down_proj)
+    h = norm(x, model.final_norm.weight)
+    w = emb.T if model.lm_head is None else f(model.lm_head.kernel)
+    z = h @ w
+    if cfg.final_logit_softcap:
+        z = cfg.final_logit_softcap * np.tanh(z / cfg.final_logit_softcap)
+    return z
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_forward_matches_float64_numpy(family, np_rng):
+    model = _model(family, qkv_bias=True) if family != "qwen2" else _model(family)
+    tokens, valid = _batch(np_rng, [9, 5, 1], 9)
+    hidden, _ = model(tokens, positions_from_valid(valid), valid)
+    got = np.asarray(model.logits(hidden), np.float64)
+    want = _numpy_forward(model, np.asarray(tokens), np.asarray(valid))
+    m = np.asarray(valid)[..., None]
+    err = np.abs(np.where(m, got - want, 0)).max() / np.abs(want).max()
+    assert err < 1e-5, err
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_kv_cache_decode_equals_teacher_forcing(family, np_rng):
+    """Prefill a prefix, then decode one token at a time: logits equal the full forward."""
+    model = _model(family)
+    t, prefix = 12, 5
+    tokens, valid = _batch(np_rng, [12, 8, 3, 10], t)
+    pos = positions_from_valid(valid)
+    hidden, _ = model(tokens, pos, valid)
+    full = model.logits(hidden)
+
+    step = nnx.jit(lambda m, tok, p, v, c: m(tok, p, v, c))
+    cache = KVCache.zeros(model.cfg, tokens.shape[0], 16)
+    h, cache = step(model, tokens[:, :prefix], pos[:, :prefix], valid[:, :prefix], cache)
+    outs = [model.logits(h)]
+    for i in range(prefix, t):
+        h, cache = step(model, tokens[:, i:i + 1], pos[:, i:i + 1], valid[:, i:i + 1], cache)
+        outs.append(model.logits(h))
+    inc = jnp.concatenate(outs, axis=1)
+    assert int(cache.end) == t
+    diff = jnp.where(valid[..., None], inc - full, 0.0)
+    assert float(jnp.abs(diff).max()) <= 1e-4
+
+
+def test_left_padding_does_not_change_outputs(np_rng):
+    model = _model("llama")
+    tokens, valid = _batch(np_rng, [4, 7], 7)
+    hidden, _ = model(tokens, positions_from_valid(valid), valid)
+    alone = tokens[0:1, 3:]
+    h_alone, _ = model(alone, jnp.arange(4)[None], jnp.ones((1, 4), bool))
+    np.testing.assert_allclose(hidden[0, 3:], h_alone[0], atol=1e-5)
+
+
+def test_cache_repeat_shares_a_prompt(np_rng):
+    model = _model("qwen2")
+    tokens, valid = _batch(np_rng, [6, 3], 6)
+    pos = positions_from_valid(valid)
+    _, cache = model(tokens, pos, valid, KVCache.zeros(model.cfg, 2, 8))
+    rep = cache.repeat(3)
+    assert rep.k.shape[1] == 6 and rep.valid.shape == (6, 8)
+    nxt = jnp.full((6, 1), 7, jnp.int32)
+    npos = jnp.repeat(pos[:, -1:] + 1, 3, axis=0)
+    h_rep, _ = model(nxt, npos, jnp.ones((6, 1), bool), rep)
+    h_one, _ = model(nxt[::3], pos[:, -1:] + 1, jnp.ones((2, 1), bool), cache)
+    np.testing.assert_allclose(h_rep[::3], h_one, atol=1e-6)
+    np.testing.assert_allclose(h_rep[1::3], h_one, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_shapes_and_dtypes(dtype):
+    model = Transformer(model_config("tiny", V, dtype=dtype), rngs=nnx.Rngs(0))
+    tokens = jnp.zeros((2, 5), jnp.int32)
+    valid = jnp.ones((2, 5), bool)
+    hidden, cache = model(tokens, positions_from_valid(valid), valid)
+    assert cache is None
+    assert hidden.shape == (2, 5, 64) and hidden.dtype == jnp.dtype(dtype)
+    logits = model.logits(hidden)
+    assert logits.shape == (2, 5, V) and logits.dtype == jnp.float32
+    assert model.embed.embedding[...].dtype == jnp.float32  # params stay float32
+    assert model.unembed().shape == (64, V)
+
+
+@pytest.mark.parametrize("preset", sorted(SIZES))
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_param_count_formula(preset, family):
+    cfg = model_config(preset, 512, family=family)
+    abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    n = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    assert n == param_count(cfg)
+
+
+def test_preset_sizes():
+    assert param_count(model_config("tiny", 512)) < 1_000_000
+    assert 5_000_000 <= param_count(model_config("small", 512)) <= 20_000_000
+
+
+def test_bad_config_errors():
+    with pytest.raises(KeyError, match="valid presets: small, tiny"):
+        model_config("huge", V)
+    with pytest.raises(KeyError, match="valid families: gemma, llama, qwen2"):
+        model_config("tiny", V, family="gpt2")
+    with pytest.raises(KeyError, match="unknown ModelConfig field"):
+        model_config("tiny", V, n_layer=3)
+    with pytest.raises(ValueError, match="n_kv_heads=3 must divide n_heads=4"):
+        model_config("tiny", V, n_kv_heads=3)
+    with pytest.raises(ValueError, match="dtype='fp8'"):
+        model_config("tiny", V, dtype="fp8")
+    with pytest.raises(ValueError, match="exceeds max_seq_len"):
+        KVCache.zeros(model_config("tiny", V), 1, 10_000)

@@ -90,6 +90,11 @@ def split_steps(text: str) -> tuple[list[str], str | None]:
     return steps, None
 
 
+def join_steps(steps: Sequence[str], answer: object) -> str:
+    """Solution text from reasoning lines and an answer (the inverse of :func:`split_steps`)."""
+    return "\n".join([*steps, f"{ANSWER_PREFIX} {answer}"])
+
+
 def extract_answer(text: str) -> str | None:
     """The value on the first ``answer:`` line, or None."""
     return split_steps(text)[1]
@@ -124,6 +129,10 @@ class Task(abc.ABC):
     difficulties: tuple[int, ...] = ()
     #: Default difficulty (the level experiments use unless told otherwise).
     default_difficulty: int = 0
+    #: The rules and the solution format in one paragraph, for prompts that state them.
+    instructions: str = ""
+    #: False for tasks whose problems come from files: ``generate`` raises NotImplementedError.
+    generative: bool = True
 
     @abc.abstractmethod
     def generate(self, rng: np.random.Generator, difficulty: int) -> Problem:
@@ -209,19 +218,30 @@ def iter_problems(
     n: int,
     difficulties: Sequence[int] | None = None,
     exclude_questions: set[str] | frozenset[str] = frozenset(),
+    max_skips_in_a_row: int = 10_000,
 ) -> Iterator[Problem]:
     """``n`` problems cycling through ``difficulties`` (default: all), skipping excluded questions.
 
-    ``exclude_questions`` keeps the train split disjoint from the test split.
+    ``exclude_questions`` keeps the train split disjoint from the test split. Raises
+    ValueError after ``max_skips_in_a_row`` excluded questions in a row (the levels' question
+    space is nearly exhausted by the exclusions).
     """
     levels = list(task.difficulties if difficulties is None else difficulties)
     if not levels:
         raise ValueError(f"task {task.name!r}: empty difficulty list")
-    index, made = 0, 0
+    index, made, skipped = 0, 0, 0
     while made < n:
         p = make_problem(task, split, seed, index, levels[index % len(levels)])
         index += 1
         if p.question in exclude_questions:
+            skipped += 1
+            if skipped >= max_skips_in_a_row:
+                raise ValueError(
+                    f"task {task.name!r}, split {split!r}, levels {levels}: {skipped} excluded "
+                    f"questions in a row after {made} of {n} problems; the question space is "
+                    "(nearly) exhausted by exclude_questions"
+                )
             continue
+        skipped = 0
         made += 1
         yield p

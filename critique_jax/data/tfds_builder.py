@@ -1,0 +1,288 @@
+"""TFDS datasets of task problems (array_record files, read without TensorFlow).
+
+One builder, :class:`CritiqueTaskDataset`, with one :class:`TaskDatasetConfig` per parameter
+set. The config name spells the parameters, so a built dataset can be found by name::
+
+    critique_task_dataset/<task>-d<levels joined by .>-s<seed>-tr<n_train>-te<n_test>-n<n_solutions>
+    e.g. critique_task_dataset/countdown-d1.2.3-s0-tr1000-te200-n4
+
+and read with ``tfds.data_source("critique_task_dataset/<config>", data_dir=...)``.
+
+Splits: ``test`` holds problems ``iter_problems(task, "test", seed, n_test, difficulties)``;
+``train`` holds ``iter_problems(task, "train", ...)`` minus any question that is in test.
+Records keep generation order (no TFDS shuffling): record ``i`` is problem ``i``.
+
+Features: ``uid``, ``question``, ``answer`` (text), ``difficulty`` (int32), ``meta`` (JSON text
+of ``Problem.meta``, sorted keys) and ``solutions`` (up to ``n_solutions`` distinct correct
+reference solutions, for SFT). :func:`build_task_dataset` returns :class:`TaskSource` objects
+that decode records to :class:`Example` (a :class:`Problem` and its solutions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+import critique_jax.tasks  # noqa: F401  (registers the tasks)
+from critique_jax.tasks.base import SPLIT_IDS, Problem, Task, get_task, iter_problems
+
+SPLITS = ("train", "test")
+# Last element of the RNG key of reference solutions; make_problem's keys have 4 elements.
+_SOLUTIONS_STREAM = 1
+_NAME = re.compile(
+    r"^(?P<task>[A-Za-z]\w*)-d(?P<levels>\d+(?:\.\d+)*)-s(?P<seed>\d+)"
+    r"-tr(?P<n_train>\d+)-te(?P<n_test>\d+)-n(?P<n_solutions>\d+)$"
+)
+
+
+@dataclasses.dataclass(eq=False)
+class TaskDatasetConfig(tfds.core.BuilderConfig):
+    """Parameters of one task dataset (build with :meth:`make` or :meth:`from_name`)."""
+
+    task_name: str = ""
+    seed: int = 0
+    n_train: int = 0
+    n_test: int = 0
+    difficulties: tuple[int, ...] = ()
+    n_solutions: int = 4
+
+    @classmethod
+    def make(
+        cls,
+        task_name: str,
+        seed: int,
+        n_train: int,
+        n_test: int,
+        difficulties: Sequence[int] | None = None,
+        n_solutions: int = 4,
+    ) -> TaskDatasetConfig:
+        """Validated config; ``difficulties=None`` means all of the task's levels."""
+        task = get_task(task_name)
+        levels = tuple(task.difficulties if difficulties is None else difficulties)
+        if not levels:
+            raise ValueError(f"task {task_name!r}: empty difficulty list")
+        for level in levels:
+            task.check_difficulty(level)
+        for key, value, low in [
+            ("seed", seed, 0),
+            ("n_train", n_train, 1),
+            ("n_test", n_test, 1),
+            ("n_solutions", n_solutions, 1),
+        ]:
+            if value < low:
+                raise ValueError(f"{key}={value}: expected >= {low}")
+        name = (
+            f"{task_name}-d{'.'.join(map(str, levels))}-s{seed}"
+            f"-tr{n_train}-te{n_test}-n{n_solutions}"
+        )
+        return cls(
+            name=name,
+            version=CritiqueTaskDataset.VERSION,
+            description=f"{task_name} problems, difficulties {levels}, seed {seed}",
+            task_name=task_name,
+            seed=seed,
+            n_train=n_train,
+            n_test=n_test,
+            difficulties=levels,
+            n_solutions=n_solutions,
+        )
+
+    @classmethod
+    def from_name(cls, name: str) -> TaskDatasetConfig:
+        """Inverse of the naming in :meth:`make`."""
+        m = _NAME.match(name)
+        if m is None:
+            raise ValueError(
+                f"config name {name!r}: expected <task>-d<l1.l2...>-s<seed>-tr<n>-te<n>-n<k>"
+            )
+        return cls.make(
+            m["task"],
+            int(m["seed"]),
+            int(m["n_train"]),
+            int(m["n_test"]),
+            tuple(int(x) for x in m["levels"].split(".")),
+            int(m["n_solutions"]),
+        )
+
+
+class CritiqueTaskDataset(tfds.core.GeneratorBasedBuilder):
+    """Train/test problems of one task with reference solutions (see the module docstring)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "uid, question, answer, difficulty, meta, solutions."}
+
+    # TFDS's default looks the module up through the `importlib_resources` backport, which
+    # is not installed (and not needed): point at this file directly.
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        return epath.Path(__file__)
+
+    def __init__(self, *, file_format: str = "array_record", **kwargs: Any):
+        super().__init__(file_format=file_format, **kwargs)
+
+    def _create_builder_config(self, builder_config, version):
+        # Configs are made from parameters, not listed in BUILDER_CONFIGS.
+        if isinstance(builder_config, str):
+            builder_config = TaskDatasetConfig.from_name(builder_config.split(":")[0])
+        if not isinstance(builder_config, TaskDatasetConfig):
+            raise ValueError(
+                f"{self.name} needs a TaskDatasetConfig or its name, got {builder_config!r}"
+            )
+        return builder_config
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        text = tfds.features.Text()
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__.split("\n", 1)[0],
+            features=tfds.features.FeaturesDict(
+                {
+                    "uid": text,
+                    "question": text,
+                    "answer": text,
+                    "difficulty": tfds.features.Scalar(np.int32),
+                    "meta": text,
+                    "solutions": tfds.features.Sequence(tfds.features.Text()),
+                }
+            ),
+            disable_shuffling=True,
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        cfg: TaskDatasetConfig = self.builder_config
+        task = get_task(cfg.task_name)
+        test = list(iter_problems(task, "test", cfg.seed, cfg.n_test, cfg.difficulties))
+        train = iter_problems(
+            task,
+            "train",
+            cfg.seed,
+            cfg.n_train,
+            cfg.difficulties,
+            exclude_questions=frozenset(p.question for p in test),
+        )
+        return {
+            "train": self._generate_examples(task, train, "train"),
+            "test": self._generate_examples(task, test, "test"),
+        }
+
+    def _generate_examples(self, task: Task, problems, split: str):
+        cfg: TaskDatasetConfig = self.builder_config
+        for i, p in enumerate(problems):
+            rng = np.random.default_rng(
+                [cfg.seed, SPLIT_IDS[split], i, p.difficulty, _SOLUTIONS_STREAM]
+            )
+            yield p.uid, {
+                "uid": p.uid,
+                "question": p.question,
+                "answer": p.answer,
+                "difficulty": p.difficulty,
+                "meta": json.dumps(dict(p.meta), sort_keys=True),
+                "solutions": task.solutions(p, rng, cfg.n_solutions),
+            }
+
+    # TFDS prints these to stdout; the datasets here are small and built often (tests).
+    def _log_download_bytes(self) -> None:
+        logging.info("building %s", self.data_dir)
+
+    def _log_download_done(self) -> None:
+        logging.info("built %s", self.data_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One decoded record: the problem and its reference solutions."""
+
+    problem: Problem
+    solutions: tuple[str, ...]
+
+
+def _text(x: bytes | str) -> str:
+    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+def decode_record(record: dict[str, Any]) -> Example:
+    """A TFDS record (bytes/numpy fields) as an :class:`Example`."""
+    problem = Problem(
+        uid=_text(record["uid"]),
+        question=_text(record["question"]),
+        answer=_text(record["answer"]),
+        difficulty=int(record["difficulty"]),
+        meta=json.loads(_text(record["meta"])),
+    )
+    return Example(problem, tuple(_text(s) for s in record["solutions"]))
+
+
+class TaskSource:
+    """Random access to one split: ``len(src)``, ``src[i] -> Example``, ``__getitems__``."""
+
+    def __init__(self, data_source: Any, config: TaskDatasetConfig, split: str):
+        self._source = data_source
+        self.config = config
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> Example:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"{self.split} record {index} out of range [0, {n})")
+        return decode_record(self._source[index % n])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Example]:
+        return [decode_record(r) for r in self._source.__getitems__(list(indices))]
+
+    def __repr__(self) -> str:
+        return f"TaskSource({self.config.name}, split={self.split!r}, n={len(self)})"
+
+
+def task_builder(
+    config: TaskDatasetConfig, data_dir: str | os.PathLike
+) -> CritiqueTaskDataset:
+    """The builder of ``config`` under ``data_dir`` (built or not)."""
+    return CritiqueTaskDataset(data_dir=os.fspath(data_dir), config=config)
+
+
+def build_task_dataset(
+    task_name: str,
+    data_dir: str | os.PathLike,
+    seed: int = 0,
+    n_train: int = 1000,
+    n_test: int = 200,
+    difficulties: Sequence[int] | None = None,
+    n_solutions: int = 4,
+    *,
+    progress_bar: bool = False,
+) -> dict[str, TaskSource]:
+    """Builds the dataset under ``data_dir`` if missing; returns ``{"train", "test"}`` sources.
+
+    A dataset on disk that no longer matches the task's generator (its first test problem
+    differs from a fresh one) raises ValueError naming its directory: delete it to rebuild.
+    ``progress_bar`` sets TFDS's global progress-bar switch.
+    """
+    config = TaskDatasetConfig.make(task_name, seed, n_train, n_test, difficulties, n_solutions)
+    builder = task_builder(config, data_dir)
+    tfds.display_progress_bar(progress_bar)
+    builder.download_and_prepare()
+    sources = {
+        split: TaskSource(src, config, split)
+        for split, src in builder.as_data_source().items()
+    }
+    fresh = next(iter_problems(get_task(task_name), "test", seed, 1, config.difficulties))
+    stored = sources["test"][0].problem
+    if (stored.uid, stored.question, stored.answer) != (fresh.uid, fresh.question, fresh.answer):
+        raise ValueError(
+            f"dataset {builder.data_dir} is stale: test record 0 is {stored.question!r}, the "
+            f"task now generates {fresh.question!r}; delete the directory to rebuild"
+        )
+    return sources

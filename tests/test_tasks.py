@@ -1,0 +1,426 @@
+"""Tasks: generators, reference solutions, step checkers, perturbers, registry, GSM8K loader."""
+
+import collections
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from critique_jax.tasks import (
+    get_task,
+    iter_problems,
+    load_jsonl,
+    make_problem,
+    split_steps,
+    task_names,
+)
+from critique_jax.tasks import arithmetic as arith_lib
+from critique_jax.tasks import countdown as cd_lib
+from critique_jax.tasks import expr as ex
+from critique_jax.tasks.base import Problem
+
+GENERATED = ("arithmetic", "countdown")
+N_PER_LEVEL = 60
+
+
+def _problems(name, n=N_PER_LEVEL, seed=0):
+    task = get_task(name)
+    return [make_problem(task, "train", seed, i, d) for d in task.difficulties for i in range(n)]
+
+
+@pytest.fixture(scope="module", params=GENERATED)
+def task_and_solutions(request):
+    """(task, [(problem, solutions)]) over every difficulty."""
+    task = get_task(request.param)
+    out = []
+    for p in _problems(request.param):
+        rng = np.random.default_rng([7, p.difficulty, int(p.uid.rsplit("/", 1)[1])])
+        out.append((p, task.solutions(p, rng, 4)))
+    return task, out
+
+
+def test_registry_lists_tasks_and_rejects_unknown_names():
+    assert set(task_names()) >= {"arithmetic", "countdown", "gsm8k"}
+    with pytest.raises(KeyError) as err:
+        get_task("sudoku")
+    assert "sudoku" in str(err.value)
+    for name in task_names():
+        assert name in str(err.value)
+
+
+def test_reference_solutions_verify(task_and_solutions):
+    task, items = task_and_solutions
+    for p, sols in items:
+        assert 1 <= len(sols) <= 4 and len(set(sols)) == len(sols), p
+        for s in sols:
+            check = task.check_steps(p, s)
+            assert check.ok and check.kind == "ok", (p.question, s, check)
+            assert check.n_steps == len(s.strip().splitlines())
+            assert task.reward(p, s) == 1.0 and task.format_ok(s)
+            assert task.extract_answer(s) == p.answer
+
+
+def test_perturbations_fail_at_the_planted_step(task_and_solutions):
+    task, items = task_and_solutions
+    kinds = collections.Counter()
+    for j, (p, sols) in enumerate(items):
+        rng = np.random.default_rng(j)
+        for s in sols:
+            pert = task.perturb(p, s, rng)
+            check = task.check_steps(p, pert.solution)
+            assert (check.first_wrong, check.kind) == (pert.step, pert.kind), (s, pert, check)
+            assert not check.ok
+            if task.name == "countdown":
+                assert task.reward(p, pert.solution) == 0.0
+            # The steps before the planted error are the correct solution's own.
+            good, bad = split_steps(s)[0], split_steps(pert.solution)[0]
+            assert bad[: pert.step] == good[: pert.step]
+            kinds[pert.kind] += 1
+    expected = {
+        "arithmetic": {"arithmetic", "invalid_step", "incomplete", "wrong_answer"},
+        "countdown": {"arithmetic", "unavailable_number", "wrong_answer"},
+    }[task.name]
+    assert set(kinds) == expected, kinds
+
+
+def test_perturb_rejects_a_wrong_solution():
+    for name in GENERATED:
+        task = get_task(name)
+        p = make_problem(task, "train", 0, 0, task.default_difficulty)
+        with pytest.raises(ValueError, match="correct"):
+            task.perturb(p, "answer: 1", np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_generators_are_deterministic_per_seed(name):
+    task = get_task(name)
+    a = list(iter_problems(task, "train", 3, 40))
+    b = list(iter_problems(task, "train", 3, 40))
+    c = list(iter_problems(task, "train", 4, 40))
+    assert a == b
+    assert [p.uid for p in a] == [f"{name}/train/3/{i}" for i in range(40)]
+    assert sum(x.question != y.question for x, y in zip(a, c)) > 30
+    assert len({p.question for p in a}) > 30
+    sols = [task.solutions(a[5], np.random.default_rng(1), 4) for _ in range(2)]
+    assert sols[0] == sols[1]
+    # A problem does not depend on how many came before it.
+    assert make_problem(task, "train", 3, 17, a[17].difficulty) == a[17]
+
+
+def test_iter_problems_excludes_questions_and_stops_when_exhausted():
+    task = get_task("arithmetic")
+    test = list(iter_problems(task, "test", 0, 30))
+    excluded = {p.question for p in test}
+    same_split = list(iter_problems(task, "test", 0, 20, exclude_questions=excluded))
+    assert not any(p.question in excluded for p in same_split)
+    with pytest.raises(ValueError, match="exhausted"):
+        list(iter_problems(task, "test", 0, 5, exclude_questions=excluded, max_skips_in_a_row=10))
+
+
+# --- arithmetic ------------------------------------------------------------------------------
+
+
+def test_arithmetic_problems_match_their_level():
+    task = get_task("arithmetic")
+    for p in _problems("arithmetic", n=100):
+        tree = ex.parse(p.question)
+        values = ex.node_values(tree)
+        assert len(values) == arith_lib.OPS_PER_LEVEL[p.difficulty] == p.difficulty + 1
+        assert all(isinstance(v, int) and 0 <= v <= 999 for v in values)
+        assert p.answer == str(eval(p.question))  # Python's own precedence rules
+        assert ex.render(tree) == p.question  # round trip
+    assert task.default_difficulty in task.difficulties[1:-1]
+
+
+def test_arithmetic_writes_several_orders_and_styles():
+    task = get_task("arithmetic")
+    p = Problem("u", "(3 + 5) * (2 + 1) - 7", "17", 2, {"expression": "(3 + 5) * (2 + 1) - 7"})
+    sols = task.solutions(p, np.random.default_rng(0), 8)
+    firsts = {s.splitlines()[0].split(" =")[0] for s in sols}
+    assert firsts == {"3 + 5", "2 + 1"}
+    assert any(", so " in s for s in sols) and any(", so " not in s for s in sols)
+
+
+ARITH = Problem("u", "(3 + 5) * 2 - 7", "9", 1, {"expression": "(3 + 5) * 2 - 7"})
+
+
+@pytest.mark.parametrize(
+    "text, first_wrong, kind",
+    [
+        ("3 + 5 = 8\n8 * 2 = 16\n16 - 7 = 9\nanswer: 9", None, "ok"),
+        ("5 + 3 = 8\n2 * 8 = 16\n16 - 7 = 9\nanswer: 9", None, "ok"),  # commuted + and *
+        (
+            "3 + 5 = 8, so 8 * 2 - 7\n8 * 2 = 16, so (16) - 7\n16 - 7 = 9, so 9\nanswer: 9",
+            None,
+            "ok",
+        ),
+        ("(3 + 5) = 8\n8 * 2 = 16.\n16 - 7 = 9\nanswer: 9.0", None, "ok"),
+        ("3 + 5 = 8\nthen double it\n16 - 7 = 9\nanswer: 9", 1, "unparsable"),
+        ("3 + 5 = 8\n8 * 2 = 16\n16 - 7 = 9", 3, "missing_answer"),
+        ("3 + 5 = 8\n8 * 2 = 16\n16 - 7 = 9\nanswer: 10", 3, "wrong_answer"),
+        ("3 + 5 = 8\n8 * 2 = 16\n16 - 7 = 9\nanswer: nine", 3, "unparsable"),
+        ("3 + 5 = 8\n8 * 2 = 16\nanswer: 16", 2, "incomplete"),
+        ("answer: 9", 0, "incomplete"),
+        ("3 + 5 = 8\n8 * 2 = 17\n17 - 7 = 10\nanswer: 10", 1, "arithmetic"),
+        ("3 + 5 = 8\n2 - 7 = -5\nanswer: 3", 1, "invalid_step"),  # precedence violation
+        ("5 * 2 = 10\nanswer: 9", 0, "invalid_step"),  # ignores the parentheses
+        ("3 + 5 = 8\n8 * 2 = 16\n7 - 16 = -9\nanswer: -9", 2, "invalid_step"),  # - commuted
+        ("3 + 5 * 2 = 13\nanswer: 9", 0, "invalid_step"),  # two operations at once
+        ("3 + 5 = 8, so 8 * 2 - 8\n8 * 2 = 16\n16 - 8 = 8\nanswer: 8", 0, "wrong_rewrite"),
+        ("3 + 5 = 8\n8 * 2 = 16\n16 - 7 = 9\n9 + 0 = 9\nanswer: 9", 3, "invalid_step"),
+    ],
+)
+def test_arithmetic_step_checker_cases(text, first_wrong, kind):
+    check = get_task("arithmetic").check_steps(ARITH, text)
+    assert (check.first_wrong, check.kind) == (first_wrong, kind)
+    assert check.n_steps == len(text.splitlines())
+
+
+def test_arithmetic_checker_follows_identical_subexpressions():
+    # Either (2 + 3) may be reduced first; the checker keeps both readings until one is ruled out.
+    q = "(2 + 3) * 4 + (2 + 3)"
+    p = Problem("u", q, "25", 2, {"expression": q})
+    task = get_task("arithmetic")
+    right_first = "2 + 3 = 5\n2 + 3 = 5\n5 * 4 = 20\n20 + 5 = 25\nanswer: 25"
+    left_then_mult = "2 + 3 = 5\n5 * 4 = 20\n2 + 3 = 5\n20 + 5 = 25\nanswer: 25"
+    assert task.check_steps(p, right_first).ok and task.check_steps(p, left_then_mult).ok
+    rewrite = "2 + 3 = 5, so (2 + 3) * 4 + 5\n5 * 4 = 20\nanswer: 20"
+    assert task.check_steps(p, rewrite).kind == "invalid_step"
+
+
+# --- countdown -------------------------------------------------------------------------------
+
+
+def test_countdown_problems_match_their_level():
+    for p in _problems("countdown", n=100):
+        level = cd_lib.LEVELS[p.difficulty]
+        numbers, target = p.meta["numbers"], p.meta["target"]
+        assert len(numbers) == level.n_small + level.n_large and numbers == sorted(numbers)
+        assert sum(n in cd_lib.LARGE for n in numbers) >= level.n_large
+        lo, hi = level.target_range
+        assert lo <= target <= hi and target not in numbers and p.answer == str(target)
+        assert p.question == f"numbers: {' '.join(map(str, numbers))}, target: {target}"
+
+
+def test_countdown_has_several_distinct_solutions_at_medium_difficulty():
+    task = get_task("countdown")
+    counts = []
+    for i in range(100):
+        p = make_problem(task, "test", 0, i, task.default_difficulty)
+        sols = task.solutions(p, np.random.default_rng(i), 8)
+        steps = [frozenset(collections.Counter(map(_step_key, split_steps(s)[0])).items())
+                 for s in sols]
+        assert len(set(steps)) == len(sols)  # distinct computations, not reorderings
+        counts.append(len(sols))
+    assert task.default_difficulty == 2
+    assert np.mean(counts) > 1.5, np.mean(counts)
+
+
+def _step_key(line: str):
+    """A step with the operands of + and * sorted."""
+    step = ex.parse_step(line)
+    if step is None:
+        return line
+    op, a, b = step.lhs
+    return (op, *(sorted([a, b]) if op in "+*" else [a, b]), step.result)
+
+
+def _brute_force(numbers, target):
+    """Step multisets (see _step_key) of all expressions over sub-multisets of ``numbers``
+    equal to target, under the search's rules (values 1..10000, no * 1 or / 1), by plain
+    recursion over ordered splits."""
+    limit = cd_lib.MAX_VALUE
+    memo = {}
+
+    def exprs(idx: frozenset):
+        """{(step multiset, value)} over exactly the numbers at ``idx``."""
+        if idx not in memo:
+            if len(idx) == 1:
+                (i,) = idx
+                memo[idx] = {(frozenset(), numbers[i])}
+            else:
+                out = set()
+                members = sorted(idx)
+                for r in range(1, len(members)):
+                    for left in itertools.combinations(members, r):
+                        left = frozenset(left)
+                        for (sa, a), (sb, b) in itertools.product(exprs(left), exprs(idx - left)):
+                            steps = collections.Counter(dict(sa)) + collections.Counter(dict(sb))
+                            for op, v, ok in (
+                                ("+", a + b, a + b <= limit),
+                                ("*", a * b, 1 not in (a, b) and a * b <= limit),
+                                ("-", a - b, a > b),
+                                ("/", a // b, b != 1 and a % b == 0),
+                            ):
+                                if ok:
+                                    key = (op, *(sorted([a, b]) if op in "+*" else [a, b]), v)
+                                    new = steps + collections.Counter([key])
+                                    out.add((frozenset(new.items()), v))
+                memo[idx] = out
+        return memo[idx]
+
+    found = set()
+    for r in range(2, len(numbers) + 1):
+        for idx in itertools.combinations(range(len(numbers)), r):
+            found |= {s for s, v in exprs(frozenset(idx)) if v == target}
+    return found
+
+
+def test_countdown_search_finds_exactly_the_brute_force_solutions(np_rng):
+    for _ in range(25):
+        n = int(np_rng.integers(3, 5))
+        numbers = sorted(int(x) for x in np_rng.integers(1, 11, size=n - 1)) + [
+            int(np_rng.choice(cd_lib.LARGE))
+        ]
+        target = int(np_rng.integers(10, 120))
+        trees = cd_lib.find_solutions(numbers, target, cap=10**9)
+        got = [_steps_of(t) for t in trees]
+        assert len(set(got)) == len(got)
+        assert set(got) == _brute_force(numbers, target), (numbers, target)
+        assert all(ex.evaluate(t) == target for t in trees)
+
+
+def _steps_of(tree) -> frozenset:
+    """The step multiset of a solution tree, read from the lines it is written as."""
+    lines = cd_lib.linearize(tree, np.random.default_rng(0))
+    return frozenset(collections.Counter(map(_step_key, lines)).items())
+
+
+CD = Problem("u", "numbers: 3 7 25 50, target: 82", "82", 2,
+             {"numbers": [3, 7, 25, 50], "target": 82})
+
+
+@pytest.mark.parametrize(
+    "text, first_wrong, kind",
+    [
+        ("25 + 50 = 75\n75 + 7 = 82\nanswer: 82", None, "ok"),
+        ("50 + 25 = 75\n7 + 75 = 82\nanswer: 82", None, "ok"),
+        ("(25 + 50) + 7 = 82\nanswer: 82", None, "ok"),  # several operations in one line
+        ("3 - 7 = -4\n50 + 25 = 75\n75 + 7 = 82\nanswer: 82", 2, "unavailable_number"),
+        ("25 + 50 = 75\n75 + 25 = 100\nanswer: 100", 1, "unavailable_number"),  # 25 reused
+        ("25 + 50 = 75\n75 + 7 = 82\n82 * 1 = 82\nanswer: 82", 2, "unavailable_number"),
+        ("7 * 7 = 49\nanswer: 82", 0, "unavailable_number"),  # one 7 only
+        ("25 + 50 = 76\n76 + 6 = 82\nanswer: 82", 0, "arithmetic"),
+        ("25 / 7 = 3\nanswer: 82", 0, "arithmetic"),  # inexact division
+        ("50 / 25 = 2.0\n2 * 3 = 6\nanswer: 82", 2, "wrong_answer"),
+        ("25 + 50 = 75\nthen add 7\nanswer: 82", 1, "unparsable"),
+        ("25 + 50 = 75\n75 + 7 = 82", 2, "missing_answer"),
+        ("25 + 50 = 75\n75 + 7 = 82\nanswer: 83", 2, "wrong_answer"),
+        ("25 + 50 = 75\n75 + 3 = 78\nanswer: 82", 2, "wrong_answer"),  # claims the target
+        ("answer: 82", 0, "wrong_answer"),  # copies the target from the question
+        ("25 + 50 = 75\n75 + 7 = 82\nanswer: eighty-two", 2, "unparsable"),
+    ],
+)
+def test_countdown_step_checker_cases(text, first_wrong, kind):
+    task = get_task("countdown")
+    check = task.check_steps(CD, text)
+    assert (check.first_wrong, check.kind) == (first_wrong, kind)
+    assert task.reward(CD, text) == float(kind == "ok")
+
+
+# --- gsm8k -----------------------------------------------------------------------------------
+
+GSM_RECORDS = [
+    {
+        "question": "Natalia sold clips to 48 of her friends in April, and then she sold half "
+        "as many clips in May. How many clips did Natalia sell altogether in April and May?",
+        "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = "
+        "<<48+24=72>>72 clips altogether in April and May.\n#### 72",
+    },
+    {
+        "question": "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 "
+        "minutes of babysitting. How much did she earn?",
+        "answer": "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\nWorking 50 minutes, she "
+        "earned 0.2 x 50 = $<<0.2*50=10>>10.\n#### 10",
+    },
+    {
+        "question": "A shop sells 250 pens a day. How many in 4 days?",
+        "answer": "It sells 250*4 = <<250*4=1000>>1000 pens.\n#### 1,000",
+    },
+]
+
+
+@pytest.fixture
+def gsm_file(tmp_path):
+    path = tmp_path / "mini_gsm.jsonl"
+    lines = [json.dumps(GSM_RECORDS[0]), "", json.dumps(GSM_RECORDS[1]), json.dumps(GSM_RECORDS[2])]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_gsm8k_loader_reads_problems_and_solutions(gsm_file):
+    problems = load_jsonl(gsm_file)
+    assert [p.uid for p in problems] == ["gsm8k/mini_gsm/1", "gsm8k/mini_gsm/3", "gsm8k/mini_gsm/4"]
+    assert [p.answer for p in problems] == ["72", "10", "1000"]
+    assert problems[0].question == GSM_RECORDS[0]["question"]
+    assert problems[0].meta["solution"] == (
+        "Natalia sold 48/2 = 24 clips in May.\n"
+        "Natalia sold 48+24 = 72 clips altogether in April and May.\n"
+        "answer: 72"
+    )
+    assert [p.difficulty for p in problems] == [2, 2, 1]
+    task = get_task("gsm8k")
+    for p in problems:
+        (sol,) = task.solutions(p, np.random.default_rng(0), 4)
+        assert "<<" not in sol and task.check_steps(p, sol).ok and task.reward(p, sol) == 1.0
+
+
+def test_gsm8k_reward_normalises_numbers(gsm_file):
+    task = get_task("gsm8k")
+    p = load_jsonl(gsm_file)[2]
+    for good in ("1000", "1,000", "$1000", "1000.0", "$1,000.00", "1000 pens"):
+        assert task.reward(p, f"250*4 = 1000\nanswer: {good}") == 1.0, good
+    for bad in ("100", "999 or 1000", "", "many"):
+        assert task.reward(p, f"250*4 = 1000\nanswer: {bad}") == 0.0, bad
+    assert task.reward(p, "250*4 = 1000") == 0.0  # no answer line
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("{not json", "invalid JSON"),
+        ('["question", "answer"]', "JSON object"),
+        ('{"question": "q"}', "'answer'"),
+        ('{"question": "q", "answer": "it is 5"}', "####"),
+        ('{"question": "q", "answer": "5\\n#### five"}', "no number"),
+    ],
+)
+def test_gsm8k_malformed_line_names_file_and_line(tmp_path, line, expected):
+    path = tmp_path / "broken.jsonl"
+    path.write_text(json.dumps(GSM_RECORDS[0]) + "\n\n" + line + "\n")
+    with pytest.raises(ValueError, match=expected) as err:
+        load_jsonl(path)
+    assert f"{path}:3:" in str(err.value)
+
+
+def test_gsm8k_checks_equations_and_cannot_generate(gsm_file):
+    task = get_task("gsm8k")
+    p = load_jsonl(gsm_file)[1]
+    cases = {
+        "Weng earns 12/60 = 0.2 per minute.\n0.2 x 50 = 10\nanswer: 10": (None, "ok"),
+        "12/60 = 0.3 per minute.\n0.3 x 50 = 15\nanswer: 15": (0, "arithmetic"),
+        "She earns 10/3 = 3.33 and 2*3 = 6 + 4 = 11\nanswer: 10": (0, "arithmetic"),
+        "She earns 10/3 = 3.33 and 2*3 = 6 + 4 = 10\nanswer: 10": (None, "ok"),
+        "She earns ten dollars\nanswer: 12": (1, "wrong_answer"),
+        "She earns ten dollars": (1, "missing_answer"),
+    }
+    for text, want in cases.items():
+        check = task.check_steps(p, text)
+        assert (check.first_wrong, check.kind) == want, text
+    assert not task.generative and get_task("arithmetic").generative
+    with pytest.raises(NotImplementedError, match="load_jsonl"):
+        make_problem(task, "train", 0, 0, task.default_difficulty)
+
+
+def test_gsm8k_perturbations_fail_at_the_planted_step(gsm_file):
+    task = get_task("gsm8k")
+    kinds = collections.Counter()
+    for p in load_jsonl(gsm_file):
+        sol = task.solutions(p, np.random.default_rng(0), 1)[0]
+        for seed in range(20):
+            pert = task.perturb(p, sol, np.random.default_rng(seed))
+            check = task.check_steps(p, pert.solution)
+            assert (check.first_wrong, check.kind) == (pert.step, pert.kind)
+            kinds[pert.kind] += 1
+    assert set(kinds) == {"arithmetic", "wrong_answer"}

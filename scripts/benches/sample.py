@@ -1,0 +1,79 @@
+"""Sampler throughput: prefill and decode tokens/s, compile time and compiled memory.
+
+Prefill time is measured with a one-token generation; decode tokens/s is
+``samples x new tokens / (total - prefill)`` with every sample forced to run the whole
+length (no end token). Memory is XLA's compiled estimate (arguments + outputs + temporaries).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from critique_jax.models import Transformer, model_config
+from critique_jax.sampling import SamplerConfig, pad_prompts, sample_keys
+from critique_jax.sampling import sampler as sampler_lib
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="small")
+    p.add_argument("--vocab", type=int, default=512)
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--batch", type=int, nargs="+", default=[8, 32, 64], help="prompts per call")
+    p.add_argument("--group", type=int, default=8, help="samples per prompt (G)")
+    p.add_argument("--repeats", type=int, default=3)
+
+
+def _timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    cfg = model_config(args.preset, args.vocab, max_seq_len=args.prompt_len + args.new_tokens)
+    graphdef, state = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
+    rows = []
+    for b in args.batch:
+        rng = np.random.default_rng(0)
+        pb = pad_prompts([list(rng.integers(4, args.vocab, args.prompt_len)) for _ in range(b)], [args.prompt_len], 0)
+        n = b * args.group
+        keys = sample_keys(0, range(b), args.group)
+        temp = jnp.ones((n,), jnp.float32)
+        top_k, top_p = jnp.zeros((n,), jnp.int32), jnp.ones((n,), jnp.float32)
+
+        def call(length: int):
+            sc = SamplerConfig(max_new_tokens=length, eos_ids=(-1,))  # never ends early
+            return lambda: sampler_lib._generate(graphdef, state, pb.tokens, pb.valid, keys, temp, top_k, top_p,
+                                                 cfg=sc, group_size=args.group)
+
+        full, prefill = call(args.new_tokens), call(1)
+        sc_full = SamplerConfig(max_new_tokens=args.new_tokens, eos_ids=(-1,))
+        t0 = time.perf_counter()
+        compiled = sampler_lib._generate.lower(graphdef, state, pb.tokens, pb.valid, keys, temp, top_k, top_p,
+                                               cfg=sc_full, group_size=args.group).compile()
+        compile_s = time.perf_counter() - t0
+        mem = compiled.memory_analysis()
+        jax.block_until_ready(full())
+        jax.block_until_ready(prefill())
+        t_full, t_pre = _timed(full, args.repeats), _timed(prefill, args.repeats)
+        rows.append(dict(
+            preset=args.preset, prompts=b, samples=n, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+            compile_s=compile_s,
+            prefill_tok_s=b * args.prompt_len / t_pre,
+            decode_tok_s=n * (args.new_tokens - 1) / max(t_full - t_pre, 1e-9),
+            total_s=t_full,
+            mem_MiB=(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes) / 2**20
+            if mem is not None else float("nan"),
+        ))
+    return rows

@@ -1,0 +1,241 @@
+"""Training-state checkpoints: a thin wrapper around ``orbax.checkpoint.CheckpointManager``.
+
+A checkpoint is one step directory ``<directory>/<step>/`` with two orbax items:
+
+* ``state`` — a pytree of jax arrays (policy params as an ``nnx.State`` or dict, optimiser
+  state, step counter, PRNG keys ...), written with ``StandardSave`` (tensorstore, one shard
+  file set per process) and restored onto the shardings of a ``like`` tree;
+* ``meta`` — a small JSON object (config, data-iterator position, ...), ``JsonSave``.
+
+Retention is "the last ``keep_last`` steps plus the ``keep_best`` best steps by
+``metrics[best_metric]``", expressed with orbax's preservation policies
+(``AnyPreservationPolicy([LatestN, BestN])``); a step saved without a finite value of the
+best metric is kept only while it is among the latest.
+
+Crash safety comes from orbax's atomic save: a step is written into
+``<step>.orbax-checkpoint-tmp*`` and renamed to ``<step>`` only once every file is complete,
+so a process killed mid-write leaves no half-written step that ``latest_step`` could return
+(the next ``Checkpointer`` on the directory removes the leftover temporary folder in the
+background, finished before its first save).
+
+Saves are asynchronous by default: ``save`` returns once the arrays have been copied to host
+memory and the training loop continues while a background thread writes them; ``save`` waits
+for the previous write first, and ``wait``/``close`` wait for the last one.
+
+Typed PRNG keys (``jax.random.key``) are stored as their raw ``key_data`` (uint32) and
+re-wrapped with the implementation of the matching leaf of ``like`` on restore, so callers
+may keep typed keys in ``state``.
+
+Multi-host: every process must call ``save``/``restore``/``wait``/``close`` with the same
+arguments and in the same order (orbax synchronises the processes with barriers; each writes
+its own addressable shards, process 0 writes the metadata and commits the step).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec as P
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+PyTree = Any
+
+_STATE = "state"
+_META = "meta"
+
+
+class _SkipNoMetricsWarning(logging.Filter):
+    """Drops orbax's per-save warning for a step saved without a best-metric value.
+
+    Such saves are intended here (the step is kept only while among the latest), so the
+    warning would fire on every non-eval save of a training run.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_SkipNoMetricsWarning())
+
+
+def _is_key(x: Any) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _key_impl(like: Any) -> Any:
+    """The PRNG implementation of a typed key array or of its ``ShapeDtypeStruct``."""
+    if isinstance(like, jax.Array):
+        return jax.random.key_impl(like)
+    # jax.random.key_impl rejects ShapeDtypeStruct; the key dtype carries the impl.
+    return like.dtype._impl  # noqa: SLF001
+
+
+def _abstract_leaf(like: Any) -> jax.ShapeDtypeStruct:
+    """Restore target for one leaf; typed keys become their uint32 key-data array."""
+    sharding = getattr(like, "sharding", None)
+    if not _is_key(like):
+        return jax.ShapeDtypeStruct(like.shape, like.dtype, sharding=sharding)
+    data = jax.eval_shape(jax.random.key_data, like)  # shape + (impl key words,), uint32
+    extra = data.ndim - len(like.shape)
+    if isinstance(sharding, NamedSharding):
+        spec = tuple(sharding.spec) + (None,) * (len(like.shape) - len(sharding.spec))
+        sharding = NamedSharding(sharding.mesh, P(*spec, *([None] * extra)))
+    return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=sharding)
+
+
+def _rewrap(like: Any, restored: Any) -> Any:
+    return jax.random.wrap_key_data(restored, impl=_key_impl(like)) if _is_key(like) else restored
+
+
+class Checkpointer:
+    """Saves and restores ``(state, meta)`` per training step under one directory.
+
+    Args:
+      directory: where the step folders live (created if missing), e.g. ``runs/x/checkpoints``.
+      keep_last: how many of the most recent steps to keep (>= 1).
+      keep_best: how many steps to keep by the best value of ``metrics[best_metric]`` (>= 0),
+        in addition to the latest ones.
+      best_metric: metric name ranking steps for ``keep_best`` (None: keep only the latest).
+      best_mode: "max" or "min": which end of ``best_metric`` is best.
+      async_save: write in a background thread (True) or block in ``save`` (False).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        keep_last: int = 3,
+        keep_best: int = 1,
+        best_metric: str | None = "eval/pass@1",
+        best_mode: str = "max",
+        async_save: bool = True,
+    ):
+        if keep_last < 1:
+            raise ValueError(f"keep_last={keep_last}: expected >= 1 (the newest step must stay)")
+        if keep_best < 0:
+            raise ValueError(f"keep_best={keep_best}: expected >= 0")
+        if best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode={best_mode!r}: expected 'max' or 'min'")
+        path = os.fspath(directory)
+        self.directory = path if "://" in path else os.path.abspath(path)  # gs:// etc. as is
+        self.best_metric = best_metric if keep_best > 0 else None
+        policies: list[pp.PreservationPolicy] = [pp.LatestN(n=keep_last)]
+        best_fn = None
+        if self.best_metric is not None:
+            worst = -math.inf if best_mode == "max" else math.inf
+            name = self.best_metric
+
+            def best_fn(m: dict) -> float:
+                # Steps of an older run ranked by another metric sort as the worst.
+                return float(m.get(name, worst))
+
+            policies.append(
+                pp.BestN(
+                    get_metric_fn=best_fn,
+                    reverse=best_mode == "min",  # BestN keeps the last n of the sorted list
+                    n=keep_best,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            # best_fn also makes the manager store each step's metrics (it writes them only
+            # when tracking a best metric) so a reopened manager can rank old steps.
+            best_fn=best_fn,
+            best_mode=best_mode,
+            preservation_policy=pp.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
+            create=True,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=(_STATE, _META)
+        )
+
+    def save(
+        self,
+        step: int,
+        state: PyTree,
+        meta: dict,
+        metrics: dict | None = None,
+        *,
+        force: bool = False,
+    ) -> bool:
+        """Saves ``state`` (pytree of jax arrays) and ``meta`` (JSON dict) as ``step``.
+
+        ``metrics`` ranks the step for ``keep_best`` (only ``metrics[best_metric]`` is used and
+        stored; a missing or non-finite value means "not a best candidate"). Returns False
+        when the step is skipped because it is not newer than the latest saved step (orbax's
+        save decision); ``force=True`` saves anyway (an existing step raises orbax's
+        ``StepAlreadyExistsError``). With ``async_save`` the write finishes in the background.
+        """
+        try:
+            json.dumps(meta, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"meta for step {step} is not strict JSON: {e}") from e
+        best = None
+        if self.best_metric is not None and metrics is not None and self.best_metric in metrics:
+            value = float(metrics[self.best_metric])
+            best = {self.best_metric: value} if math.isfinite(value) else None
+        state = jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, state)
+        return self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                **{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta)}
+            ),
+            metrics=best,
+            force=force,
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """Step with the best ``best_metric`` among the kept steps (None if none has it)."""
+        return self._manager.best_step() if self.best_metric is not None else None
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def restore(self, step: int | None = None, *, like: PyTree) -> tuple[PyTree, dict]:
+        """Restores ``(state, meta)`` of ``step`` (default: the latest step).
+
+        ``like`` has the structure of the saved state, with concrete arrays or
+        ``jax.ShapeDtypeStruct``s whose ``sharding`` says where each restored array goes
+        (shape and dtype must match what was saved). Raises FileNotFoundError naming the
+        directory and the available steps when ``step`` (or any step) is missing.
+        """
+        steps = self.all_steps()
+        if step is None:
+            step = steps[-1] if steps else None
+        if step is None or step not in steps:
+            raise FileNotFoundError(
+                f"no checkpoint for step {step} in {self.directory}; available steps: {steps}"
+            )
+        abstract = jax.tree.map(_abstract_leaf, like)
+        out = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                **{_STATE: ocp.args.StandardRestore(abstract), _META: ocp.args.JsonRestore()}
+            ),
+        )
+        return jax.tree.map(_rewrap, like, out[_STATE]), dict(out[_META])
+
+    def wait(self) -> None:
+        """Blocks until the pending asynchronous save (if any) is committed."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases the manager's threads."""
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

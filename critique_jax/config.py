@@ -1,0 +1,127 @@
+"""The experiment configuration: defaults, validation, and the typed objects built from it.
+
+Config files under ``configs/`` start from :func:`default_config` and change fields; every
+field can be overridden on the command line (``--config.rl.loss.name=kl_cov``). The config is
+locked, so an unknown key fails with the key's name; :func:`validate` checks the
+combinations before anything compiles and names the offending key.
+
+Loss options have one source of truth, the loss dataclasses in ``critique_jax.rl.config``:
+``rl.loss`` holds the shared terms, and one sub-dict per registered loss with that loss's own
+fields and defaults (``rl.loss.clip_cov.ratio``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from critique_jax.rl.config import LossConfig
+from critique_jax.rl.losses import get_loss, make_loss_config, registered_losses
+from critique_jax.rl.advantages import ESTIMATORS
+
+_SHARED_LOSS_FIELDS = tuple(f.name for f in dataclasses.fields(LossConfig))
+
+
+def _loss_defaults() -> ml_collections.ConfigDict:
+    loss = ml_collections.ConfigDict()
+    loss.name = "ppo"
+    base = LossConfig()
+    for f in _SHARED_LOSS_FIELDS:
+        loss[f] = _field(getattr(base, f))
+    for name in registered_losses():
+        cls = get_loss(name).config_cls
+        defaults = cls()
+        sub = ml_collections.ConfigDict()
+        for f in dataclasses.fields(cls):
+            if f.name not in _SHARED_LOSS_FIELDS:
+                sub[f.name] = _field(getattr(defaults, f.name))
+        loss[name] = sub
+    return loss
+
+
+def _field(value) -> ml_collections.FieldReference:
+    """A typed config field; a None default is an optional float (e.g. ``forking_rho``)."""
+    return ml_collections.FieldReference(value, field_type=float if value is None else type(value))
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field of an experiment, with the defaults used by ``configs/*.py``."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.task = dict(name="countdown", difficulties=(2,), data_seed=0, n_train=4000, n_test=256, n_solutions=4)
+    c.data_dir = ""  # "" = <cache>/data (CRITIQUE_JAX_CACHE or ~/.cache/critique_jax)
+    c.tokenizer = dict(vocab_size=512, seed=0)
+    c.model = dict(preset="small", family="qwen2", dtype="float32", param_dtype="float32")
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    c.distributed = dict(coordinator_address="", num_processes=0, process_id=-1)
+    c.sampling = dict(prompt_buckets=(32,), max_new_tokens=64, temperature=1.0, top_p=1.0, top_k=0)
+    c.sft = dict(steps=400, batch_size=64, lr=2e-3, warmup_steps=20, weight_decay=0.0, log_every=20)
+    c.rl = dict(steps=100, prompts_per_step=16, group_size=8, epochs=1, minibatches=2, lr=2e-5,
+                warmup_steps=0, weight_decay=0.0, grad_clip=1.0, advantage="grpo",
+                recompute_old_logp=True, max_bad_steps=3)
+    c.rl.loss = _loss_defaults()
+    c.eval = dict(every=20, n_problems=128, group_size=8, batch_prompts=32, n_logged_samples=4)
+    c.checkpoint = dict(every=20, keep_last=2, keep_best=1, best_metric="eval/pass@1", async_save=True)
+    c.init_from = ""  # a run directory whose final SFT checkpoint initialises the policy (skips SFT)
+    c.log = dict(tensorboard=True, progress=True)
+    c.lock()
+    return c
+
+
+def loss_config(c: ml_collections.ConfigDict) -> LossConfig:
+    """The validated loss dataclass of ``c.rl.loss`` (errors name the config key)."""
+    name = c.rl.loss.name
+    if name not in registered_losses():
+        raise ValueError(f"config rl.loss.name={name!r}: unknown loss; registered: {list(registered_losses())}")
+    opts = {f: c.rl.loss[f] for f in _SHARED_LOSS_FIELDS}
+    opts |= dict(c.rl.loss[name])
+    try:
+        return make_loss_config(name, **opts)
+    except ValueError as e:
+        raise ValueError(f"config rl.loss ({name}): {e}") from None
+
+
+def validate(c: ml_collections.ConfigDict, n_devices: int) -> None:
+    """Checks combinations of fields; each error names the key(s) and the expected value."""
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ValueError(f"config {msg}")
+
+    sizes = [c.mesh.data, c.mesh.fsdp, c.mesh.tensor]
+    need(sum(s == -1 for s in sizes) <= 1, f"mesh.data/fsdp/tensor={sizes}: at most one may be -1")
+    known = 1
+    for s in sizes:
+        need(s == -1 or s >= 1, f"mesh sizes {sizes}: expected positive integers or -1")
+        known *= s if s != -1 else 1
+    need(n_devices % known == 0, f"mesh {sizes}: {n_devices} devices are not divisible by {known}")
+    data = c.mesh.data if c.mesh.data != -1 else n_devices // known
+    fsdp = c.mesh.fsdp if c.mesh.fsdp != -1 else n_devices // known
+    shards = data * fsdp
+    need(c.rl.advantage in ESTIMATORS, f"rl.advantage={c.rl.advantage!r}: expected one of {sorted(ESTIMATORS)}")
+    need(c.rl.group_size >= 2 or c.rl.advantage not in ("grpo", "drgrpo", "rloo"),
+         f"rl.group_size={c.rl.group_size}: group-relative advantages ({c.rl.advantage}) need a group of >= 2")
+    for key, n in (("rl.prompts_per_step", c.rl.prompts_per_step), ("sft.batch_size", c.sft.batch_size),
+                   ("eval.batch_prompts", c.eval.batch_prompts)):
+        need(n >= 1 and n % shards == 0,
+             f"{key}={n}: must be a positive multiple of the {shards} batch shards (mesh data x fsdp)")
+    n_samples = c.rl.prompts_per_step * c.rl.group_size
+    need(c.rl.minibatches >= 1 and n_samples % (c.rl.minibatches * shards) == 0,
+         f"rl.minibatches={c.rl.minibatches}: rl.prompts_per_step x rl.group_size = {n_samples} samples must "
+         f"split into minibatches that are multiples of the {shards} batch shards")
+    need(c.eval.group_size >= 1, f"eval.group_size={c.eval.group_size}: expected >= 1")
+    need(c.rl.epochs >= 1, f"rl.epochs={c.rl.epochs}: expected >= 1")
+    need(c.sft.steps >= 0 and c.rl.steps >= 0, f"sft.steps={c.sft.steps}, rl.steps={c.rl.steps}: expected >= 0")
+    for phase in ("sft", "rl"):
+        p = c[phase]
+        need(0 <= p.warmup_steps <= max(p.steps, 1),
+             f"{phase}.warmup_steps={p.warmup_steps}: expected between 0 and {phase}.steps={p.steps}")
+    need(c.sampling.temperature > 0, f"sampling.temperature={c.sampling.temperature}: RL sampling needs > 0")
+    need(0 < c.sampling.top_p <= 1, f"sampling.top_p={c.sampling.top_p}: expected a value in (0, 1]")
+    need(c.sampling.top_k >= 0, f"sampling.top_k={c.sampling.top_k}: expected >= 0 (0 = off)")
+    need(len(c.sampling.prompt_buckets) > 0, "sampling.prompt_buckets is empty")
+    need(c.checkpoint.every >= 1 and c.eval.every >= 1, "checkpoint.every and eval.every must be >= 1")
+    loss = loss_config(c)
+    need(not (loss.ref_kl_coef > 0 and c.sft.steps == 0 and not c.init_from),
+         "rl.loss.ref_kl_coef > 0 needs a reference policy: set sft.steps > 0 or init_from")

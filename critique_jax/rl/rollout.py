@@ -1,0 +1,72 @@
+"""Host-side assembly of training batches: prompts in, scored sequences out.
+
+The device work (sampling, log-probs, updates) is jitted elsewhere; this module turns problems
+into token arrays, decodes sampled responses, scores them with the task's verifier and packs
+everything into the fixed-shape :class:`~critique_jax.rl.train_step.SequenceBatch` layout:
+``[prompt (width P, left-padded) | response (width L, right-padded)]``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from critique_jax.data import Example
+from critique_jax.sampling import PromptBatch, pad_prompts
+from critique_jax.tasks import Problem, Task
+from critique_jax.text import Tokenizer
+from critique_jax.text.templates import solve_prompt
+
+
+def encode_solve_prompts(tok: Tokenizer, problems: Sequence[Problem], buckets: Sequence[int]) -> PromptBatch:
+    """Left-padded solve prompts in the smallest fitting bucket."""
+    return pad_prompts([tok.encode(solve_prompt(p.question)) for p in problems], buckets, tok.pad_id)
+
+
+def decode_responses(tok: Tokenizer, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
+    """Response texts (masked tokens only; the end token is dropped by the tokenizer)."""
+    return [tok.decode([int(t) for t in row[m]]) for row, m in zip(tokens, mask.astype(bool))]
+
+
+def score(task: Task, problems: Sequence[Problem], texts: Sequence[str], group_size: int) -> np.ndarray:
+    """Verifier rewards [N] float32; sample ``i`` answers ``problems[i // group_size]``."""
+    if len(texts) != len(problems) * group_size:
+        raise ValueError(f"{len(texts)} responses for {len(problems)} problems x group {group_size}")
+    return np.asarray([task.reward(problems[i // group_size], t) for i, t in enumerate(texts)], np.float32)
+
+
+def sequence_arrays(prompts: PromptBatch, group_size: int, response_tokens: np.ndarray,
+                    response_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``tokens, valid`` [N, P + L] with each prompt repeated ``group_size`` times."""
+    tokens = np.concatenate([np.repeat(prompts.tokens, group_size, 0), response_tokens], 1)
+    valid = np.concatenate([np.repeat(prompts.valid, group_size, 0), response_mask.astype(bool)], 1)
+    return tokens.astype(np.int32), valid
+
+
+def sft_arrays(tok: Tokenizer, examples: Sequence[Example], rng: np.random.Generator, prompt_width: int,
+               response_len: int) -> dict[str, np.ndarray]:
+    """One SFT batch: each example's solve prompt and one of its reference solutions (+ end token).
+
+    The solution is drawn uniformly from the example's solutions, so SFT sees every style.
+    Returns ``tokens``, ``valid`` [N, P + L] and ``response_mask`` [N, L]. A prompt or
+    solution that does not fit is an error naming the problem and the limit to raise.
+    """
+    n = len(examples)
+    tokens = np.full((n, prompt_width + response_len), tok.pad_id, np.int32)
+    valid = np.zeros(tokens.shape, bool)
+    for i, ex in enumerate(examples):
+        prompt = tok.encode(solve_prompt(ex.problem.question))
+        sol = ex.solutions[int(rng.integers(len(ex.solutions)))]
+        resp = tok.encode(sol, eos=True)
+        if len(prompt) > prompt_width:
+            raise ValueError(f"problem {ex.problem.uid}: prompt of {len(prompt)} tokens exceeds the largest "
+                             f"prompt bucket {prompt_width} (config sampling.prompt_buckets)")
+        if len(resp) > response_len:
+            raise ValueError(f"problem {ex.problem.uid}: reference solution of {len(resp)} tokens exceeds "
+                             f"sampling.max_new_tokens={response_len}")
+        tokens[i, prompt_width - len(prompt):prompt_width] = prompt
+        valid[i, prompt_width - len(prompt):prompt_width] = True
+        tokens[i, prompt_width:prompt_width + len(resp)] = resp
+        valid[i, prompt_width:prompt_width + len(resp)] = True
+    return dict(tokens=tokens, valid=valid, response_mask=valid[:, prompt_width:].copy())

@@ -1,0 +1,417 @@
+"""The training run: SFT warm-up, then the RL loop with evaluation, checkpoints and metrics.
+
+Phases share one global step counter: SFT steps ``1..S``, RL steps ``S+1..S+R``. The final
+SFT policy is also saved apart (``<workdir>/sft_policy``): it is the frozen reference policy
+of the KL term and can initialise other runs (``init_from``), so a sweep shares one warm-up.
+
+Every RL step: sample G responses per prompt (jitted) -> decode and verify on the host ->
+group advantages -> old log-probs (recompute pass, or the sampler's) and reference log-probs
+-> ``epochs x minibatches`` jitted updates. Only token ids and rewards cross to the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from critique_jax import config as config_lib
+from critique_jax.analysis.passk import pass_at_k
+from critique_jax.checkpoint import Checkpointer
+from critique_jax.data import BatchIterator, TaskSource, build_task_dataset
+from critique_jax.metrics import MetricsWriter, Progress
+from critique_jax.models import ModelConfig, Transformer, model_config
+from critique_jax.ops.masked import masked_mean
+from critique_jax.parallel.distributed import is_main_process, to_global, to_host
+from critique_jax.parallel.mesh import batch_sharding, make_mesh, replicated
+from critique_jax.parallel.sharding import param_shardings, tree_shardings_like
+from critique_jax.perf import CompileCounter, timed
+from critique_jax.rl import rollout as rollout_lib
+from critique_jax.rl.advantages import compute_advantages
+from critique_jax.rl.train_step import (SequenceBatch, TrainState, _all_finite, make_optimizer, rl_update,
+                                        sft_update, token_stats_fn)
+from critique_jax.sampling import SamplerConfig, generate, sample_keys
+from critique_jax.tasks import Problem, Task, get_task
+from critique_jax.text import Tokenizer, default_cache_dir, solve_prompt, tokenizer_for_task
+
+log = logging.getLogger("critique_jax")
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a training run holds that is not the train state."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    mesh: Mesh
+    task: Task
+    tok: Tokenizer
+    train: TaskSource
+    test: TaskSource
+    model_cfg: ModelConfig
+    graphdef: nnx.GraphDef
+    param_sh: Any
+    sampler: SamplerConfig
+    writer: MetricsWriter | None = None  # set by ``train`` once the resume step is known
+
+    def shard(self, x: np.ndarray | jax.Array) -> jax.Array:
+        """A global batch-sharded array from a full host array (or an array of PRNG keys)."""
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(self.shard(np.asarray(jax.random.key_data(x))))
+        return to_global(x, batch_sharding(self.mesh, np.ndim(x)))
+
+    @property
+    def prompt_width(self) -> int:
+        return max(self.config.sampling.prompt_buckets)
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+    """Validates the config, builds data, tokenizer, mesh and model definition; writes config.json."""
+    config_lib.validate(config, jax.device_count())
+    os.makedirs(workdir, exist_ok=True)
+    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    task = get_task(config.task.name)
+    data_dir = config.data_dir or os.path.join(default_cache_dir(), "data")
+
+    def data_and_tokenizer():
+        splits = build_task_dataset(config.task.name, data_dir, seed=config.task.data_seed,
+                                    n_train=config.task.n_train, n_test=config.task.n_test,
+                                    difficulties=list(config.task.difficulties), n_solutions=config.task.n_solutions)
+        tok = tokenizer_for_task(config.task.name, vocab_size=config.tokenizer.vocab_size, seed=config.tokenizer.seed)
+        return splits, tok
+
+    if jax.process_count() > 1:  # process 0 builds the dataset and tokenizer; the others then load them
+        if is_main_process():
+            data_and_tokenizer()
+        multihost_utils.sync_global_devices("critique_jax: data and tokenizer ready")
+    splits, tok = data_and_tokenizer()
+    check_lengths(splits["train"], tok, config)
+    model_cfg = model_config(config.model.preset, tok.vocab_size, family=config.model.family,
+                             dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+                             max_seq_len=max(config.sampling.prompt_buckets) + config.sampling.max_new_tokens)
+    abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
+    graphdef, abstract_params = nnx.split(abstract)
+    sampler = SamplerConfig(max_new_tokens=config.sampling.max_new_tokens, eos_ids=(tok.eos_id,), pad_id=tok.pad_id)
+    if is_main_process():
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=1))
+    return Run(config=config, workdir=workdir, mesh=mesh, task=task, tok=tok, train=splits["train"],
+               test=splits["test"], model_cfg=model_cfg, graphdef=graphdef,
+               param_sh=param_shardings(abstract_params, mesh), sampler=sampler)
+
+
+def check_lengths(source: TaskSource, tok: Tokenizer, config: ml_collections.ConfigDict) -> None:
+    """Fails before training when prompts or reference solutions do not fit the configured widths."""
+    prompts = max(len(tok.encode(solve_prompt(source[i].problem.question))) for i in range(len(source)))
+    solutions = max(len(tok.encode(s, eos=True)) for i in range(len(source)) for s in source[i].solutions)
+    if prompts > max(config.sampling.prompt_buckets):
+        raise ValueError(f"the longest {config.task.name} prompt has {prompts} tokens: raise the largest "
+                         f"sampling.prompt_buckets entry (now {max(config.sampling.prompt_buckets)})")
+    if solutions > config.sampling.max_new_tokens:
+        raise ValueError(f"the longest {config.task.name} reference solution has {solutions} tokens (with the end "
+                         f"token): raise sampling.max_new_tokens (now {config.sampling.max_new_tokens})")
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def init_params(run: Run, seed: int) -> nnx.State:
+    """Freshly initialised policy parameters, created directly in their shardings."""
+    cfg = run.model_cfg
+    make = jax.jit(lambda: nnx.split(Transformer(cfg, rngs=nnx.Rngs(seed)))[1], out_shardings=run.param_sh)
+    return make()
+
+
+def state_shardings(run: Run, params: nnx.State, optimizer: optax.GradientTransformation) -> TrainState:
+    """Where each part of the train state lives (optimiser moments follow their parameters)."""
+    abstract_opt = jax.eval_shape(optimizer.init, params)
+    opt_sh = tree_shardings_like(abstract_opt, params, run.param_sh, run.mesh)
+    return TrainState(params=run.param_sh, opt_state=opt_sh, step=replicated(run.mesh))
+
+
+def init_state(run: Run, params: nnx.State, optimizer: optax.GradientTransformation) -> TrainState:
+    sh = state_shardings(run, params, optimizer)
+    opt_state = jax.jit(optimizer.init, out_shardings=sh.opt_state)(params)
+    return TrainState(params=params, opt_state=opt_state, step=jax.device_put(jnp.zeros((), jnp.int32), sh.step))
+
+
+_all_finite_jit = jax.jit(_all_finite)
+_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+
+
+def _scalars(metrics: dict, prefix: str) -> dict[str, float]:
+    return {f"{prefix}/{k}": float(v) for k, v in jax.device_get(metrics).items()}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(run: Run, params: nnx.State, step: int) -> dict[str, float]:
+    """Greedy and sampled pass@k on the first ``eval.n_problems`` test problems; logs samples."""
+    c = run.config
+    n = min(c.eval.n_problems, len(run.test))
+    problems = [run.test[i].problem for i in range(n)]
+    g, bp = c.eval.group_size, c.eval.batch_prompts
+    greedy_ok, correct, entropy_sum, token_count, samples = [], [], 0.0, 0.0, []
+    for start in range(0, n, bp):
+        chunk = problems[start:start + bp]
+        padded = chunk + [chunk[-1]] * (bp - len(chunk))  # fixed shapes: no recompiles
+        pb = rollout_lib.encode_solve_prompts(run.tok, padded, c.sampling.prompt_buckets)
+        tokens, valid = run.shard(pb.tokens), run.shard(pb.valid)
+        ids = np.arange(start, start + bp)
+        greedy = generate((run.graphdef, params), tokens, valid, run.shard(sample_keys(c.seed, ids, 1)), run.sampler,
+                          group_size=1, temperature=0.0, mesh=run.mesh)
+        sampled = generate((run.graphdef, params), tokens, valid, run.shard(sample_keys(c.seed + 1, ids, g)),
+                           run.sampler, group_size=g, temperature=c.sampling.temperature, top_p=c.sampling.top_p,
+                           top_k=c.sampling.top_k, mesh=run.mesh)
+        g_texts = rollout_lib.decode_responses(run.tok, to_host(greedy.tokens), to_host(greedy.mask))
+        s_mask = to_host(sampled.mask)
+        s_texts = rollout_lib.decode_responses(run.tok, to_host(sampled.tokens), s_mask)
+        g_rew = rollout_lib.score(run.task, padded, g_texts, 1)[:len(chunk)]
+        s_rew = rollout_lib.score(run.task, padded, s_texts, g).reshape(bp, g)[:len(chunk)]
+        greedy_ok += list(g_rew)
+        correct += list(s_rew.sum(1))
+        keep = s_mask[:len(chunk) * g]
+        entropy_sum += float((to_host(sampled.entropy)[:len(chunk) * g] * keep).sum())
+        token_count += float(keep.sum())
+        for i, p in enumerate(chunk):
+            if len(samples) < c.eval.n_logged_samples:
+                samples.append(dict(uid=p.uid, question=p.question, greedy=g_texts[i], greedy_reward=float(g_rew[i]),
+                                    sampled=s_texts[i * g], sampled_reward=float(s_rew[i, 0])))
+    correct_arr = np.asarray(correct, np.int64)
+    metrics = {"eval/pass@1_greedy": float(np.mean(greedy_ok)),
+               "eval/pass@1": float(pass_at_k(g, correct_arr, 1).mean()),
+               "eval/entropy": entropy_sum / max(token_count, 1.0),
+               "eval/response_len": token_count / (n * g)}
+    k = 2
+    while k <= g:
+        metrics[f"eval/pass@k/{k}"] = float(pass_at_k(g, correct_arr, k).mean())
+        k *= 2
+    if g > 1 and f"eval/pass@k/{g}" not in metrics:
+        metrics[f"eval/pass@k/{g}"] = float(pass_at_k(g, correct_arr, g).mean())
+    run.writer.write_samples(step, samples)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- SFT
+
+
+def _ckpt_state(state: TrainState, key: jax.Array, ref_params: nnx.State | None) -> dict:
+    out = {"params": state.params, "opt_state": state.opt_state, "step": state.step, "key": jax.random.key_data(key)}
+    if ref_params is not None:
+        out["ref_params"] = ref_params
+    return out
+
+
+def run_sft(run: Run, ckpt: Checkpointer, progress: Progress) -> nnx.State:
+    """Supervised warm-up on reference solutions; returns the final SFT parameters."""
+    c = run.config
+    optimizer, schedule = make_optimizer(c.sft.lr, c.sft.warmup_steps, max(c.sft.steps, 1),
+                                         weight_decay=c.sft.weight_decay)
+    state = init_state(run, init_params(run, c.seed), optimizer)
+    it = BatchIterator(run.train, c.sft.batch_size, seed=c.seed)
+    key = jax.device_put(jax.random.key(c.seed), replicated(run.mesh))
+    start = 0
+    latest = ckpt.latest_step()
+    if latest is not None:  # resuming inside SFT
+        restored, meta = ckpt.restore(latest, like=_ckpt_state(state, key, None))
+        state = TrainState(restored["params"], restored["opt_state"], restored["step"])
+        it.set_state(meta["iterator"])
+        start = latest
+        log.info("resumed SFT at step %d", start)
+    step_fn = jax.jit(functools.partial(sft_update, run.graphdef, optimizer), donate_argnums=0,
+                      out_shardings=(state_shardings(run, state.params, optimizer), None))
+    for step in range(start + 1, c.sft.steps + 1):
+        examples = next(it)
+        arrays = rollout_lib.sft_arrays(run.tok, examples, np.random.default_rng([c.seed, 1, step]),
+                                        run.prompt_width, c.sampling.max_new_tokens)
+        batch = SequenceBatch(**{k: run.shard(v) for k, v in arrays.items()})
+        state, m = step_fn(state, batch)
+        if step % c.sft.log_every == 0 or step == c.sft.steps:
+            metrics = _scalars(m, "sft") | {"sft/lr": float(schedule(step - 1))}
+            run.writer.write(step, metrics)
+            progress.update(step, metrics)
+        if step % c.checkpoint.every == 0 and step < c.sft.steps:
+            ckpt.save(step, _ckpt_state(state, key, None), {"phase": "sft", "iterator": it.get_state()})
+    return state.params
+
+
+# ----------------------------------------------------------------------------- RL
+
+
+def rl_batch(run: Run, params: nnx.State, problems: list[Problem], step: int) -> tuple[SequenceBatch, dict]:
+    """Samples, scores and packs one RL batch; returns it with rollout metrics and timings."""
+    c = run.config
+    g = c.rl.group_size
+    times: dict[str, float] = {}
+    with timed(times, "perf/sample_s"):
+        pb = rollout_lib.encode_solve_prompts(run.tok, problems, c.sampling.prompt_buckets)
+        keys = sample_keys(c.seed * 1_000_003 + step, np.arange(len(problems)), g)
+        ro = generate((run.graphdef, params), run.shard(pb.tokens), run.shard(pb.valid), run.shard(keys), run.sampler,
+                      group_size=g, temperature=c.sampling.temperature, top_p=c.sampling.top_p,
+                      top_k=c.sampling.top_k, mesh=run.mesh)
+        tokens_h, mask_h = to_host(ro.tokens), to_host(ro.mask)
+    with timed(times, "perf/score_s"):
+        texts = rollout_lib.decode_responses(run.tok, tokens_h, mask_h)
+        rewards = rollout_lib.score(run.task, problems, texts, g)
+        groups = np.repeat(np.arange(len(problems)), g)
+        adv = np.asarray(compute_advantages(c.rl.advantage, jnp.asarray(rewards), jnp.asarray(groups)), np.float32)
+        tokens, valid = rollout_lib.sequence_arrays(pb, g, tokens_h, mask_h)
+    batch = SequenceBatch(tokens=run.shard(tokens), valid=run.shard(valid), response_mask=ro.mask,
+                          old_logp=ro.logp, advantages=run.shard(adv))
+    per_group = rewards.reshape(-1, g).mean(1)
+    metrics = {
+        "train/reward": float(rewards.mean()),
+        "train/entropy": float((to_host(ro.entropy) * mask_h).sum() / max(mask_h.sum(), 1)),
+        "train/response_len": float(mask_h.sum(1).mean()),
+        "train/finished_frac": float(to_host(ro.finished).mean()),
+        "train/groups_all_correct": float((per_group == 1).mean()),
+        "train/groups_none_correct": float((per_group == 0).mean()),
+        "perf/sample_tokens_per_s": float(mask_h.sum()) / max(times["perf/sample_s"], 1e-9),
+    } | times
+    return batch, metrics
+
+
+def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, progress: Progress, stop_at: int | None = None) -> None:
+    """The RL loop, from the SFT policy or from the latest RL checkpoint."""
+    c = run.config
+    s = c.sft.steps if not c.init_from else 0
+    loss_cfg = config_lib.loss_config(c)
+    optimizer, schedule = make_optimizer(c.rl.lr, c.rl.warmup_steps, max(c.rl.steps, 1),
+                                         weight_decay=c.rl.weight_decay, grad_clip=c.rl.grad_clip)
+    # The update donates the train state's buffers, so the reference policy gets its own copy.
+    ref_params = _copy(sft_params) if loss_cfg.ref_kl_coef > 0 else None
+    state = init_state(run, sft_params, optimizer)
+    key = jax.device_put(jax.random.key(c.seed + 7), replicated(run.mesh))
+    it = BatchIterator(run.train, c.rl.prompts_per_step, seed=c.seed + 1)
+    latest = ckpt.latest_step()
+    start = s
+    if latest is not None and latest > s:
+        restored, meta = ckpt.restore(latest, like=_ckpt_state(state, key, ref_params))
+        state = TrainState(restored["params"], restored["opt_state"], restored["step"])
+        key = jax.random.wrap_key_data(restored["key"])
+        ref_params = restored.get("ref_params", ref_params)
+        it.set_state(meta["iterator"])
+        start = latest
+        log.info("resumed RL at step %d", start)
+    elif latest is None or latest <= s:
+        if c.init_from:  # the SFT run evaluated its policy already; this run has no step-0 entry yet
+            run.writer.write(s, evaluate(run, state.params, s))
+    update = jax.jit(functools.partial(rl_update, run.graphdef, optimizer, loss_cfg, epochs=c.rl.epochs,
+                                       minibatches=c.rl.minibatches, temperature=c.sampling.temperature,
+                                       mesh=run.mesh), donate_argnums=0,
+                     out_shardings=(state_shardings(run, state.params, optimizer), None))
+    stats_fn = jax.jit(functools.partial(token_stats_fn, run.graphdef, temperature=c.sampling.temperature))
+    bad_steps = 0
+    for step in range(start + 1, s + c.rl.steps + 1):
+        t0 = time.perf_counter()
+        with CompileCounter() as compiles:
+            problems = [ex.problem for ex in next(it)]
+            batch, metrics = rl_batch(run, state.params, problems, step)
+            times: dict[str, float] = {}
+            with timed(times, "perf/update_s"):
+                if c.rl.recompute_old_logp:
+                    batch = dataclasses.replace(batch, old_logp=stats_fn(state.params, batch)[0])
+                if ref_params is not None:
+                    batch = dataclasses.replace(batch, ref_logp=stats_fn(ref_params, batch)[0])
+                key, sub = jax.random.split(key)
+                lr = float(schedule(int(state.step)))
+                state, m = update(state, batch, sub)
+                m = jax.device_get(m)
+        metrics |= _scalars(m, "train") | times | {"train/lr": lr, "perf/step_s": time.perf_counter() - t0,
+                                                   "perf/compiles": float(compiles.count)}
+        if m["skipped"] > 0:
+            bad_steps += 1
+            log.warning("step %d: %d update(s) with a non-finite loss, gradient or update were skipped", step, int(m["skipped"]))
+            if bad_steps >= c.rl.max_bad_steps:
+                run.writer.write(step, metrics)
+                raise FloatingPointError(f"{bad_steps} consecutive RL steps had non-finite losses, gradients or updates "
+                                         f"(last: step {step}); stopping (rl.max_bad_steps={c.rl.max_bad_steps})")
+        else:
+            bad_steps = 0
+        if step % c.eval.every == 0 or step == s + c.rl.steps:
+            metrics |= evaluate(run, state.params, step)
+        run.writer.write(step, metrics)
+        progress.update(step, metrics)
+        if step % c.checkpoint.every == 0 or step == s + c.rl.steps:
+            if not bool(_all_finite_jit(state.params)):
+                raise FloatingPointError(f"step {step}: parameters are not finite; no checkpoint written")
+            ckpt.save(step, _ckpt_state(state, key, ref_params), {"phase": "rl", "iterator": it.get_state()},
+                      metrics={k: v for k, v in metrics.items() if k.startswith("eval/")} or None)
+        if stop_at is not None and step >= stop_at:
+            ckpt.save(step, _ckpt_state(state, key, ref_params), {"phase": "rl", "iterator": it.get_state()})
+            log.info("stopping at step %d (stop_at); re-run to resume", step)
+            return
+
+
+# ----------------------------------------------------------------------------- entry
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, resume: bool = True, stop_at: int | None = None) -> str:
+    """Runs SFT (unless done or ``init_from``) and RL in ``workdir``; returns the workdir.
+
+    ``stop_at``: end the run after RL step ``stop_at`` (global numbering) with a checkpoint,
+    as a preemption would; running again resumes exactly where it stopped.
+    """
+    run = setup(config, workdir)
+    c = config
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    sft_dir = os.path.join(workdir, "sft_policy")
+    if not resume:
+        for d in (ckpt_dir, sft_dir):
+            if os.path.isdir(d) and os.listdir(d):
+                raise FileExistsError(f"{d} holds checkpoints and resume is off: use a new --workdir or --resume")
+    ckpt = Checkpointer(ckpt_dir, keep_last=c.checkpoint.keep_last, keep_best=c.checkpoint.keep_best,
+                        best_metric=c.checkpoint.best_metric, async_save=c.checkpoint.async_save)
+    sft_ckpt = Checkpointer(init_from_dir(c.init_from) if c.init_from else sft_dir, keep_last=1, keep_best=0,
+                            best_metric=None, async_save=False)
+    total = (0 if c.init_from else c.sft.steps) + c.rl.steps
+    latest = ckpt.latest_step()
+    # Logs past the step we resume from (or all logs, when nothing was saved) belong to a
+    # crashed attempt and are dropped, so the resumed run's logs equal an uninterrupted run's.
+    done = latest if latest is not None else (c.sft.steps if sft_ckpt.latest_step() is not None and not c.init_from else -1)
+    run.writer = MetricsWriter(workdir, enabled=is_main_process(), tensorboard=c.log.tensorboard, resume_step=done)
+    progress = Progress(total=total, initial=latest or 0, enabled=c.log.progress,
+                        keys=("sft/nll", "train/reward", "train/entropy", "eval/pass@1"))
+    like = {"params": init_params_abstract(run)}
+    if sft_ckpt.latest_step() is not None:
+        sft_params = sft_ckpt.restore(like=like)[0]["params"]
+    elif c.init_from:
+        raise FileNotFoundError(f"init_from={c.init_from!r}: no SFT policy checkpoint in {init_from_dir(c.init_from)}")
+    else:
+        sft_params = run_sft(run, ckpt, progress)
+        metrics = evaluate(run, sft_params, c.sft.steps)
+        run.writer.write(c.sft.steps, metrics)
+        sft_ckpt.save(c.sft.steps, {"params": sft_params}, {"phase": "sft_final"}, force=True)
+        sft_ckpt.wait()
+    if c.rl.steps:
+        run_rl(run, ckpt, sft_params, progress, stop_at)
+    ckpt.wait()
+    ckpt.close()
+    sft_ckpt.close()
+    progress.close()
+    run.writer.close()
+    return workdir
+
+
+def init_from_dir(path: str) -> str:
+    return os.path.join(path, "sft_policy")
+
+
+def init_params_abstract(run: Run) -> Any:
+    """Shape/dtype/sharding structs of the policy parameters (restore targets)."""
+    abstract = nnx.split(nnx.eval_shape(lambda: Transformer(run.model_cfg, rngs=nnx.Rngs(0))))[1]
+    return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract, run.param_sh)

@@ -1,0 +1,189 @@
+"""The RL trainer: sharded step = single-device step, exact resume, non-finite guard, config errors."""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from critique_jax import config as config_lib
+from critique_jax.checkpoint import Checkpointer
+from critique_jax.metrics import read_metrics
+from critique_jax.models import Transformer, model_config
+from critique_jax.parallel.mesh import batch_sharding, make_mesh
+from critique_jax.parallel.sharding import param_shardings
+from critique_jax.rl.train_step import SequenceBatch, TrainState, make_optimizer, rl_update
+from critique_jax.rl.trainer import train
+
+
+def tiny_config(tmp_path, **overrides):
+    c = config_lib.default_config()
+    c.unlock()
+    c.task.n_train, c.task.n_test = 96, 16
+    c.data_dir = str(tmp_path / "data")
+    c.model.preset = "tiny"
+    c.sampling.max_new_tokens = 56
+    c.sft.update(steps=3, batch_size=8, warmup_steps=0, log_every=1)
+    c.rl.update(steps=6, prompts_per_step=8, group_size=4, minibatches=2, lr=1e-3)
+    c.rl.loss.name = "clip_cov"
+    c.rl.loss.clip_cov.ratio = 0.05
+    c.rl.loss.ref_kl_coef = 0.01  # exercises the reference policy in checkpoints
+    c.eval.update(every=3, n_problems=8, batch_prompts=8, group_size=2)
+    c.checkpoint.update(every=3, async_save=True)
+    c.log.update(tensorboard=False, progress=False)
+    for k, v in overrides.items():
+        node = c
+        *path, leaf = k.split(".")
+        for p in path:
+            node = node[p]
+        node[leaf] = v
+    c.lock()
+    return c
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("CRITIQUE_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _random_batch(rng, n, p, length, vocab):
+    tokens = rng.integers(4, vocab, (n, p + length)).astype(np.int32)
+    valid = np.ones((n, p + length), bool)
+    valid[:, :2] = False  # left padding
+    resp = np.arange(length)[None] < rng.integers(3, length + 1, (n, 1))
+    valid[:, p:] = resp
+    return dict(tokens=tokens, valid=valid, response_mask=resp,
+                old_logp=(-rng.uniform(0.5, 4.0, (n, length)) * resp).astype(np.float32),
+                ref_logp=(-rng.uniform(0.5, 4.0, (n, length)) * resp).astype(np.float32),
+                advantages=rng.normal(size=n).astype(np.float32))
+
+
+def test_sharded_rl_step_equals_single_device(np_rng):
+    cfg = model_config("tiny", 128)
+    graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
+    # SGD, not Adam: the key-projection bias has an identically zero gradient (softmax is
+    # shift-invariant), and Adam scales its float32 noise (~1e-9, different per sharding) up
+    # to +-lr, which says nothing about whether the sharded computation is right.
+    optimizer = optax.sgd(0.5)
+    loss_cfg = config_lib.loss_config(tiny_config(__import__("pathlib").Path("/unused")))
+    arrays = _random_batch(np_rng, 16, 6, 10, 128)
+    key = jax.random.key(3)
+
+    def run(params, batch, mesh):
+        state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+        step = jax.jit(functools.partial(rl_update, graphdef, optimizer, loss_cfg, epochs=2, minibatches=2, mesh=mesh))
+        return step(state, batch, key)
+
+    single_state, single_m = run(params, SequenceBatch(**{k: jnp.asarray(v) for k, v in arrays.items()}), None)
+    mesh = make_mesh(data=4, fsdp=2)
+    sharded_params = jax.device_put(params, param_shardings(params, mesh))
+    batch = SequenceBatch(**{k: jax.device_put(v, batch_sharding(mesh, v.ndim)) for k, v in arrays.items()})
+    mesh_state, mesh_m = run(sharded_params, batch, mesh)
+    assert single_m.keys() == mesh_m.keys()
+    for k in single_m:
+        # Quantiles pick a rank: float32 noise between near-tied covariances can move them more.
+        tol = dict(rtol=1e-3, atol=1e-4) if k.startswith("cov_p") else dict(rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(mesh_m[k], single_m[k], err_msg=k, **tol)
+    assert float(single_m["selected_frac"]) > 0  # Clip-Cov detached tokens in both
+    for a, b in zip(jax.tree.leaves(single_state.params), jax.tree.leaves(mesh_state.params)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_nonfinite_update_is_skipped(np_rng):
+    cfg = model_config("tiny", 64)
+    graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
+    optimizer, _ = make_optimizer(1e-2, 0, 10)
+    arrays = _random_batch(np_rng, 8, 4, 6, 64)
+    arrays["advantages"][3] = np.nan
+    state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+    new, m = rl_update(graphdef, optimizer, config_lib.loss_config(config_lib.default_config()), state,
+                       SequenceBatch(**{k: jnp.asarray(v) for k, v in arrays.items()}), jax.random.key(0))
+    assert float(m["skipped"]) == 1.0  # the minibatch holding the NaN; the other one updates
+    assert int(new.step) == 0 or int(new.step) == 1
+    for leaf in jax.tree.leaves(new.params):
+        assert np.isfinite(np.asarray(leaf)).all()
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("straight")
+    os.environ["CRITIQUE_JAX_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
+    train(tiny_config(tmp), str(tmp / "run"))
+    return tmp
+
+
+def _compare_runs(dir_a, dir_b, cfg):
+    ma = [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in read_metrics(dir_a)]
+    mb = [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in read_metrics(dir_b)]
+    assert [r["step"] for r in ma] == [r["step"] for r in mb]
+    for ra, rb in zip(ma, mb):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            np.testing.assert_allclose(rb[k], ra[k], rtol=1e-6, err_msg=f"step {ra['step']} {k}")
+    last = cfg.sft.steps + cfg.rl.steps
+    pa = Checkpointer(f"{dir_a}/checkpoints").restore(last, like=_full_like(dir_a, last))[0]["params"]
+    pb = Checkpointer(f"{dir_b}/checkpoints").restore(last, like=_full_like(dir_b, last))[0]["params"]
+    for a, b in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _full_like(workdir, step):
+    """Restore target read from the checkpoint's own metadata (shapes and dtypes)."""
+    import orbax.checkpoint as ocp
+
+    meta = ocp.StandardCheckpointer().metadata(f"{workdir}/checkpoints/{step}/state")
+    tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)
+
+
+def test_exact_resume_and_no_recompiles(straight_run, tmp_path):
+    cfg = tiny_config(straight_run)
+    resumed = tmp_path / "run"
+    stop = cfg.sft.steps + 3
+    train(cfg, str(resumed), stop_at=stop)
+    assert Checkpointer(resumed / "checkpoints").latest_step() == stop
+    assert max(r["step"] for r in read_metrics(resumed)) == stop
+    train(cfg, str(resumed))  # resume and finish
+    _compare_runs(straight_run / "run", resumed, cfg)
+    # After the first RL step nothing compiles again (evaluation and checkpoints included).
+    rows = [r for r in read_metrics(straight_run / "run") if "perf/compiles" in r]
+    assert len(rows) == cfg.rl.steps
+    assert all(r["perf/compiles"] == 0 for r in rows[1:]), [r["perf/compiles"] for r in rows]
+
+
+def test_nonfinite_run_stops_without_nan_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path, **{"rl.lr": float("inf"), "rl.max_bad_steps": 2, "rl.steps": 4,
+                                   "sft.steps": 1, "checkpoint.every": 1})
+    with pytest.raises(FloatingPointError, match=r"2 consecutive RL steps .*\(rl.max_bad_steps=2\)"):
+        train(cfg, str(tmp_path / "run"))
+    rows = read_metrics(tmp_path / "run")
+    assert [r["train/skipped"] for r in rows if "train/skipped" in r] == [2.0, 2.0]
+    ck = Checkpointer(tmp_path / "run" / "checkpoints")
+    for step in ck.all_steps():
+        state, _ = ck.restore(step, like=_full_like(tmp_path / "run", step))
+        assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("rl.prompts_per_step", 6, r"rl.prompts_per_step=6: must be a positive multiple of the 8 batch shards"),
+    ("rl.group_size", 1, r"rl.group_size=1: group-relative advantages \(grpo\) need a group of >= 2"),
+    ("rl.minibatches", 3, r"rl.minibatches=3"),
+    ("sampling.top_p", 1.5, r"sampling.top_p=1.5"),
+    ("rl.loss.name", "ppo2", r"rl.loss.name='ppo2': unknown loss; registered: \['ppo'"),
+    ("rl.loss.clip_cov.cov_ub", 0.5, r"config rl.loss \(clip_cov\): ClipCovConfig.cov_lb=1.0 >= cov_ub=0.5"),
+    ("sft.warmup_steps", 10, r"sft.warmup_steps=10: expected between 0 and sft.steps=3"),
+])
+def test_config_errors_name_the_key(tmp_path, key, value, message):
+    cfg = tiny_config(tmp_path, **{key: value})
+    with pytest.raises(ValueError, match=message):
+        config_lib.validate(cfg, 8)
+
+
+def test_unknown_config_key_is_rejected():
+    c = config_lib.default_config()
+    with pytest.raises(AttributeError, match='Key "grop_size" does not exist'):
+        c.rl.grop_size = 4

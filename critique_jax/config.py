@@ -49,15 +49,15 @@ def default_config() -> ml_collections.ConfigDict:
     """Every field of an experiment, with the defaults used by ``configs/*.py``."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.task = dict(name="countdown", difficulties=(2,), data_seed=0, n_train=4000, n_test=256, n_solutions=4)
+    c.task = dict(name="countdown", difficulties=(1,), data_seed=0, n_train=4000, n_test=256, n_solutions=4)
     c.data_dir = ""  # "" = <cache>/data (CRITIQUE_JAX_CACHE or ~/.cache/critique_jax)
     c.tokenizer = dict(vocab_size=512, seed=0)
     c.model = dict(preset="small", family="qwen2", dtype="float32", param_dtype="float32")
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.distributed = dict(coordinator_address="", num_processes=0, process_id=-1)
-    c.sampling = dict(prompt_buckets=(32,), max_new_tokens=64, temperature=1.0, top_p=1.0, top_k=0)
+    c.sampling = dict(prompt_buckets=(24,), max_new_tokens=48, temperature=1.0, top_p=1.0, top_k=0)
     c.sft = dict(steps=400, batch_size=64, lr=2e-3, warmup_steps=20, weight_decay=0.0, log_every=20)
-    c.rl = dict(steps=100, prompts_per_step=16, group_size=8, epochs=1, minibatches=2, lr=2e-5,
+    c.rl = dict(steps=100, prompts_per_step=16, group_size=8, epochs=1, minibatches=2, lr=1e-4,
                 warmup_steps=0, weight_decay=0.0, grad_clip=1.0, advantage="grpo",
                 recompute_old_logp=True, max_bad_steps=3)
     c.rl.loss = _loss_defaults()

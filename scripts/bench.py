@@ -3,6 +3,7 @@
     python scripts/bench.py sample            # sampler: prefill/decode tokens/s, compile time, memory
     python scripts/bench.py stats             # chunked vs naive token log-probs/entropy (V=152k)
     python scripts/bench.py loss              # clip_cov / kl_cov step-time overhead over ppo
+    python scripts/bench.py rl                # RL step time split into sample / score / update
     python scripts/bench.py loss --json out.json
 
 Each subcommand lives in ``scripts/benches/<name>.py`` with ``add_args(parser)`` and
@@ -20,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-BENCHES = ("sample", "stats", "loss")
+BENCHES = ("sample", "stats", "loss", "rl")
 
 
 def format_table(rows: list[dict]) -> str:

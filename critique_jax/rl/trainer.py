@@ -149,6 +149,11 @@ def init_state(run: Run, params: nnx.State, optimizer: optax.GradientTransformat
 
 
 _all_finite_jit = jax.jit(_all_finite)
+
+
+def _replicated_key(run: Run, seed: int) -> jax.Array:
+    """A PRNG key replicated over the mesh (device_put cannot place key arrays across processes)."""
+    return jax.jit(lambda: jax.random.key(seed), out_shardings=replicated(run.mesh))()
 _copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
 
@@ -223,7 +228,7 @@ def run_sft(run: Run, ckpt: Checkpointer, progress: Progress) -> nnx.State:
                                          weight_decay=c.sft.weight_decay)
     state = init_state(run, init_params(run, c.seed), optimizer)
     it = BatchIterator(run.train, c.sft.batch_size, seed=c.seed)
-    key = jax.device_put(jax.random.key(c.seed), replicated(run.mesh))
+    key = _replicated_key(run, c.seed)
     start = 0
     latest = ckpt.latest_step()
     if latest is not None:  # resuming inside SFT
@@ -295,7 +300,7 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, progress: Progre
     # The update donates the train state's buffers, so the reference policy gets its own copy.
     ref_params = _copy(sft_params) if loss_cfg.ref_kl_coef > 0 else None
     state = init_state(run, sft_params, optimizer)
-    key = jax.device_put(jax.random.key(c.seed + 7), replicated(run.mesh))
+    key = _replicated_key(run, c.seed + 7)
     it = BatchIterator(run.train, c.rl.prompts_per_step, seed=c.seed + 1)
     latest = ckpt.latest_step()
     start = s

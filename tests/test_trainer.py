@@ -16,6 +16,7 @@ from critique_jax.metrics import read_metrics
 from critique_jax.models import Transformer, model_config
 from critique_jax.parallel.mesh import batch_sharding, make_mesh
 from critique_jax.parallel.sharding import param_shardings
+from critique_jax.rl.losses import make_loss_config
 from critique_jax.rl.train_step import SequenceBatch, TrainState, make_optimizer, rl_update
 from critique_jax.rl.trainer import train
 
@@ -69,7 +70,8 @@ def test_sharded_rl_step_equals_single_device(np_rng):
     # shift-invariant), and Adam scales its float32 noise (~1e-9, different per sharding) up
     # to +-lr, which says nothing about whether the sharded computation is right.
     optimizer = optax.sgd(0.5)
-    loss_cfg = config_lib.loss_config(tiny_config(__import__("pathlib").Path("/unused")))
+    # A wide covariance band so Clip-Cov's random selection is exercised whatever the batch.
+    loss_cfg = make_loss_config("clip_cov", ratio=0.05, cov_lb=-10.0, cov_ub=10.0, ref_kl_coef=0.01)
     arrays = _random_batch(np_rng, 16, 6, 10, 128)
     key = jax.random.key(3)
 

@@ -154,6 +154,8 @@ _all_finite_jit = jax.jit(_all_finite)
 def _replicated_key(run: Run, seed: int) -> jax.Array:
     """A PRNG key replicated over the mesh (device_put cannot place key arrays across processes)."""
     return jax.jit(lambda: jax.random.key(seed), out_shardings=replicated(run.mesh))()
+
+
 _copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
 

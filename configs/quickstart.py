@@ -17,9 +17,8 @@ def get_config():
     c.model.preset = "small"
     c.sampling.prompt_buckets = (20,)
     c.sampling.max_new_tokens = 40
-    c.sft.steps = 300
+    c.sft.steps = 450
     c.sft.batch_size = 32
-    c.sft.lr = 3e-3
     c.rl.steps = 30
     c.rl.prompts_per_step = 16
     c.rl.group_size = 8

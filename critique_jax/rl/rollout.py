@@ -44,29 +44,40 @@ def sequence_arrays(prompts: PromptBatch, group_size: int, response_tokens: np.n
     return tokens.astype(np.int32), valid
 
 
-def sft_arrays(tok: Tokenizer, examples: Sequence[Example], rng: np.random.Generator, prompt_width: int,
-               response_len: int) -> dict[str, np.ndarray]:
-    """One SFT batch: each example's solve prompt and one of its reference solutions (+ end token).
+def pack_pairs(tok: Tokenizer, prompts: Sequence[str], targets: Sequence[str], prompt_width: int,
+               response_len: int, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Supervised batch from (prompt text, target text) pairs; the target gets the end token.
 
-    The solution is drawn uniformly from the example's solutions, so SFT sees every style.
-    Returns ``tokens``, ``valid`` [N, P + L] and ``response_mask`` [N, L]. A prompt or
-    solution that does not fit is an error naming the problem and the limit to raise.
+    Returns ``tokens``, ``valid`` [N, P + L] (prompt left-padded to P, target right-padded to
+    L) and ``response_mask`` [N, L]. A prompt or target that does not fit is an error naming
+    the example (``names[i]``, e.g. a problem uid) and the config key to raise.
     """
-    n = len(examples)
+    n = len(prompts)
+    if len(targets) != n:
+        raise ValueError(f"pack_pairs: {n} prompts but {len(targets)} targets")
     tokens = np.full((n, prompt_width + response_len), tok.pad_id, np.int32)
     valid = np.zeros(tokens.shape, bool)
-    for i, ex in enumerate(examples):
-        prompt = tok.encode(solve_prompt(ex.problem.question))
-        sol = ex.solutions[int(rng.integers(len(ex.solutions)))]
-        resp = tok.encode(sol, eos=True)
+    for i, (prompt_text, target_text) in enumerate(zip(prompts, targets)):
+        prompt, resp = tok.encode(prompt_text), tok.encode(target_text, eos=True)
+        name = names[i] if names is not None else f"example {i}"
         if len(prompt) > prompt_width:
-            raise ValueError(f"problem {ex.problem.uid}: prompt of {len(prompt)} tokens exceeds the largest "
-                             f"prompt bucket {prompt_width} (config sampling.prompt_buckets)")
+            raise ValueError(f"{name}: prompt of {len(prompt)} tokens exceeds the largest prompt bucket "
+                             f"{prompt_width} (config sampling.prompt_buckets)")
         if len(resp) > response_len:
-            raise ValueError(f"problem {ex.problem.uid}: reference solution of {len(resp)} tokens exceeds "
-                             f"sampling.max_new_tokens={response_len}")
+            raise ValueError(f"{name}: target of {len(resp)} tokens exceeds sampling.max_new_tokens={response_len}")
         tokens[i, prompt_width - len(prompt):prompt_width] = prompt
         valid[i, prompt_width - len(prompt):prompt_width] = True
         tokens[i, prompt_width:prompt_width + len(resp)] = resp
         valid[i, prompt_width:prompt_width + len(resp)] = True
     return dict(tokens=tokens, valid=valid, response_mask=valid[:, prompt_width:].copy())
+
+
+def sft_arrays(tok: Tokenizer, examples: Sequence[Example], rng: np.random.Generator, prompt_width: int,
+               response_len: int) -> dict[str, np.ndarray]:
+    """One SFT batch: each example's solve prompt and one of its reference solutions.
+
+    The solution is drawn uniformly from the example's solutions, so SFT sees every style.
+    """
+    prompts = [solve_prompt(ex.problem.question) for ex in examples]
+    targets = [ex.solutions[int(rng.integers(len(ex.solutions)))] for ex in examples]
+    return pack_pairs(tok, prompts, targets, prompt_width, response_len, [ex.problem.uid for ex in examples])

@@ -18,6 +18,7 @@ import ml_collections
 
 from critique_jax.rl.config import LossConfig
 from critique_jax.rl.losses import get_loss, make_loss_config, registered_losses
+from critique_jax.critique.feedback import CRITIQUE_TYPES
 from critique_jax.rl.advantages import ESTIMATORS
 
 _SHARED_LOSS_FIELDS = tuple(f.name for f in dataclasses.fields(LossConfig))
@@ -61,6 +62,12 @@ def default_config() -> ml_collections.ConfigDict:
                 warmup_steps=0, weight_decay=0.0, grad_clip=1.0, advantage="grpo",
                 recompute_old_logp=True, max_bad_steps=3)
     c.rl.loss = _loss_defaults()
+    # Critique in the loop (Critique-GRPO): critique type, refinements kept per group, where a
+    # trained critique model lives (a train_critic run directory), and the prompt buckets of
+    # critique and refinement prompts. sft_refine_every > 0 adds a refinement-format SFT batch
+    # (problem, planted wrong solution, rule critique -> correct solution) every that many steps.
+    c.critique = dict(type="none", n_refine=1, critic_from="", prompt_buckets=(64,), refine_buckets=(112,),
+                      sft_refine_every=0)
     c.eval = dict(every=20, n_problems=128, group_size=8, batch_prompts=32, n_logged_samples=4)
     c.checkpoint = dict(every=20, keep_last=2, keep_best=1, best_metric="eval/pass@1", async_save=True)
     c.init_from = ""  # a run directory whose final SFT checkpoint initialises the policy (skips SFT)
@@ -122,6 +129,20 @@ def validate(c: ml_collections.ConfigDict, n_devices: int) -> None:
     need(c.sampling.top_k >= 0, f"sampling.top_k={c.sampling.top_k}: expected >= 0 (0 = off)")
     need(len(c.sampling.prompt_buckets) > 0, "sampling.prompt_buckets is empty")
     need(c.checkpoint.every >= 1 and c.eval.every >= 1, "checkpoint.every and eval.every must be >= 1")
+    need(c.critique.type in CRITIQUE_TYPES,
+         f"critique.type={c.critique.type!r}: expected one of {list(CRITIQUE_TYPES)}")
+    if c.critique.type != "none":
+        need(1 <= c.critique.n_refine < c.rl.group_size,
+             f"critique.n_refine={c.critique.n_refine}: expected 1 <= n_refine < rl.group_size={c.rl.group_size}")
+        need(c.rl.loss.name == "critique_grpo",
+             f"critique.type={c.critique.type!r} needs rl.loss.name='critique_grpo' (got {c.rl.loss.name!r})")
+        need(c.critique.type != "model" or bool(c.critique.critic_from),
+             "critique.type='model' needs critique.critic_from (a train_critic run directory)")
+        need(c.rl.recompute_old_logp, "critique runs need rl.recompute_old_logp=True: refinements were sampled "
+             "with the critique in context, their old log-probs are recomputed under the solve prompt")
+    need(c.rl.loss.name != "critique_grpo" or c.critique.type != "none",
+         "rl.loss.name='critique_grpo' needs refinements: set critique.type (e.g. 'rule_step')")
+    need(c.critique.sft_refine_every >= 0, f"critique.sft_refine_every={c.critique.sft_refine_every}: expected >= 0")
     loss = loss_config(c)
     need(not (loss.ref_kl_coef > 0 and c.sft.steps == 0 and not c.init_from),
          "rl.loss.ref_kl_coef > 0 needs a reference policy: set sft.steps > 0 or init_from")

@@ -8,12 +8,15 @@ everything into the fixed-shape :class:`~critique_jax.rl.train_step.SequenceBatc
 
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import Any, Sequence
 
 import numpy as np
+from flax import nnx
 
 from critique_jax.data import Example
-from critique_jax.sampling import PromptBatch, pad_prompts
+from critique_jax.parallel.distributed import to_host
+from critique_jax.sampling import PromptBatch, generate, pad_prompts, sample_keys
 from critique_jax.tasks import Problem, Task
 from critique_jax.text import Tokenizer
 from critique_jax.text.templates import solve_prompt
@@ -22,6 +25,44 @@ from critique_jax.text.templates import solve_prompt
 def encode_solve_prompts(tok: Tokenizer, problems: Sequence[Problem], buckets: Sequence[int]) -> PromptBatch:
     """Left-padded solve prompts in the smallest fitting bucket."""
     return pad_prompts([tok.encode(solve_prompt(p.question)) for p in problems], buckets, tok.pad_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampled:
+    """Host view of one sampling call over N = len(prompts) x group_size samples.
+
+    prompts: the padded prompt batch [len(prompts), P]; tokens, mask, logp, entropy: [N, L];
+    texts: decoded responses; finished: [N] (emitted an end token).
+    """
+
+    prompts: PromptBatch
+    tokens: np.ndarray
+    mask: np.ndarray
+    logp: np.ndarray
+    entropy: np.ndarray
+    finished: np.ndarray
+    texts: list[str]
+
+
+def sample_texts(run: Any, model: tuple[nnx.GraphDef, Any], prompts: Sequence[str], buckets: Sequence[int],
+                 seed: int, group_size: int, temperature: float) -> Sampled:
+    """``group_size`` completions per prompt text with the run's sampler (``run``: a trainer Run).
+
+    Sample ``j`` of prompt ``i`` uses key ``fold_in(fold_in(key(seed), i), j)``.
+    """
+    c = run.config
+    pb = pad_prompts([run.tok.encode(p) for p in prompts], buckets, run.tok.pad_id)
+    keys = sample_keys(seed, np.arange(len(prompts)), group_size)
+    ro = generate(model, run.shard(pb.tokens), run.shard(pb.valid), run.shard(keys), run.sampler,
+                  group_size=group_size, temperature=temperature, top_p=c.sampling.top_p, top_k=c.sampling.top_k,
+                  mesh=run.mesh)
+    tokens, mask = to_host(ro.tokens), to_host(ro.mask)
+    return Sampled(prompts=pb, tokens=tokens, mask=mask, logp=to_host(ro.logp), entropy=to_host(ro.entropy),
+                   finished=to_host(ro.finished), texts=decode_responses(run.tok, tokens, mask))
+
+
+def masked_mean(x: np.ndarray, mask: np.ndarray) -> float:
+    return float((x * mask).sum() / max(mask.sum(), 1))
 
 
 def decode_responses(tok: Tokenizer, tokens: np.ndarray, mask: np.ndarray) -> list[str]:

@@ -31,10 +31,10 @@ from jax.sharding import Mesh
 from critique_jax import config as config_lib
 from critique_jax.analysis.passk import pass_at_k
 from critique_jax.checkpoint import Checkpointer
+from critique_jax.critique.loop import critique_batch
 from critique_jax.data import BatchIterator, TaskSource, build_task_dataset
 from critique_jax.metrics import MetricsWriter, Progress
 from critique_jax.models import ModelConfig, Transformer, model_config
-from critique_jax.ops.masked import masked_mean
 from critique_jax.parallel.distributed import is_main_process, to_global, to_host
 from critique_jax.parallel.mesh import batch_sharding, make_mesh, replicated
 from critique_jax.parallel.sharding import param_shardings, tree_shardings_like
@@ -45,7 +45,8 @@ from critique_jax.rl.train_step import (SequenceBatch, TrainState, _all_finite, 
                                         sft_update, token_stats_fn)
 from critique_jax.sampling import SamplerConfig, generate, sample_keys
 from critique_jax.tasks import Problem, Task, get_task
-from critique_jax.text import Tokenizer, default_cache_dir, solve_prompt, tokenizer_for_task
+from critique_jax.text import (Tokenizer, default_cache_dir, format_step_critique, refine_prompt, solve_prompt,
+                               tokenizer_for_task)
 
 log = logging.getLogger("critique_jax")
 
@@ -101,7 +102,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     check_lengths(splits["train"], tok, config)
     model_cfg = model_config(config.model.preset, tok.vocab_size, family=config.model.family,
                              dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                             max_seq_len=max(config.sampling.prompt_buckets) + config.sampling.max_new_tokens)
+                             max_seq_len=max(prompt_buckets(config)) + config.sampling.max_new_tokens)
     abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
     graphdef, abstract_params = nnx.split(abstract)
     sampler = SamplerConfig(max_new_tokens=config.sampling.max_new_tokens, eos_ids=(tok.eos_id,), pad_id=tok.pad_id)
@@ -111,6 +112,14 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     return Run(config=config, workdir=workdir, mesh=mesh, task=task, tok=tok, train=splits["train"],
                test=splits["test"], model_cfg=model_cfg, graphdef=graphdef,
                param_sh=param_shardings(abstract_params, mesh), sampler=sampler)
+
+
+def prompt_buckets(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """Every prompt bucket the run samples with (solve, and critique/refine when critiquing)."""
+    buckets = tuple(config.sampling.prompt_buckets)
+    if config.critique.type != "none" or config.critique.sft_refine_every:
+        buckets += tuple(config.critique.prompt_buckets) + tuple(config.critique.refine_buckets)
+    return buckets
 
 
 def check_lengths(source: TaskSource, tok: Tokenizer, config: ml_collections.ConfigDict) -> None:
@@ -243,8 +252,11 @@ def run_sft(run: Run, ckpt: Checkpointer, progress: Progress) -> nnx.State:
                       out_shardings=(state_shardings(run, state.params, optimizer), None))
     for step in range(start + 1, c.sft.steps + 1):
         examples = next(it)
-        arrays = rollout_lib.sft_arrays(run.tok, examples, np.random.default_rng([c.seed, 1, step]),
-                                        run.prompt_width, c.sampling.max_new_tokens)
+        rng = np.random.default_rng([c.seed, 1, step])
+        if c.critique.sft_refine_every and step % c.critique.sft_refine_every == 0:
+            arrays = refine_sft_arrays(run, examples, rng)
+        else:
+            arrays = rollout_lib.sft_arrays(run.tok, examples, rng, run.prompt_width, c.sampling.max_new_tokens)
         batch = SequenceBatch(**{k: run.shard(v) for k, v in arrays.items()})
         state, m = step_fn(state, batch)
         if step % c.sft.log_every == 0 or step == c.sft.steps:
@@ -256,38 +268,64 @@ def run_sft(run: Run, ckpt: Checkpointer, progress: Progress) -> nnx.State:
     return state.params
 
 
+def refine_sft_arrays(run: Run, examples: list, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A refinement-format SFT batch: (question, planted wrong solution, its step critique) -> a
+    correct reference solution, so the policy learns to use critiques before RL asks it to."""
+    prompts, targets = [], []
+    for ex in examples:
+        p = ex.problem
+        wrong = run.task.perturb(p, ex.solutions[int(rng.integers(len(ex.solutions)))], rng).solution
+        critique = format_step_critique(run.task.check_steps(p, wrong), correct=False)
+        prompts.append(refine_prompt(p.question, wrong, critique))
+        targets.append(ex.solutions[int(rng.integers(len(ex.solutions)))])
+    return rollout_lib.pack_pairs(run.tok, prompts, targets, max(run.config.critique.refine_buckets),
+                                  run.config.sampling.max_new_tokens, [ex.problem.uid for ex in examples])
+
+
 # ----------------------------------------------------------------------------- RL
 
 
-def rl_batch(run: Run, params: nnx.State, problems: list[Problem], step: int) -> tuple[SequenceBatch, dict]:
-    """Samples, scores and packs one RL batch; returns it with rollout metrics and timings."""
+def plain_batch(run: Run, params: nnx.State, problems: list[Problem], step: int) -> tuple[dict, dict]:
+    """GRPO rollouts: ``G`` samples per prompt, scored. Host arrays (see ``critique_batch``)."""
+    c = run.config
+    g = c.rl.group_size
+    s = rollout_lib.sample_texts(run, (run.graphdef, params), [solve_prompt(p.question) for p in problems],
+                                 c.sampling.prompt_buckets, c.seed * 1_000_003 + step, g, c.sampling.temperature)
+    tokens, valid = rollout_lib.sequence_arrays(s.prompts, g, s.tokens, s.mask)
+    arrays = dict(tokens=tokens, valid=valid, response_mask=s.mask, old_logp=s.logp,
+                  rewards=rollout_lib.score(run.task, problems, s.texts, g))
+    metrics = {"train/entropy": rollout_lib.masked_mean(s.entropy, s.mask),
+               "train/finished_frac": float(s.finished.mean())}
+    return arrays, metrics
+
+
+def rl_batch(run: Run, params: nnx.State, critic, problems: list[Problem], step: int) -> tuple[SequenceBatch, dict]:
+    """Samples (with critiques and refinements if configured), scores and packs one RL batch."""
     c = run.config
     g = c.rl.group_size
     times: dict[str, float] = {}
-    with timed(times, "perf/sample_s"):
-        pb = rollout_lib.encode_solve_prompts(run.tok, problems, c.sampling.prompt_buckets)
-        keys = sample_keys(c.seed * 1_000_003 + step, np.arange(len(problems)), g)
-        ro = generate((run.graphdef, params), run.shard(pb.tokens), run.shard(pb.valid), run.shard(keys), run.sampler,
-                      group_size=g, temperature=c.sampling.temperature, top_p=c.sampling.top_p,
-                      top_k=c.sampling.top_k, mesh=run.mesh)
-        tokens_h, mask_h = to_host(ro.tokens), to_host(ro.mask)
-    with timed(times, "perf/score_s"):
-        texts = rollout_lib.decode_responses(run.tok, tokens_h, mask_h)
-        rewards = rollout_lib.score(run.task, problems, texts, g)
-        groups = np.repeat(np.arange(len(problems)), g)
-        adv = np.asarray(compute_advantages(c.rl.advantage, jnp.asarray(rewards), jnp.asarray(groups)), np.float32)
-        tokens, valid = rollout_lib.sequence_arrays(pb, g, tokens_h, mask_h)
-    batch = SequenceBatch(tokens=run.shard(tokens), valid=run.shard(valid), response_mask=ro.mask,
-                          old_logp=ro.logp, advantages=run.shard(adv))
+    with timed(times, "perf/rollout_s"):
+        if c.critique.type == "none":
+            arrays, metrics = plain_batch(run, params, problems, step)
+        else:
+            arrays, metrics = critique_batch(run, params, problems, step, critic)
+            metrics["train/entropy"] = metrics["critique/initial_entropy"]
+    rewards = arrays["rewards"]
+    groups = np.repeat(np.arange(len(problems)), g)
+    adv = np.asarray(compute_advantages(c.rl.advantage, jnp.asarray(rewards), jnp.asarray(groups)), np.float32)
+    batch = SequenceBatch(tokens=run.shard(arrays["tokens"]), valid=run.shard(arrays["valid"]),
+                          response_mask=run.shard(arrays["response_mask"]),
+                          old_logp=run.shard(arrays["old_logp"]) if "old_logp" in arrays else None,
+                          advantages=run.shard(adv),
+                          is_refinement=run.shard(arrays["is_refinement"]) if "is_refinement" in arrays else None)
     per_group = rewards.reshape(-1, g).mean(1)
-    metrics = {
+    mask = arrays["response_mask"]
+    metrics |= {
         "train/reward": float(rewards.mean()),
-        "train/entropy": float((to_host(ro.entropy) * mask_h).sum() / max(mask_h.sum(), 1)),
-        "train/response_len": float(mask_h.sum(1).mean()),
-        "train/finished_frac": float(to_host(ro.finished).mean()),
+        "train/response_len": float(mask.sum(1).mean()),
         "train/groups_all_correct": float((per_group == 1).mean()),
         "train/groups_none_correct": float((per_group == 0).mean()),
-        "perf/sample_tokens_per_s": float(mask_h.sum()) / max(times["perf/sample_s"], 1e-9),
+        "perf/rollout_tokens_per_s": float(mask.sum()) / max(times["perf/rollout_s"], 1e-9),
     } | times
     return batch, metrics
 
@@ -322,15 +360,16 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, progress: Progre
                                        mesh=run.mesh), donate_argnums=0,
                      out_shardings=(state_shardings(run, state.params, optimizer), None))
     stats_fn = jax.jit(functools.partial(token_stats_fn, run.graphdef, temperature=c.sampling.temperature))
+    critic = load_critic(run) if c.critique.type == "model" else None
     bad_steps = 0
     for step in range(start + 1, s + c.rl.steps + 1):
         t0 = time.perf_counter()
         with CompileCounter() as compiles:
             problems = [ex.problem for ex in next(it)]
-            batch, metrics = rl_batch(run, state.params, problems, step)
+            batch, metrics = rl_batch(run, state.params, critic, problems, step)
             times: dict[str, float] = {}
             with timed(times, "perf/update_s"):
-                if c.rl.recompute_old_logp:
+                if batch.old_logp is None or c.rl.recompute_old_logp:
                     batch = dataclasses.replace(batch, old_logp=stats_fn(state.params, batch)[0])
                 if ref_params is not None:
                     batch = dataclasses.replace(batch, ref_logp=stats_fn(ref_params, batch)[0])
@@ -412,6 +451,21 @@ def train(config: ml_collections.ConfigDict, workdir: str, resume: bool = True, 
     progress.close()
     run.writer.close()
     return workdir
+
+
+def load_critic(run: Run) -> tuple[nnx.GraphDef, nnx.State]:
+    """The frozen critique model of ``critique.critic_from`` (a train_critic run), on this mesh."""
+    src = run.config.critique.critic_from
+    with open(os.path.join(src, "config.json")) as f:
+        critic_cfg = json.load(f)["critic"]
+    cfg = model_config(critic_cfg["preset"], run.tok.vocab_size, family=critic_cfg["family"],
+                       max_seq_len=run.model_cfg.max_seq_len)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+    sh = param_shardings(abstract, run.mesh)
+    like = {"params": jax.tree.map(lambda x, s_: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s_), abstract, sh)}
+    params = Checkpointer(os.path.join(src, "critic_policy"), keep_last=1, keep_best=0, best_metric=None,
+                          async_save=False).restore(like=like)[0]["params"]
+    return graphdef, params
 
 
 def init_from_dir(path: str) -> str:

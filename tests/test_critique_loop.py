@@ -1,0 +1,131 @@
+"""Critique-GRPO in the loop: rule critiques, shortcut check, refinement selection, sharded step, a tiny run."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from critique_jax import config as config_lib
+from critique_jax.critique.feedback import refinement_reward, rule_critique
+from critique_jax.critique.loop import critique_accuracy, select_refinements
+from critique_jax.metrics import read_metrics
+from critique_jax.models import Transformer, model_config
+from critique_jax.parallel.mesh import batch_sharding, make_mesh
+from critique_jax.parallel.sharding import param_shardings
+from critique_jax.rl.losses import make_loss_config
+from critique_jax.rl.train_step import SequenceBatch, TrainState, rl_update
+from critique_jax.rl.trainer import train
+from critique_jax.tasks import get_task, make_problem
+from critique_jax.text import parse_critique
+
+from test_trainer import _random_batch, tiny_config
+
+
+@pytest.mark.parametrize("task_name", ["countdown", "arithmetic"])
+def test_rule_critiques_carry_the_checker(task_name, np_rng):
+    task = get_task(task_name)
+    for i in range(20):
+        p = make_problem(task, "test", 0, i, task.default_difficulty)
+        good = task.solutions(p, np_rng, 1)[0]
+        bad = task.perturb(p, good, np_rng)
+        assert parse_critique(rule_critique("rule_step", task, p, good)) == (True, None)
+        assert parse_critique(rule_critique("rule_step", task, p, bad.solution)) == (False, bad.step)
+        assert parse_critique(rule_critique("indicative", task, p, bad.solution)) == (False, None)
+        gt = rule_critique("ground_truth", task, p, bad.solution)
+        assert gt.endswith(f"reference answer: {p.answer}")
+
+
+def test_ground_truth_shortcut_is_rejected():
+    task = get_task("arithmetic")  # answer-only reward: copying the revealed answer would pay
+    p = make_problem(task, "test", 0, 0, 2)
+    copied = f"1 + 1 = 3\nanswer: {p.answer}"
+    assert task.reward(p, copied) == 1.0
+    assert refinement_reward(task, p, copied, "ground_truth") == 0.0
+    assert refinement_reward(task, p, copied, "indicative") == 1.0
+
+
+def test_select_refinements_prefers_rescues():
+    init = np.array([[0, 1, 0], [1, 1, 1], [0, 0, 0]], float)
+    ref = np.array([[0, 1, 1], [0, 1, 0], [0, 0, 0]], float)
+    # prompt 0: failed responses 0 and 2; refinement 2 is correct -> first
+    # prompt 1: nothing failed; correct refinement 1 first
+    # prompt 2: nothing correct -> the first failed response's refinement
+    np.testing.assert_array_equal(select_refinements(init, ref, 1)[:, 0], [2, 1, 0])
+    np.testing.assert_array_equal(select_refinements(init, ref, 2)[0], [2, 0])
+    with pytest.raises(ValueError, match="n_refine=4 exceeds the 3 initial responses"):
+        select_refinements(init, ref, 4)
+
+
+def test_critique_accuracy_scoring():
+    task = get_task("countdown")
+    rng = np.random.default_rng(0)
+    probs, resps, crits = [], [], []
+    for i in range(10):
+        p = make_problem(task, "test", 0, i, 1)
+        good = task.solutions(p, rng, 1)[0]
+        bad = task.perturb(p, good, rng).solution
+        for r in (good, bad):
+            probs.append(p)
+            resps.append(r)
+            crits.append(rule_critique("rule_step", task, p, r))
+    m = critique_accuracy(task, probs, resps, crits)
+    assert m == {"critique/verdict_acc": 1.0, "critique/first_wrong_acc": 1.0, "critique/parse_rate": 1.0}
+    flipped = [c.replace("verdict: correct", "verdict: wrong") for c in crits]
+    assert critique_accuracy(task, probs, resps, flipped)["critique/verdict_acc"] == 0.5
+
+
+def test_critique_grpo_sharded_step_equals_single_device(np_rng):
+    cfg = model_config("tiny", 128)
+    graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
+    optimizer = optax.sgd(0.5)  # see test_trainer: Adam amplifies the zero-gradient k-bias noise
+    loss_cfg = make_loss_config("critique_grpo")
+    arrays = _random_batch(np_rng, 16, 6, 10, 128)
+    del arrays["ref_logp"]
+    arrays["is_refinement"] = np.tile([False, False, False, True], 4)
+
+    def run(params, batch, mesh):
+        state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+        step = jax.jit(functools.partial(rl_update, graphdef, optimizer, loss_cfg, minibatches=2, mesh=mesh))
+        return step(state, batch, jax.random.key(0))
+
+    single_state, single_m = run(params, SequenceBatch(**{k: jnp.asarray(v) for k, v in arrays.items()}), None)
+    mesh = make_mesh(data=4, fsdp=2)
+    batch = SequenceBatch(**{k: jax.device_put(v, batch_sharding(mesh, v.ndim)) for k, v in arrays.items()})
+    mesh_state, mesh_m = run(jax.device_put(params, param_shardings(params, mesh)), batch, mesh)
+    assert float(single_m["refinement_frac"]) > 0
+    for k in single_m:
+        tol = dict(rtol=1e-3, atol=1e-4) if k.startswith("cov_p") else dict(rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(mesh_m[k], single_m[k], err_msg=k, **tol)
+    for a, b in zip(jax.tree.leaves(single_state.params), jax.tree.leaves(mesh_state.params)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_tiny_rule_step_critique_run(tmp_path):
+    cfg = tiny_config(tmp_path, **{"critique.type": "rule_step", "critique.sft_refine_every": 2,
+                                   "rl.loss.name": "critique_grpo", "rl.advantage": "drgrpo", "rl.steps": 2,
+                                   "rl.loss.ref_kl_coef": 0.0, "checkpoint.every": 2, "eval.every": 2})
+    train(cfg, str(tmp_path / "run"))
+    rows = read_metrics(tmp_path / "run")
+    rl = [r for r in rows if "train/reward" in r]
+    assert len(rl) == 2
+    for key in ("critique/refine_success_on_failed", "critique/groups_rescued", "critique/refinement_entropy",
+                "train/refinement_frac"):
+        assert key in rl[-1], key
+    assert rl[-1]["train/refinement_frac"] == pytest.approx(1 / cfg.rl.group_size, rel=0.5)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"critique.type": "rule_step"}, r"critique.type='rule_step' needs rl.loss.name='critique_grpo'"),
+    ({"critique.type": "rule_step", "rl.loss.name": "critique_grpo", "critique.n_refine": 4},
+     r"critique.n_refine=4: expected 1 <= n_refine < rl.group_size=4"),
+    ({"critique.type": "model", "rl.loss.name": "critique_grpo"}, r"critique.type='model' needs critique.critic_from"),
+    ({"rl.loss.name": "critique_grpo"}, r"rl.loss.name='critique_grpo' needs refinements"),
+    ({"critique.type": "oracle"}, r"critique.type='oracle': expected one of"),
+])
+def test_critique_config_errors(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config_lib.validate(tiny_config(tmp_path, **overrides), 8)

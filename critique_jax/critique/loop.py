@@ -22,6 +22,7 @@ from flax import nnx
 
 from critique_jax.critique.feedback import RULE_TYPES, refinement_reward, rule_critiques
 from critique_jax.rl import rollout as rollout_lib
+from critique_jax.perf import timed
 from critique_jax.rl.rollout import masked_mean, sample_texts
 from critique_jax.tasks import Problem
 from critique_jax.text.templates import critique_prompt, parse_critique, refine_prompt, solve_prompt
@@ -38,8 +39,8 @@ def select_refinements(initial_rewards: np.ndarray, refine_rewards: np.ndarray, 
     return np.argsort(order_key, axis=1, kind="stable")[:, :n_refine]
 
 
-def critique_batch(run, params: Any, problems: Sequence[Problem], step: int,
-                   critic: tuple[nnx.GraphDef, Any] | None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def critique_batch(run, params: Any, problems: Sequence[Problem], step: int, critic: tuple[nnx.GraphDef, Any] | None,
+                   times: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Host arrays of one Critique-GRPO batch and its critique metrics.
 
     Returns ``tokens``, ``valid`` [B·G, P + L], ``response_mask`` [B·G, L], ``rewards`` [B·G],
@@ -54,22 +55,26 @@ def critique_batch(run, params: Any, problems: Sequence[Problem], step: int,
     temp = c.sampling.temperature
 
     initial = sample_texts(run, policy, [solve_prompt(p.question) for p in problems], c.sampling.prompt_buckets,
-                           seed, n0, temp)
-    init_rewards = rollout_lib.score(task, problems, initial.texts, n0)
+                           seed, n0, temp, times)
+    with timed(times, "perf/score_s"):
+        init_rewards = rollout_lib.score(task, problems, initial.texts, n0)
     owners = [problems[i // n0] for i in range(b * n0)]
 
     if kind in RULE_TYPES:
-        critiques = rule_critiques(kind, task, problems, initial.texts, n0)
+        with timed(times, "perf/score_s"):
+            critiques = rule_critiques(kind, task, problems, initial.texts, n0)
     else:
         critic_model = policy if kind == "self" else critic
         if critic_model is None:
             raise ValueError(f"critique.type={kind!r} needs a critique model (critique.critic_from)")
         critiques = sample_texts(run, critic_model, [critique_prompt(p.question, t) for p, t in zip(owners, initial.texts)],
-                                 c.critique.prompt_buckets, seed + 1, 1, 0.0).texts  # greedy critiques
+                                 c.critique.prompt_buckets, seed + 1, 1, 0.0, times).texts  # greedy critiques
     refined = sample_texts(run, policy, [refine_prompt(p.question, t, k) for p, t, k in
                                          zip(owners, initial.texts, critiques)],
-                           c.critique.refine_buckets, seed + 2, 1, temp)
-    ref_rewards = np.asarray([refinement_reward(task, p, t, kind) for p, t in zip(owners, refined.texts)], np.float32)
+                           c.critique.refine_buckets, seed + 2, 1, temp, times)
+    with timed(times, "perf/score_s"):
+        ref_rewards = np.asarray([refinement_reward(task, p, t, kind) for p, t in zip(owners, refined.texts)],
+                                 np.float32)
 
     chosen = select_refinements(init_rewards.reshape(b, n0), ref_rewards.reshape(b, n0), r)  # [B, r]
     flat_chosen = (np.arange(b)[:, None] * n0 + chosen).reshape(-1)

@@ -9,6 +9,7 @@ everything into the fixed-shape :class:`~critique_jax.rl.train_step.SequenceBatc
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -45,11 +46,13 @@ class Sampled:
 
 
 def sample_texts(run: Any, model: tuple[nnx.GraphDef, Any], prompts: Sequence[str], buckets: Sequence[int],
-                 seed: int, group_size: int, temperature: float) -> Sampled:
+                 seed: int, group_size: int, temperature: float, times: dict[str, float] | None = None) -> Sampled:
     """``group_size`` completions per prompt text with the run's sampler (``run``: a trainer Run).
 
-    Sample ``j`` of prompt ``i`` uses key ``fold_in(fold_in(key(seed), i), j)``.
+    Sample ``j`` of prompt ``i`` uses key ``fold_in(fold_in(key(seed), i), j)``. The call's
+    wall time is added to ``times["perf/sample_s"]`` when ``times`` is given.
     """
+    t0 = time.perf_counter()
     c = run.config
     pb = pad_prompts([run.tok.encode(p) for p in prompts], buckets, run.tok.pad_id)
     keys = sample_keys(seed, np.arange(len(prompts)), group_size)
@@ -57,6 +60,8 @@ def sample_texts(run: Any, model: tuple[nnx.GraphDef, Any], prompts: Sequence[st
                   group_size=group_size, temperature=temperature, top_p=c.sampling.top_p, top_k=c.sampling.top_k,
                   mesh=run.mesh)
     tokens, mask = to_host(ro.tokens), to_host(ro.mask)
+    if times is not None:
+        times["perf/sample_s"] = times.get("perf/sample_s", 0.0) + time.perf_counter() - t0
     return Sampled(prompts=pb, tokens=tokens, mask=mask, logp=to_host(ro.logp), entropy=to_host(ro.entropy),
                    finished=to_host(ro.finished), texts=decode_responses(run.tok, tokens, mask))
 

@@ -285,15 +285,18 @@ def refine_sft_arrays(run: Run, examples: list, rng: np.random.Generator) -> dic
 # ----------------------------------------------------------------------------- RL
 
 
-def plain_batch(run: Run, params: nnx.State, problems: list[Problem], step: int) -> tuple[dict, dict]:
+def plain_batch(run: Run, params: nnx.State, problems: list[Problem], step: int,
+                times: dict[str, float]) -> tuple[dict, dict]:
     """GRPO rollouts: ``G`` samples per prompt, scored. Host arrays (see ``critique_batch``)."""
     c = run.config
     g = c.rl.group_size
     s = rollout_lib.sample_texts(run, (run.graphdef, params), [solve_prompt(p.question) for p in problems],
-                                 c.sampling.prompt_buckets, c.seed * 1_000_003 + step, g, c.sampling.temperature)
+                                 c.sampling.prompt_buckets, c.seed * 1_000_003 + step, g, c.sampling.temperature,
+                                 times)
+    with timed(times, "perf/score_s"):
+        rewards = rollout_lib.score(run.task, problems, s.texts, g)
     tokens, valid = rollout_lib.sequence_arrays(s.prompts, g, s.tokens, s.mask)
-    arrays = dict(tokens=tokens, valid=valid, response_mask=s.mask, old_logp=s.logp,
-                  rewards=rollout_lib.score(run.task, problems, s.texts, g))
+    arrays = dict(tokens=tokens, valid=valid, response_mask=s.mask, old_logp=s.logp, rewards=rewards)
     metrics = {"train/entropy": rollout_lib.masked_mean(s.entropy, s.mask),
                "train/finished_frac": float(s.finished.mean())}
     return arrays, metrics
@@ -303,13 +306,12 @@ def rl_batch(run: Run, params: nnx.State, critic, problems: list[Problem], step:
     """Samples (with critiques and refinements if configured), scores and packs one RL batch."""
     c = run.config
     g = c.rl.group_size
-    times: dict[str, float] = {}
-    with timed(times, "perf/rollout_s"):
-        if c.critique.type == "none":
-            arrays, metrics = plain_batch(run, params, problems, step)
-        else:
-            arrays, metrics = critique_batch(run, params, problems, step, critic)
-            metrics["train/entropy"] = metrics["critique/initial_entropy"]
+    times: dict[str, float] = {"perf/sample_s": 0.0, "perf/score_s": 0.0}
+    if c.critique.type == "none":
+        arrays, metrics = plain_batch(run, params, problems, step, times)
+    else:
+        arrays, metrics = critique_batch(run, params, problems, step, critic, times)
+        metrics["train/entropy"] = metrics["critique/initial_entropy"]
     rewards = arrays["rewards"]
     groups = np.repeat(np.arange(len(problems)), g)
     adv = np.asarray(compute_advantages(c.rl.advantage, jnp.asarray(rewards), jnp.asarray(groups)), np.float32)
@@ -325,7 +327,7 @@ def rl_batch(run: Run, params: nnx.State, critic, problems: list[Problem], step:
         "train/response_len": float(mask.sum(1).mean()),
         "train/groups_all_correct": float((per_group == 1).mean()),
         "train/groups_none_correct": float((per_group == 0).mean()),
-        "perf/rollout_tokens_per_s": float(mask.sum()) / max(times["perf/rollout_s"], 1e-9),
+        "perf/sample_tokens_per_s": float(mask.sum()) / max(times["perf/sample_s"], 1e-9),
     } | times
     return batch, metrics
 

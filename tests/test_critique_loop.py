@@ -73,7 +73,7 @@ def test_critique_accuracy_scoring():
             resps.append(r)
             crits.append(rule_critique("rule_step", task, p, r))
     m = critique_accuracy(task, probs, resps, crits)
-    assert m == {"critique/verdict_acc": 1.0, "critique/first_wrong_acc": 1.0, "critique/parse_rate": 1.0}
+    assert m == {"critique/verdict_acc": 1.0, "critique/first_wrong_acc": 1.0, "critique/parse_fail": 0.0}
     flipped = [c.replace("verdict: correct", "verdict: wrong") for c in crits]
     assert critique_accuracy(task, probs, resps, flipped)["critique/verdict_acc"] == 0.5
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from critique_jax.tasks import Problem, Task
-from critique_jax.text.templates import CORRECT, WRONG, format_step_critique
+import numpy as np
+
+from critique_jax.tasks import Problem, StepCheck, Task
+from critique_jax.text.templates import CORRECT, WRONG, format_step_critique, parse_critique
 
 CRITIQUE_TYPES = ("none", "indicative", "ground_truth", "rule_step", "self", "model")
 RULE_TYPES = ("indicative", "ground_truth", "rule_step")  # built on the host from the verifier
@@ -58,3 +60,43 @@ def refinement_reward(task: Task, problem: Problem, refinement: str, critique_ty
     if critique_type in REVEALS_ANSWER and reward > 0 and not task.check_steps(problem, refinement).ok:
         return 0.0
     return reward
+
+
+def score_critiques(texts: Sequence[str], checks: Sequence[StepCheck]) -> dict[str, float]:
+    """Scores critique texts against the step checker's results (a pure function).
+
+    Returns fractions in [0, 1]:
+      verdict_acc: the parsed verdict equals the checker's (no verdict line counts as wrong);
+      parse_fail: no verdict line could be parsed;
+      exact_match: the text is the reference critique (``format_step_critique(check)``);
+      acc_on_correct / acc_on_wrong: verdict_acc over right / wrong solutions (absent when
+        there are none);
+      first_wrong_acc: over wrong solutions, the critique says ``verdict: wrong`` and marks
+        exactly the checker's first wrong step as its first wrong step (absent when none);
+      acc_on_wrong/<kind>, first_wrong_acc/<kind>: the same per checker error kind;
+    and ``n``, the number of critiques.
+    """
+    if len(texts) != len(checks):
+        raise ValueError(f"score_critiques: {len(texts)} texts but {len(checks)} checks")
+    if not texts:
+        raise ValueError("score_critiques: no critiques")
+    parsed = [parse_critique(t) for t in texts]
+    ok = np.asarray([c.ok for c in checks])
+    verdict_right = np.asarray([v is not None and v == c.ok for (v, _), c in zip(parsed, checks)])
+    step_right = np.asarray([v is False and w == c.first_wrong for (v, w), c in zip(parsed, checks)])
+    out = {
+        "verdict_acc": float(verdict_right.mean()),
+        "parse_fail": float(np.mean([v is None for v, _ in parsed])),
+        "exact_match": float(np.mean([t.strip() == format_step_critique(c) for t, c in zip(texts, checks)])),
+        "n": float(len(texts)),
+    }
+    if ok.any():
+        out["acc_on_correct"] = float(verdict_right[ok].mean())
+    if not ok.all():
+        out["acc_on_wrong"] = float(verdict_right[~ok].mean())
+        out["first_wrong_acc"] = float(step_right[~ok].mean())
+        kinds = np.asarray([c.kind for c in checks])
+        for kind in sorted(set(kinds[~ok])):
+            out[f"acc_on_wrong/{kind}"] = float(verdict_right[kinds == kind].mean())
+            out[f"first_wrong_acc/{kind}"] = float(step_right[kinds == kind].mean())
+    return out

@@ -20,12 +20,12 @@ from typing import Any, Sequence
 import numpy as np
 from flax import nnx
 
-from critique_jax.critique.feedback import RULE_TYPES, refinement_reward, rule_critiques
+from critique_jax.critique.feedback import RULE_TYPES, refinement_reward, rule_critiques, score_critiques
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.perf import timed
 from critique_jax.rl.rollout import masked_mean, sample_texts
 from critique_jax.tasks import Problem
-from critique_jax.text.templates import critique_prompt, parse_critique, refine_prompt, solve_prompt
+from critique_jax.text.templates import critique_prompt, refine_prompt, solve_prompt
 
 
 def select_refinements(initial_rewards: np.ndarray, refine_rewards: np.ndarray, n_refine: int) -> np.ndarray:
@@ -104,16 +104,6 @@ def critique_batch(run, params: Any, problems: Sequence[Problem], step: int, cri
 
 def critique_accuracy(task, problems: Sequence[Problem], responses: Sequence[str],
                       critiques: Sequence[str]) -> dict[str, float]:
-    """Verdict accuracy against the verifier and first-wrong-step accuracy against the step checker."""
-    verdict_ok, step_ok, parsed = [], [], []
-    for p, resp, crit in zip(problems, responses, critiques):
-        verdict, first_wrong = parse_critique(crit)
-        parsed.append(verdict is not None)
-        correct = task.reward(p, resp) >= 1.0
-        verdict_ok.append(verdict is not None and verdict == correct)
-        check = task.check_steps(p, resp)
-        if not check.ok:
-            step_ok.append(first_wrong == check.first_wrong)
-    return {"critique/verdict_acc": float(np.mean(verdict_ok)),
-            "critique/first_wrong_acc": float(np.mean(step_ok)) if step_ok else float("nan"),
-            "critique/parse_rate": float(np.mean(parsed))}
+    """Generated critiques scored against the step checker (see ``score_critiques``)."""
+    scores = score_critiques(critiques, [task.check_steps(p, r) for p, r in zip(problems, responses)])
+    return {f"critique/{k}": v for k, v in scores.items() if k in ("verdict_acc", "first_wrong_acc", "parse_fail")}

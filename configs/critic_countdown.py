@@ -8,11 +8,10 @@ sets the critic's model and training. Prompt width and response length come from
 """
 
 from critique_jax.config import default_config
-from critique_jax.critique.critic import with_critic
 
 
 def get_config():
-    c = with_critic(default_config())
+    c = default_config()
     c.task.name = "countdown"
     c.task.difficulties = (1,)
     c.task.n_train = 2000

@@ -68,6 +68,16 @@ def default_config() -> ml_collections.ConfigDict:
     # (problem, planted wrong solution, rule critique -> correct solution) every that many steps.
     c.critique = dict(type="none", n_refine=1, critic_from="", prompt_buckets=(64,), refine_buckets=(112,),
                       sft_refine_every=0)
+    # The critique model (python -m critique_jax.train_critic): size, supervised training on
+    # step-level critiques of reference and planted-wrong solutions, held-out evaluation.
+    c.critic = dict(preset="small", family="qwen2", steps=600, batch_size=32, lr=2e-3, warmup_steps=20,
+                    weight_decay=0.0,
+                    wrong_fraction=0.5,          # share of wrong solutions in the training set
+                    wrong_per_solution=1,        # planted errors per reference solution
+                    prompt_width=0, max_new_tokens=0,  # 0 = the longest prompt / target in the data
+                    log_every=20, eval_every=0,  # eval_every 0 = evaluate after the last step only
+                    checkpoint_every=100, eval_n_problems=128, eval_batch=32, n_logged_samples=8,
+                    init_from="")                # a {"params"} checkpoint dir (e.g. a policy's sft_policy/)
     c.eval = dict(every=20, n_problems=128, group_size=8, batch_prompts=32, n_logged_samples=4)
     c.checkpoint = dict(every=20, keep_last=2, keep_best=1, best_metric="eval/pass@1", async_save=True)
     c.init_from = ""  # a run directory whose final SFT checkpoint initialises the policy (skips SFT)

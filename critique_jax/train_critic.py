@@ -5,8 +5,8 @@
         --config.critic.preset=tiny --config.critic.steps=200
 
 Re-running the same command resumes from the latest checkpoint in ``--workdir``; a finished run
-(``<workdir>/critic_policy``) is left as it is. The config must have a ``critic`` section
-(``critique_jax.critique.critic.with_critic``). Multi-process: as ``critique_jax.train``.
+(``<workdir>/critic_policy``) is left as it is. The critic's fields are the config's ``critic``
+section. Multi-process: as ``critique_jax.train``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import pytest
 
 from critique_jax.checkpoint import Checkpointer
 from critique_jax.config import default_config
-from critique_jax.critique.critic import initial_params, setup_critic, train_critic, validate_critic, with_critic
+from critique_jax.critique.critic import initial_params, setup_critic, train_critic, validate_critic
 from critique_jax.critique.data import balance, build_examples, policy_examples, triples
 from critique_jax.critique.feedback import score_critiques
 from critique_jax.data import Example
@@ -148,7 +148,7 @@ def test_score_critiques_on_known_answers(examples, np_rng):
 
 
 def tiny_config(tmp_path, **critic):
-    c = with_critic(default_config())
+    c = default_config()
     c.unlock()
     c.task.n_train, c.task.n_test = 48, 16
     c.data_dir = str(tmp_path / "data")
@@ -248,8 +248,8 @@ def test_config_errors_name_the_key(shared):
         setup_critic(tiny_config(shared, batch_size=6), str(shared / "bad"))
     with pytest.raises(ValueError, match=r"critic.eval_n_problems=17 exceeds the 16 test problems"):
         setup_critic(tiny_config(shared, eval_n_problems=17), str(shared / "bad"))
-    with pytest.raises(KeyError, match="no 'critic' section"):
-        setup_critic(default_config(), str(shared / "bad"))
+    with pytest.raises(AttributeError, match='Key "prset" does not exist'):
+        default_config().critic.prset = "tiny"
 
 
 def test_a_prompt_or_target_that_does_not_fit_is_an_error(shared):

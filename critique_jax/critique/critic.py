@@ -65,45 +65,12 @@ log = logging.getLogger("critique_jax")
 _INIT_SEED, _EVAL_DATA_SEED = 1_000, 1_001
 
 
-def critic_defaults() -> ml_collections.ConfigDict:
-    """The ``critic`` config section with its defaults (see :func:`validate_critic`)."""
-    return ml_collections.ConfigDict(dict(
-        preset="small", family="qwen2",       # model size and architecture (models.SIZES / FAMILIES)
-        steps=600, batch_size=32, lr=2e-3, warmup_steps=20, weight_decay=0.0,
-        wrong_fraction=0.5,                   # share of wrong solutions in the training set
-        wrong_per_solution=1,                 # planted errors per reference solution
-        prompt_width=0, max_new_tokens=0,     # 0 = the longest prompt / target in the data
-        log_every=20, eval_every=0,           # eval_every 0 = evaluate after the last step only
-        checkpoint_every=100,
-        eval_n_problems=128, eval_batch=32, n_logged_samples=8,
-        init_from="",                         # a {"params"} checkpoint dir (a policy's sft_policy/) to start from
-    ))
-
-
-def with_critic(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """``config`` (e.g. ``default_config()``) with a ``critic`` section of defaults, locked."""
-    config.unlock()
-    config.critic = critic_defaults()
-    config.lock()
-    return config
-
-
-def _section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    if "critic" not in config:
-        raise KeyError("config has no 'critic' section: build it with "
-                       "critique_jax.critique.critic.with_critic(default_config()) (see configs/critic_countdown.py)")
-    return config.critic
-
-
 def validate_critic(config: ml_collections.ConfigDict, shards: int) -> None:
     """Checks the ``critic`` section; each error names the key and the expected value.
 
     shards: batch shards of the mesh (data x fsdp); batches must be multiples of it.
     """
-    c = _section(config)
-    unknown = sorted(set(c.keys()) - set(critic_defaults().keys()))
-    if unknown:
-        raise KeyError(f"config critic.{unknown[0]}: unknown key; valid keys: {sorted(critic_defaults().keys())}")
+    c = config.critic
 
     def need(cond: bool, msg: str) -> None:
         if not cond:
@@ -187,7 +154,6 @@ def setup_critic(config: ml_collections.ConfigDict, workdir: str, *,
     eval_policy_samples: (test problem, response) pairs added to the evaluation examples.
     Both are labelled by the step checker (:func:`critique_jax.critique.data.policy_examples`).
     """
-    _section(config)  # before setup writes anything
     run = trainer.setup(config, workdir)
     cc = config.critic
     validate_critic(config, batch_shards(run.mesh))

@@ -78,6 +78,14 @@ def default_config() -> ml_collections.ConfigDict:
                     log_every=20, eval_every=0,  # eval_every 0 = evaluate after the last step only
                     checkpoint_every=100, eval_n_problems=128, eval_batch=32, n_logged_samples=8,
                     init_from="")                # a {"params"} checkpoint dir (e.g. a policy's sft_policy/)
+    # Critique-in-the-loop self-training (python -m critique_jax.self_train).
+    c.self_train = dict(iterations=4,
+                        pool_size=0,             # the first pool_size train problems (cycling levels); 0 = all
+                        samples_per_problem=8,   # K samples per pool problem per iteration
+                        batch_prompts=32,        # problems per sampling call (fixed shape)
+                        max_per_problem=0,       # cap on training examples per problem (ReST-EM style); 0 = none
+                        dedupe=False,            # drop exact duplicate texts of the same problem
+                        sft_steps=100, sft_batch_size=32, lr=1e-3, warmup_steps=10, weight_decay=0.0)
     c.eval = dict(every=20, n_problems=128, group_size=8, batch_prompts=32, n_logged_samples=4)
     c.checkpoint = dict(every=20, keep_last=2, keep_best=1, best_metric="eval/pass@1", async_save=True)
     c.init_from = ""  # a run directory whose final SFT checkpoint initialises the policy (skips SFT)

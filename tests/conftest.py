@@ -22,3 +22,9 @@ jax.config.update("jax_default_matmul_precision", "highest")
 def np_rng(request) -> np.random.Generator:
     """A fresh NumPy generator per test, seeded from the test's name (reproducible)."""
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path_factory, monkeypatch):
+    """Tokenizer and dataset caches go to the session's temporary directory, never to ~."""
+    monkeypatch.setenv("CRITIQUE_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

@@ -46,11 +46,6 @@ def tiny_config(tmp_path, **overrides):
     return c
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("CRITIQUE_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
 def _random_batch(rng, n, p, length, vocab):
     tokens = rng.integers(4, vocab, (n, p + length)).astype(np.int32)
     valid = np.ones((n, p + length), bool)

@@ -12,12 +12,10 @@ Multi-process: as ``critique_jax.train``. See :mod:`critique_jax.critique.self_t
 
 from __future__ import annotations
 
-import logging
-
 from absl import app, flags
 from ml_collections import config_flags
 
-from critique_jax.parallel.distributed import maybe_initialize
+from critique_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file with a self_train section.",
                                           lock_config=True)
@@ -29,13 +27,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
-    logging.getLogger("critique_jax").setLevel(logging.INFO)
-    config = _CONFIG.value
-    d = config.distributed
-    maybe_initialize(d.coordinator_address, d.num_processes, d.process_id)
+    config = cli.start(argv, _CONFIG.value)
     from critique_jax.critique.self_train import self_train  # after jax.distributed.initialize
 
     self_train(config, _WORKDIR.value, resume=_RESUME.value, stop_after=_STOP_AFTER.value)

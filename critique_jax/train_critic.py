@@ -11,12 +11,10 @@ section. Multi-process: as ``critique_jax.train``.
 
 from __future__ import annotations
 
-import logging
-
 from absl import app, flags
 from ml_collections import config_flags
 
-from critique_jax.parallel.distributed import maybe_initialize
+from critique_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file with a critic section.",
                                           lock_config=True)
@@ -27,13 +25,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every step at INFO
-    logging.getLogger("critique_jax").setLevel(logging.INFO)
-    config = _CONFIG.value
-    d = config.distributed
-    maybe_initialize(d.coordinator_address, d.num_processes, d.process_id)
+    config = cli.start(argv, _CONFIG.value)
     from critique_jax.critique.critic import train_critic  # after jax.distributed.initialize
 
     train_critic(config, _WORKDIR.value, resume=_RESUME.value, stop_at=_STOP_AT.value)

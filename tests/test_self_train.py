@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from critique_jax.checkpoint import Checkpointer
-from critique_jax.critique.self_train import (check_init_run, eval_metrics, make_sft_step, pass_ks, pool_metrics,
+from critique_jax.critique.self_train import (check_init_run, eval_metrics, pass_ks, pool_metrics,
                                               select_kept, self_train, sft_batches, sft_on, training_pairs,
                                               validate_self_train)
 from critique_jax.metrics import read_metrics
@@ -203,7 +203,7 @@ def test_sft_on_kept_data_lowers_the_nll(dirs):
     params = trainer.init_params(run, 0)
     before = [np.asarray(x).copy() for x in jax.tree.leaves(params)]
     optimizer, _ = make_optimizer(cfg.self_train.lr, 0, cfg.self_train.sft_steps)
-    new, m = sft_on(run, make_sft_step(run, params, optimizer), optimizer, params, [e.problem for e in examples],
+    new, m = sft_on(run, trainer.sft_step_fn(run, params, optimizer), optimizer, params, [e.problem for e in examples],
                     [e.solutions[0] for e in examples], seed=0)
     # 8 examples, batch 8: both steps see the same examples, so the second step's NLL is lower.
     assert m["self_train/sft/nll"] < m["self_train/sft/nll_first"]

@@ -31,7 +31,6 @@ policy samples when given), scored by :func:`score_critiques` against the step c
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import time
@@ -54,7 +53,7 @@ from critique_jax.parallel.mesh import batch_shards
 from critique_jax.parallel.sharding import param_shardings
 from critique_jax.rl import trainer
 from critique_jax.rl.rollout import decode_responses, pack_pairs
-from critique_jax.rl.train_step import SequenceBatch, TrainState, make_optimizer, sft_update
+from critique_jax.rl.train_step import SequenceBatch, TrainState, make_optimizer
 from critique_jax.sampling import SamplerConfig, generate, pad_prompts, sample_keys
 from critique_jax.tasks import Problem
 from critique_jax.text import Tokenizer
@@ -268,8 +267,7 @@ def run_critic_sft(critic: Critic, ckpt: Checkpointer, progress: Progress,
         it.set_state(meta["iterator"])
         start = latest
         log.info("resumed critic training at step %d", start)
-    step_fn = jax.jit(functools.partial(sft_update, run.graphdef, optimizer), donate_argnums=0,
-                      out_shardings=(trainer.state_shardings(run, state.params, optimizer), None))
+    step_fn = trainer.sft_step_fn(run, state.params, optimizer)
     t_log, steps_since, eval_s = time.perf_counter(), 0, 0.0
     for step in range(start + 1, cc.steps + 1):
         state, m = step_fn(state, critic.batch(next(it)))

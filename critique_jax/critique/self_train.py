@@ -67,7 +67,7 @@ from critique_jax.parallel.mesh import batch_shards
 from critique_jax.perf import timed
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.rl import trainer
-from critique_jax.rl.train_step import SequenceBatch, make_optimizer, sft_update
+from critique_jax.rl.train_step import SequenceBatch, make_optimizer
 from critique_jax.tasks import Problem
 from critique_jax.text import Tokenizer
 from critique_jax.text.templates import critique_prompt, refine_prompt, solve_prompt
@@ -421,12 +421,6 @@ def sample_pool(run: trainer.Run, params: nnx.State, critic: tuple[nnx.GraphDef,
 # ----------------------------------------------------------------------------- SFT and evaluation
 
 
-def make_sft_step(run: trainer.Run, params: nnx.State, optimizer) -> Callable:
-    """The jitted supervised step (donates the state), with the trainer's state shardings."""
-    return jax.jit(functools.partial(sft_update, run.graphdef, optimizer), donate_argnums=0,
-                   out_shardings=(trainer.state_shardings(run, params, optimizer), None))
-
-
 def sft_on(run: trainer.Run, step_fn: Callable, optimizer, params: nnx.State, problems: Sequence[Problem],
            targets: Sequence[str], seed: int) -> tuple[nnx.State, dict[str, float]]:
     """``self_train.sft_steps`` supervised steps on (solve prompt of ``problems[i]``, ``targets[i]``)
@@ -544,7 +538,7 @@ def self_train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool 
     problems = [run.train[i].problem for i in range(st.pool_size or len(run.train))]
     critic = trainer.load_critic(run) if config.critique.type == "model" else None
     optimizer, _ = make_optimizer(st.lr, st.warmup_steps, st.sft_steps, weight_decay=st.weight_decay)
-    step_fn = make_sft_step(run, params, optimizer)
+    step_fn = trainer.sft_step_fn(run, params, optimizer)
     for iteration in range((latest or 0) + 1, st.iterations + 1):
         params, metrics = run_iteration(run, params, critic, problems, iteration, step_fn, optimizer)
         run.writer.write(iteration, metrics)

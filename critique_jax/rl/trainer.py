@@ -157,6 +157,13 @@ def init_state(run: Run, params: nnx.State, optimizer: optax.GradientTransformat
     return TrainState(params=params, opt_state=opt_state, step=jax.device_put(jnp.zeros((), jnp.int32), sh.step))
 
 
+def sft_step_fn(run: Run, params: nnx.State, optimizer: optax.GradientTransformation):
+    """The jitted supervised step ``(state, batch) -> (state, metrics)``: donates the state and
+    keeps it in its shardings (policy SFT, critic training and self-training all use it)."""
+    return jax.jit(functools.partial(sft_update, run.graphdef, optimizer), donate_argnums=0,
+                   out_shardings=(state_shardings(run, params, optimizer), None))
+
+
 _all_finite_jit = jax.jit(_all_finite)
 
 
@@ -248,8 +255,7 @@ def run_sft(run: Run, ckpt: Checkpointer, progress: Progress) -> nnx.State:
         it.set_state(meta["iterator"])
         start = latest
         log.info("resumed SFT at step %d", start)
-    step_fn = jax.jit(functools.partial(sft_update, run.graphdef, optimizer), donate_argnums=0,
-                      out_shardings=(state_shardings(run, state.params, optimizer), None))
+    step_fn = sft_step_fn(run, state.params, optimizer)
     for step in range(start + 1, c.sft.steps + 1):
         examples = next(it)
         rng = np.random.default_rng([c.seed, 1, step])

@@ -360,9 +360,8 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, progress: Progre
         it.set_state(meta["iterator"])
         start = latest
         log.info("resumed RL at step %d", start)
-    elif latest is None or latest <= s:
-        if c.init_from:  # the SFT run evaluated its policy already; this run has no step-0 entry yet
-            run.writer.write(s, evaluate(run, state.params, s))
+    elif c.init_from:  # the SFT run evaluated this policy in its own directory; log it here too
+        run.writer.write(s, evaluate(run, state.params, s))
     update = jax.jit(functools.partial(rl_update, run.graphdef, optimizer, loss_cfg, epochs=c.rl.epochs,
                                        minibatches=c.rl.minibatches, temperature=c.sampling.temperature,
                                        mesh=run.mesh), donate_argnums=0,

@@ -6,6 +6,7 @@ import pathlib
 import pytest
 
 from critique_jax.config import loss_config, validate
+from critique_jax.critique.critic import validate_critic
 
 CONFIGS = sorted((pathlib.Path(__file__).parent.parent / "configs").glob("*.py"))
 
@@ -18,6 +19,7 @@ def test_config_file_validates(path):
     config = module.get_config()
     for devices in (1, 8):
         validate(config, devices)
+        validate_critic(config, devices)  # every config carries the critic section too
     assert loss_config(config).name == config.rl.loss.name
 
 

@@ -1,0 +1,49 @@
+"""Entropy control on countdown level 1: GRPO vs clip-higher, Clip-Cov, KL-Cov, entropy bonus,
+GPPO and forking-token masks, every run starting from one SFT policy (``runs/repro/sft``).
+
+    python scripts/sweep.py --config configs/sweeps/entropy.py --out runs/repro/entropy
+
+Sized for the 2-core CPU reproduction (``scripts/reproduce.sh``): 40 RL steps of 16 prompts x
+8 samples, evaluation every 10 steps on 64 held-out problems. The headline comparison (GRPO,
+Clip-Cov, KL-Cov) has 3 seeds, the rest 1. Widen a coefficient by giving a tuple, e.g.
+``grid={"rl.loss.clip_cov.ratio": (2e-3, 2e-2, 5e-2)}``; each value becomes its own label.
+"""
+
+COMMON = {
+    "init_from": "runs/repro/sft",  # bash scripts/reproduce.sh trains it; --set init_from=... for another
+    "rl.steps": 40,
+    "rl.prompts_per_step": 16,
+    "rl.group_size": 8,
+    "rl.lr": 1e-4,
+    "eval.every": 10,
+    "eval.n_problems": 64,
+    "checkpoint.every": 20,
+    "log.progress": False,
+}
+
+
+def get_sweep():
+    ppo = {"rl.loss.name": "ppo"}
+    return dict(
+        name="entropy",
+        base="configs/quickstart.py",
+        common=COMMON,
+        seeds=(0,),
+        runs=[
+            # GRPO baseline: PPO surrogate with DAPO's clip-higher (eps_low 0.2, eps_high 0.28).
+            dict(label="grpo", set=ppo, seeds=(0, 1, 2)),
+            # Symmetric clipping (eps_high = eps_low = 0.2): what clip-higher is compared against.
+            dict(label="grpo_sym", set={**ppo, "rl.loss.ppo.clip_high": 0.2}),
+            dict(label="clip_cov", set={"rl.loss.name": "clip_cov"}, grid={"rl.loss.clip_cov.ratio": (2e-2,)},
+                 seeds=(0, 1, 2)),
+            dict(label="kl_cov", set={"rl.loss.name": "kl_cov"}, grid={"rl.loss.kl_cov.ratio": (2e-3,)},
+                 seeds=(0, 1, 2)),
+            dict(label="entropy_bonus", set=ppo, grid={"rl.loss.entropy_coef": (1e-2,)}),
+            dict(label="gppo", set={"rl.loss.name": "gppo"}),
+            # Wang et al. 2025: the policy gradient only on the top 20% entropy tokens, and the
+            # complement (the bottom 80%).
+            dict(label="forking_top20", set={**ppo, "rl.loss.forking_rho": 0.2}),
+            dict(label="forking_bottom80", set={**ppo, "rl.loss.forking_rho": 0.2,
+                                                "rl.loss.forking_complement": True}),
+        ],
+    )

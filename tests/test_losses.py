@@ -145,7 +145,8 @@ def ref_tokens(cfg, x, selected=None):
     keep = valid
     if cfg.forking_rho is not None and n:
         h = x["entropy"]
-        keep = valid & (np.where(valid, h, -np.inf) >= np.quantile(h[valid], 1 - cfg.forking_rho))
+        top = np.where(valid, h, -np.inf) >= np.quantile(h[valid], 1 - cfg.forking_rho)
+        keep = valid & (~top if cfg.forking_complement else top)
     return np.where(valid, loss, 0.0), np.where(valid, grad, 0.0), keep, info
 
 
@@ -233,6 +234,7 @@ def selected_mask(terms) -> np.ndarray:
 CASES = {
     "ppo": ("ppo", dict(entropy_coef=0.01, ref_kl_coef=0.05)),
     "ppo_nodual_forking": ("ppo", dict(agg="seq-mean-token-mean", dual_clip_c=None, forking_rho=0.3)),
+    "ppo_forking_bottom": ("ppo", dict(forking_rho=0.2, forking_complement=True)),
     "clip_cov": ("clip_cov", dict(agg="seq-mean-token-sum", ratio=0.05, cov_lb=0.05, cov_ub=2.0,
                                   forking_rho=0.5)),
     "clip_cov_k1": ("clip_cov", dict(ratio=2e-4, cov_lb=0.0, cov_ub=10.0)),
@@ -545,6 +547,7 @@ def test_per_shard_needs_a_mesh(np_rng):
     (lambda: rl.KLCovConfig(ratio=-2e-3), r"KLCovConfig.ratio=-0.002"),
     (lambda: rl.PPOConfig(forking_rho=0.0), r"forking_rho=0.0"),
     (lambda: rl.PPOConfig(forking_rho=1.2), r"forking_rho=1.2"),
+    (lambda: rl.PPOConfig(forking_complement=True), r"forking_complement=True needs forking_rho"),
     (lambda: rl.ClipCovConfig(cov_lb=5.0, cov_ub=5.0), r"cov_lb=5.0 >= cov_ub=5.0"),
     (lambda: rl.ClipCovConfig(cov_lb=6.0), r"cov_lb=6.0 >= cov_ub=5.0"),
     (lambda: rl.CritiqueGRPOConfig(gamma=0.0), r"gamma=0.0: expected a number in \(0, inf\]"),

@@ -67,6 +67,8 @@ class LossConfig:
       forking_rho: keep only tokens with entropy >= the batch's top-rho quantile (Wang et al.,
         arXiv:2506.01939; 0.2 there). The 0/1 mask multiplies the policy loss; masked tokens
         still count in the denominator. None = off.
+      forking_complement: keep the other tokens instead (entropy below the top-rho threshold:
+        the paper's "bottom 80%" ablation with rho = 0.2); needs forking_rho.
       scope: where batch statistics (covariance means, top-k, Clip-Cov band, forking
         threshold) are computed: ``global`` = the whole batch passed in (under jit with a
         sharded batch XLA does the collectives), ``per_shard`` = each data shard of the mesh
@@ -82,6 +84,7 @@ class LossConfig:
     ref_kl_coef: float = 0.0
     ref_kl_type: str = "k3"
     forking_rho: float | None = None
+    forking_complement: bool = False
     scope: str = "global"
 
     def __post_init__(self) -> None:
@@ -91,6 +94,8 @@ class LossConfig:
         _number(self, "ref_kl_coef", lo=0.0)
         _choice(self, "ref_kl_type", REF_KL_TYPES)
         _number(self, "forking_rho", lo=0.0, hi=1.0, lo_open=True, optional=True)
+        if self.forking_complement and self.forking_rho is None:
+            raise ValueError("forking_complement=True needs forking_rho (the share of high-entropy tokens left out)")
         _choice(self, "scope", SCOPES)
 
 

@@ -59,6 +59,8 @@ def _token_stage(config: LossConfig, inputs: LossInputs, key: Array | None) -> T
     keep = ctx.valid
     if config.forking_rho is not None:
         keep = forking_mask(jnp.where(ctx.valid, inputs.entropy, 0.0), ctx.valid, config.forking_rho)
+        if config.forking_complement:
+            keep = ctx.valid & ~keep
     loss = jnp.where(keep, loss, 0.0)
     return TokenTerms(loss=loss, keep=keep, cov=ctx.cov, stats=stats)
 

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from critique_jax.metrics import read_metrics  # noqa: E402
 
-TABLE_KEYS = ("eval/pass@1_greedy", "eval/pass@1", "eval/pass@k/2", "eval/pass@k/4", "eval/pass@k/8",
+TABLE_KEYS = ("eval/pass@1_greedy", "eval/pass@1", "eval/pass@k/2", "eval/pass@k/4", "eval/pass@k/8", "eval/distinct_correct",
               "eval/entropy", "eval/response_len")
 
 

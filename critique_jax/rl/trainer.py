@@ -29,6 +29,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from critique_jax import config as config_lib
+from critique_jax.analysis.diversity import distinct_correct_solutions
 from critique_jax.analysis.passk import pass_at_k
 from critique_jax.checkpoint import Checkpointer
 from critique_jax.critique.loop import critique_batch
@@ -82,6 +83,8 @@ class Run:
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Validates the config, builds data, tokenizer, mesh and model definition; writes config.json."""
     config_lib.validate(config, jax.device_count())
+    if config.critique.type == "model":
+        check_critic_source(config)
     os.makedirs(workdir, exist_ok=True)
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     task = get_task(config.task.name)
@@ -188,7 +191,7 @@ def evaluate(run: Run, params: nnx.State, step: int) -> dict[str, float]:
     n = min(c.eval.n_problems, len(run.test))
     problems = [run.test[i].problem for i in range(n)]
     g, bp = c.eval.group_size, c.eval.batch_prompts
-    greedy_ok, correct, entropy_sum, token_count, samples = [], [], 0.0, 0.0, []
+    greedy_ok, correct, distinct, entropy_sum, token_count, samples = [], [], [], 0.0, 0.0, []
     for start in range(0, n, bp):
         chunk = problems[start:start + bp]
         padded = chunk + [chunk[-1]] * (bp - len(chunk))  # fixed shapes: no recompiles
@@ -207,6 +210,7 @@ def evaluate(run: Run, params: nnx.State, step: int) -> dict[str, float]:
         s_rew = rollout_lib.score(run.task, padded, s_texts, g).reshape(bp, g)[:len(chunk)]
         greedy_ok += list(g_rew)
         correct += list(s_rew.sum(1))
+        distinct += [distinct_correct_solutions(run.task, p, s_texts[i * g:(i + 1) * g]) for i, p in enumerate(chunk)]
         keep = s_mask[:len(chunk) * g]
         entropy_sum += float((to_host(sampled.entropy)[:len(chunk) * g] * keep).sum())
         token_count += float(keep.sum())
@@ -219,12 +223,9 @@ def evaluate(run: Run, params: nnx.State, step: int) -> dict[str, float]:
                "eval/pass@1": float(pass_at_k(g, correct_arr, 1).mean()),
                "eval/entropy": entropy_sum / max(token_count, 1.0),
                "eval/response_len": token_count / (n * g)}
-    k = 2
-    while k <= g:
+    metrics["eval/distinct_correct"] = float(np.mean(distinct))
+    for k in range(2, g + 1):  # pass@k for every k = 1..G (pass@1 above)
         metrics[f"eval/pass@k/{k}"] = float(pass_at_k(g, correct_arr, k).mean())
-        k *= 2
-    if g > 1 and f"eval/pass@k/{g}" not in metrics:
-        metrics[f"eval/pass@k/{g}"] = float(pass_at_k(g, correct_arr, g).mean())
     run.writer.write_samples(step, samples)
     return metrics
 
@@ -458,6 +459,26 @@ def train(config: ml_collections.ConfigDict, workdir: str, resume: bool = True, 
     progress.close()
     run.writer.close()
     return workdir
+
+
+def check_critic_source(config: ml_collections.ConfigDict) -> None:
+    """Fails before anything trains when ``critique.critic_from`` is not a critic for this run:
+    no train_critic run there, or one trained on another task or tokenizer (a vocabulary that
+    does not match the policy's, whose critique tokens would decode to other text)."""
+    src = config.critique.critic_from
+    path = os.path.join(src, "config.json")
+    if not os.path.isfile(path) or not os.path.isdir(os.path.join(src, "critic_policy")):
+        raise FileNotFoundError(f"critique.critic_from={src!r}: expected a train_critic run directory with "
+                                "config.json and critic_policy/")
+    with open(path) as f:
+        theirs = json.load(f)
+    for key, ours in (("task.name", config.task.name), ("tokenizer.vocab_size", config.tokenizer.vocab_size),
+                      ("tokenizer.seed", config.tokenizer.seed)):
+        section, field = key.split(".")
+        if theirs[section][field] != ours:
+            raise ValueError(f"critique.critic_from={src!r}: the critic was trained with {key}="
+                             f"{theirs[section][field]!r} but this run has {key}={ours!r}; its vocabulary does not "
+                             "match the policy's tokenizer (train a critic with the same task and tokenizer)")
 
 
 def load_critic(run: Run) -> tuple[nnx.GraphDef, nnx.State]:

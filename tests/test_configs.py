@@ -8,15 +8,21 @@ import pytest
 from critique_jax.config import loss_config, validate
 from critique_jax.critique.critic import validate_critic
 
+from critique_jax.critique.feedback import CRITIQUE_TYPES
+
 CONFIGS = sorted((pathlib.Path(__file__).parent.parent / "configs").glob("*.py"))
+# Config files with a variant argument (``--config=configs/x.py:<arg>``) and the args to check.
+VARIANTS = {"countdown_critique_grpo": [t for t in CRITIQUE_TYPES if t != "model"],
+            "self_train_countdown": ["rule_step", "none"]}
+CASES = [(p, arg) for p in CONFIGS for arg in VARIANTS.get(p.stem, [None])]
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_config_file_validates(path):
+@pytest.mark.parametrize("path, arg", CASES, ids=lambda x: x.stem if hasattr(x, "stem") else str(x))
+def test_config_file_validates(path, arg):
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config()
+    config = module.get_config() if arg is None else module.get_config(arg)
     for devices in (1, 8):
         validate(config, devices)
         validate_critic(config, devices)  # every config carries the critic section too
@@ -25,4 +31,13 @@ def test_config_file_validates(path):
 
 def test_configs_exist():
     names = {p.stem for p in CONFIGS}
-    assert {"quickstart", "countdown_grpo", "countdown_clip_cov", "countdown_kl_cov"} <= names
+    assert {"quickstart", "countdown_grpo", "countdown_clip_cov", "countdown_kl_cov", "countdown_critique_grpo"} <= names
+
+
+def test_critique_config_rejects_an_unknown_type():
+    path = pathlib.Path(__file__).parent.parent / "configs" / "countdown_critique_grpo.py"
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(ValueError, match=r"countdown_critique_grpo.py:oracle: expected one of"):
+        module.get_config("oracle")

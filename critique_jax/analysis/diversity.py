@@ -154,3 +154,35 @@ def top_fraction_threshold(
     tau = float(values[lo] if pos == lo else values[lo] + float(pos - lo) * (values[lo + 1] - values[lo]))
     shares: Mapping[float, float] = {float(t): float(np.mean(values >= t)) for t in thresholds}
     return {"threshold": tau, "kept_share": float(np.mean(values >= tau)), "share_at_or_above": shares}
+
+
+def top_entropy_positions(entropies: Any, mask: Any, n: int) -> list[tuple[int, int]]:
+    """``(row, col)`` of the ``n`` highest-entropy valid tokens of a ``[N, L]`` array, highest
+    first (ties by position); fewer when there are fewer valid tokens."""
+    h, valid = np.asarray(entropies, np.float64), np.asarray(mask, bool)
+    if h.ndim != 2 or valid.shape != h.shape:
+        raise ValueError(f"entropies {h.shape} and mask {valid.shape}: expected equal [N, L] shapes")
+    flat = np.flatnonzero(valid)
+    order = flat[np.argsort(-h.reshape(-1)[flat], kind="stable")[:n]]
+    return [(int(i // h.shape[1]), int(i % h.shape[1])) for i in order]
+
+
+def fork_share_by_token(
+    token_ids: Any, entropies: Any, mask: Any, threshold: float, min_count: int = 1
+) -> list[dict[str, float]]:
+    """Which token ids fork: per id among the valid tokens, ``count``, ``mean_entropy`` and
+    ``fork_share`` (share of its occurrences with ``H >= threshold``, e.g. the top-20% threshold
+    of :func:`top_fraction_threshold`). Ids seen fewer than ``min_count`` times are left out;
+    sorted by fork share, then count, descending. ``id`` is an int, the rest float."""
+    ids, valid = np.asarray(token_ids), np.asarray(mask, bool)
+    h = np.asarray(entropies, np.float64)
+    if ids.shape != h.shape or valid.shape != h.shape:
+        raise ValueError(f"token_ids {ids.shape}, entropies {h.shape}, mask {valid.shape}: expected equal shapes")
+    ids, h = ids[valid], h[valid]
+    rows = []
+    for t in np.unique(ids):
+        at = ids == t
+        if at.sum() >= min_count:
+            rows.append({"id": int(t), "count": float(at.sum()), "mean_entropy": float(h[at].mean()),
+                         "fork_share": float(np.mean(h[at] >= threshold))})
+    return sorted(rows, key=lambda r: (-r["fork_share"], -r["count"], r["id"]))

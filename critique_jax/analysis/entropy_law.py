@@ -256,3 +256,28 @@ def pearson_r(x: Any, y: Any) -> float:
     if denom == 0:
         raise ValueError("pearson_r: a sample is constant; the correlation is undefined")
     return float(dx @ dy) / denom
+
+
+def covariance_by_accuracy(cov: Any, mask: Any, rewards: Any, group_size: int) -> dict[float, dict[str, float]]:
+    """Token covariance bucketed by the accuracy of the prompt's group ("covariance by prompt accuracy").
+
+    cov, mask: [N, L] per-token covariance (e.g. :func:`critique_jax.ops.token_covariance` of
+    log-probs and advantages) and valid tokens; rewards [N] with N = prompts x ``group_size``,
+    group-major (sample i answers prompt i // group_size). A group's accuracy is its mean reward.
+    Returns ``{accuracy: {"mean_cov": mean of cov over the valid tokens of those groups,
+    "n_tokens", "n_groups"}}`` sorted by accuracy (float keys, rounded to 9 decimals).
+    """
+    c, valid, r = np.asarray(cov, np.float64), np.asarray(mask, bool), np.asarray(rewards, np.float64)
+    if c.ndim != 2 or valid.shape != c.shape or r.shape != c.shape[:1]:
+        raise ValueError(f"cov {c.shape}, mask {valid.shape}, rewards {r.shape}: expected [N, L], [N, L], [N]")
+    if group_size < 1 or r.size % group_size:
+        raise ValueError(f"{r.size} samples do not split into groups of group_size={group_size}")
+    acc = np.round(r.reshape(-1, group_size).mean(1), 9)
+    sample_acc = np.repeat(acc, group_size)
+    out = {}
+    for a in np.unique(acc):
+        rows = sample_acc == a
+        n_tokens = int(valid[rows].sum())
+        out[float(a)] = {"mean_cov": float(c[rows][valid[rows]].mean()) if n_tokens else math.nan,
+                         "n_tokens": float(n_tokens), "n_groups": float(np.sum(acc == a))}
+    return out

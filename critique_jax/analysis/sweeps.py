@@ -1,0 +1,268 @@
+"""Sweep directories as data: runs grouped by label, metric series aligned on step, seed statistics.
+
+A sweep directory (written by ``scripts/sweep.py``) holds ``manifest.json``::
+
+    {"sweep": "entropy",
+     "runs": [{"name": "grpo_s0", "label": "grpo", "seed": 0, "entry": "train",
+               "overrides": {"rl.loss.name": "ppo", ...}, "workdir": "grpo_s0"}, ...]}
+
+(``workdir`` relative to the sweep directory; other keys are kept but not needed) and, per run,
+the trainer's ``metrics.jsonl`` (and ``done.json`` once the run finished). :func:`load_sweep`
+reads it into :class:`SweepData`; :func:`seed_band` and :func:`seed_stat` average over the
+seeds of a label. Everything here is host-side NumPy; values are float64, steps int64.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from critique_jax.metrics import METRICS_FILE, read_metrics
+
+MANIFEST = "manifest.json"
+DONE_FILE = "done.json"
+_RUN_FIELDS = {"name": str, "label": str, "seed": int, "entry": str, "overrides": dict, "workdir": str}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """One run of a sweep: its manifest entry and its ``metrics.jsonl`` rows.
+
+    workdir: absolute path of the run directory; rows: :func:`read_metrics` rows (one per
+    logged step); done: the sweep marked it finished (``done.json``).
+    """
+
+    name: str
+    label: str
+    seed: int
+    entry: str
+    overrides: Mapping[str, Any]
+    workdir: Path
+    rows: tuple[dict, ...]
+    done: bool
+
+    def has(self, key: str) -> bool:
+        """Whether some row has a finite value of ``key``."""
+        return any(_finite(row.get(key)) for row in self.rows)
+
+    def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps, values)`` of the rows with a finite ``key``, sorted by step (int64, float64)."""
+        pairs = sorted((int(r["step"]), float(r[key])) for r in self.rows if _finite(r.get(key)))
+        steps = np.array([s for s, _ in pairs], np.int64)
+        return steps, np.array([v for _, v in pairs], np.float64)
+
+    def paired(self, x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(steps, x, y)`` at the steps where both keys have finite values (int64, float64, float64)."""
+        xs, ys = dict(zip(*self.series(x_key))), dict(zip(*self.series(y_key)))
+        steps = np.array(sorted(set(xs) & set(ys)), np.int64)
+        return steps, np.array([xs[s] for s in steps], np.float64), np.array([ys[s] for s in steps], np.float64)
+
+    def last_row(self, key: str) -> dict:
+        """The last row (by step) with a finite ``key``; KeyError naming the run when none has it."""
+        rows = [r for r in self.rows if _finite(r.get(key))]
+        if not rows:
+            raise KeyError(f"run {self.name} ({self.workdir / METRICS_FILE}) has no finite {key!r}")
+        return max(rows, key=lambda r: r["step"])
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepData:
+    """A loaded sweep: ``runs`` in manifest order; ``missing``: names of listed runs without
+    metrics (only with ``load_sweep(..., skip_missing=True)``)."""
+
+    name: str
+    path: Path
+    runs: tuple[RunRecord, ...]
+    missing: tuple[str, ...] = ()
+
+    @property
+    def labels(self) -> list[str]:
+        """The labels, in manifest order of their first run."""
+        return list(dict.fromkeys(r.label for r in self.runs))
+
+    def groups(self, labels: Iterable[str] | None = None) -> dict[str, list[RunRecord]]:
+        """``{label: runs sorted by seed}`` for ``labels`` (default: all, in manifest order);
+        labels without runs are left out."""
+        wanted = self.labels if labels is None else list(labels)
+        return {lab: sorted((r for r in self.runs if r.label == lab), key=lambda r: r.seed)
+                for lab in wanted if any(r.label == lab for r in self.runs)}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _manifest_runs(path: Path) -> tuple[str, list[dict]]:
+    """The sweep name and the validated run entries of ``path`` (a manifest.json)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: not a sweep directory (scripts/sweep.py writes it)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from e
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("runs"), list):
+        raise ValueError(f"{path}: expected an object with a list 'runs'")
+    for i, run in enumerate(manifest["runs"]):
+        if not isinstance(run, dict):
+            raise ValueError(f"{path}: runs[{i}] is a {type(run).__name__}; expected an object")
+        for key, kind in _RUN_FIELDS.items():
+            if key not in run:
+                raise ValueError(f"{path}: runs[{i}] ({run.get('name', '?')}) has no {key!r}")
+            if not isinstance(run[key], kind) or isinstance(run[key], bool):
+                raise ValueError(f"{path}: runs[{i}] ({run.get('name', '?')}) {key}={run[key]!r}; "
+                                 f"expected a {kind.__name__}")
+    return str(manifest.get("sweep", path.parent.name)), manifest["runs"]
+
+
+def load_sweep(path: str | Path, *, skip_missing: bool = False) -> SweepData:
+    """Reads a sweep directory (its manifest and every run's ``metrics.jsonl``).
+
+    A run whose ``metrics.jsonl`` is missing or empty raises FileNotFoundError naming the file,
+    unless ``skip_missing``: then it is left out and listed in ``SweepData.missing`` (a sweep
+    still running). A malformed manifest or metrics line raises ValueError naming the file.
+    """
+    path = Path(path).resolve()
+    name, entries = _manifest_runs(path / MANIFEST)
+    runs, missing = [], []
+    for e in entries:
+        workdir = path / e["workdir"]
+        metrics = workdir / METRICS_FILE
+        rows = tuple(read_metrics(metrics)) if metrics.is_file() else ()
+        if not rows:
+            if not skip_missing:
+                raise FileNotFoundError(f"run {e['name']} of {path / MANIFEST}: {metrics} is missing or empty")
+            missing.append(e["name"])
+            continue
+        runs.append(RunRecord(name=e["name"], label=e["label"], seed=e["seed"], entry=e["entry"],
+                              overrides=dict(e["overrides"]), workdir=workdir, rows=rows,
+                              done=(workdir / DONE_FILE).is_file()))
+    return SweepData(name=name, path=path, runs=tuple(runs), missing=tuple(missing))
+
+
+# ----------------------------------------------------------------------------- seed statistics
+
+
+@dataclasses.dataclass(frozen=True)
+class Band:
+    """A metric averaged over runs, step by step (every step some run logged).
+
+    steps [S] int64; mean [S] float64; sd [S]: sample standard deviation (ddof 1) over the runs
+    with a value at that step, NaN where fewer than 2 have one; n [S] int64: that count.
+    """
+
+    steps: np.ndarray
+    mean: np.ndarray
+    sd: np.ndarray
+    n: np.ndarray
+
+
+def seed_band(runs: Sequence[RunRecord], key: str) -> Band:
+    """Mean and sd of ``key`` across ``runs`` (e.g. the seeds of a label), aligned on step.
+
+    Each step of the union of the runs' steps averages the runs that logged a finite value
+    there. ValueError when no run has ``key``.
+    """
+    by_step: dict[int, list[float]] = {}
+    for run in runs:
+        for s, v in zip(*run.series(key)):
+            by_step.setdefault(int(s), []).append(float(v))
+    if not by_step:
+        raise ValueError(f"no run of {[r.name for r in runs]} has a finite {key!r}")
+    steps = sorted(by_step)
+    stats = [seed_stat(by_step[s]) for s in steps]
+    return Band(steps=np.array(steps, np.int64), mean=np.array([st.mean for st in stats]),
+                sd=np.array([st.sd for st in stats]), n=np.array([st.n for st in stats], np.int64))
+
+
+@dataclasses.dataclass(frozen=True)
+class Stat:
+    """Mean, sample sd (ddof 1; NaN when n < 2) and count of the finite values given."""
+
+    mean: float
+    sd: float
+    n: int
+
+    def __format__(self, spec: str) -> str:
+        """``f"{stat:.3f}"`` -> ``"0.512 ± 0.031"`` (no ± with one value, "n/a" with none)."""
+        spec = spec or ".3f"
+        if self.n == 0:
+            return "n/a"
+        return f"{self.mean:{spec}}" + (f" ± {self.sd:{spec.replace('+', '')}}" if self.n > 1 else "")
+
+
+def seed_stat(values: Iterable[float]) -> Stat:
+    """:class:`Stat` of the finite ``values`` (NaN are dropped: a seed without the metric)."""
+    x = np.array([float(v) for v in values], np.float64)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return Stat(math.nan, math.nan, 0)
+    return Stat(float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else math.nan, int(x.size))
+
+
+def difference(a: Stat, b: Stat) -> Stat:
+    """``a - b`` of two independent seed means, with Welch's standard error in ``sd``
+    (``sqrt(sd_a²/n_a + sd_b²/n_b)``, NaN when a side has fewer than 2 values); ``n`` is the
+    smaller count."""
+    se = math.sqrt(a.sd**2 / a.n + b.sd**2 / b.n) if min(a.n, b.n) > 1 else math.nan
+    return Stat(a.mean - b.mean, se, min(a.n, b.n))
+
+
+def pooled_pairs(runs: Sequence[RunRecord], x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:meth:`RunRecord.paired` of every run, concatenated (e.g. all seeds' per-step points of a label)."""
+    parts = [r.paired(x_key, y_key) for r in runs]
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
+
+
+def run_value(run: RunRecord, key: str, which: str = "last", window: int = 1) -> float:
+    """Mean of the first or last ``window`` finite values of ``key`` in ``run`` (NaN if none)."""
+    if which not in ("first", "last") or window < 1:
+        raise ValueError(f"run_value: which={which!r}, window={window}; expected 'first'/'last' and >= 1")
+    _, values = run.series(key)
+    part = values[:window] if which == "first" else values[-window:]
+    return float(part.mean()) if part.size else math.nan
+
+
+# ----------------------------------------------------------------------------- metric families
+
+
+def pass_at_k_of_row(row: Mapping[str, Any], prefix: str = "eval") -> dict[int, float]:
+    """``{k: pass@k}`` from one metrics row: ``<prefix>/pass@1`` and ``<prefix>/pass@k/<k>``
+    (per-level keys such as ``.../pass@k/4/level_2`` are not matched), sorted by k."""
+    pattern = re.compile(rf"^{re.escape(prefix)}/pass@k/(\d+)$")
+    out = {int(m.group(1)): float(v) for key, v in row.items() if (m := pattern.match(key)) and _finite(v)}
+    if _finite(row.get(f"{prefix}/pass@1")):
+        out.setdefault(1, float(row[f"{prefix}/pass@1"]))
+    return dict(sorted(out.items()))
+
+
+def level_keys(runs: Iterable[RunRecord], prefix: str) -> dict[int, str]:
+    """``{level: key}`` for the keys ``<prefix>/level_<d>`` logged by any of ``runs``, by level
+    (e.g. ``prefix="self_train/eval/solved"``)."""
+    pattern = re.compile(rf"^{re.escape(prefix)}/level_(\d+)$")
+    found = {int(m.group(1)): key for run in runs for row in run.rows for key in row if (m := pattern.match(key))}
+    return dict(sorted(found.items()))
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A Markdown table; floats as ``.3f`` (NaN as ``n/a``), :class:`Stat` as ``mean ± sd``, others
+    with ``str``; ``|`` in a cell is escaped."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "n/a" if math.isnan(v) else f"{v:.3f}"
+        return (f"{v:.3f}" if isinstance(v, Stat) else str(v)).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        row = list(row)
+        if len(row) != len(columns):
+            raise ValueError(f"markdown_table: a row has {len(row)} cells for {len(columns)} columns: {row}")
+        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
+    return "\n".join(lines)

@@ -209,7 +209,8 @@ def run_summary(rows: list[dict]) -> dict[str, float]:
     """Headline numbers of one run's metrics rows (NaN where a key was never logged):
     first/final/peak eval pass@1, final pass@k at the largest k, final greedy pass@1, first/final
     train entropy, final eval entropy, final distinct correct solutions per problem, and the
-    entropy-law fit ``R = -a exp(H) + b`` over the evaluations (a, b, R²; NaN with < 3 points).
+    entropy-law fit ``R = -a exp(H) + b`` over the evaluations (a, b, R²; NaN with < 3 points);
+    for self-training runs also the first/final held-out solved share, overall and per level.
     """
     from critique_jax.analysis.entropy_law import fit_entropy_law, law_points_from_metrics
 
@@ -221,6 +222,9 @@ def run_summary(rows: list[dict]) -> dict[str, float]:
            "entropy_first": _first(rows, "train/entropy"), "entropy_final": _last(rows, "train/entropy"),
            "eval_entropy_final": _last(rows, "eval/entropy"), "distinct_final": _last(rows, "eval/distinct_correct"),
            "law_a": math.nan, "law_b": math.nan, "law_r2": math.nan}
+    for key in sorted({k for r in rows for k in r if k.startswith("self_train/eval/solved")}):
+        level = key.removeprefix("self_train/eval/solved").strip("/") or "all"
+        out[f"solved_first/{level}"], out[f"solved_final/{level}"] = _first(rows, key), _last(rows, key)
     try:
         _, h, acc = law_points_from_metrics(rows)
         if len(h) >= 3:

@@ -74,6 +74,10 @@ def test_run_summary_fits_the_law_on_eval_points():
     assert s["entropy_first"] == 0.5 and s["entropy_final"] == 0.2
     assert s["pass@1_peak"] == pytest.approx(-a * np.exp(0.2) + b)
     assert math.isnan(s["distinct_final"])
+    st = sweep_lib.run_summary([{"step": 0, "self_train/eval/solved": 0.1, "self_train/eval/solved/level_2": 0.0},
+                                {"step": 1, "self_train/eval/solved": 0.3, "self_train/eval/solved/level_2": 0.2}])
+    assert (st["solved_first/all"], st["solved_final/all"], st["solved_final/level_2"]) == (0.1, 0.3, 0.2)
+    assert math.isnan(st["pass@1_final"]) and math.isnan(st["law_a"])
 
 
 TINY = """

@@ -20,6 +20,7 @@ from critique_jax.rl.config import LossConfig
 from critique_jax.rl.losses import get_loss, make_loss_config, registered_losses
 from critique_jax.critique.feedback import CRITIQUE_TYPES
 from critique_jax.rl.advantages import ESTIMATORS
+from critique_jax.tasks import get_task
 
 _SHARED_LOSS_FIELDS = tuple(f.name for f in dataclasses.fields(LossConfig))
 
@@ -74,6 +75,7 @@ def default_config() -> ml_collections.ConfigDict:
                     weight_decay=0.0,
                     wrong_fraction=0.5,          # share of wrong solutions in the training set
                     wrong_per_solution=1,        # planted errors per reference solution
+                    target_format="worked",      # "worked": step notes before each decision; "plain"
                     prompt_width=0, max_new_tokens=0,  # 0 = the longest prompt / target in the data
                     log_every=20, eval_every=0,  # eval_every 0 = evaluate after the last step only
                     checkpoint_every=100, eval_n_problems=128, eval_batch=32, n_logged_samples=8,
@@ -156,6 +158,9 @@ def validate(c: ml_collections.ConfigDict, n_devices: int) -> None:
              f"critique.type={c.critique.type!r} needs rl.loss.name='critique_grpo' (got {c.rl.loss.name!r})")
         need(c.critique.type != "model" or bool(c.critique.critic_from),
              "critique.type='model' needs critique.critic_from (a train_critic run directory)")
+        need(c.critique.type != "rule_step" or get_task(c.task.name).exact_step_checker,
+             f"critique.type='rule_step' needs a task whose step checker follows every step; task.name="
+             f"{c.task.name!r} checks only explicit equations: use 'ground_truth', 'indicative' or 'model'")
         need(c.rl.recompute_old_logp, "critique runs need rl.recompute_old_logp=True: refinements were sampled "
              "with the critique in context, their old log-probs are recomputed under the solve prompt")
     need(c.rl.loss.name != "critique_grpo" or c.critique.type != "none",

@@ -1,6 +1,8 @@
-"""The critic: critique data labels, balance and determinism; the scorer; a tiny end-to-end run
-with exact resume; config and width errors."""
+"""The critic: critique data labels (plain and worked targets), balance and determinism; the
+critique formats (parse, condense); the scorer; a tiny end-to-end run with exact resume; config
+and width errors."""
 
+import json
 import pathlib
 
 import jax
@@ -10,13 +12,14 @@ import pytest
 from critique_jax.checkpoint import Checkpointer
 from critique_jax.config import default_config
 from critique_jax.critique.critic import initial_params, setup_critic, train_critic
-from critique_jax.critique.data import balance, build_examples, policy_examples, triples
+from critique_jax.critique.data import balance, build_examples, make_example, policy_examples, triples
 from critique_jax.critique.feedback import score_critiques
 from critique_jax.data import Example
 from critique_jax.metrics import read_metrics
 from critique_jax.rl.trainer import init_params_abstract
 from critique_jax.tasks import Problem, StepCheck, get_task, iter_problems
 from critique_jax.text import critique_prompt, format_step_critique, parse_critique
+from critique_jax.text.templates import condense_critique, format_worked_critique
 
 TASK = get_task("countdown")
 
@@ -34,12 +37,19 @@ def examples():
 # ----------------------------------------------------------------------------- data
 
 
-def test_targets_parse_back_to_the_checker_labels(examples):
-    built = build_examples(TASK, examples, seed=0, wrong_per_solution=2, wrong_fraction=0.5)
+@pytest.mark.parametrize("fmt", ["plain", "worked"])
+def test_targets_parse_back_to_the_checker_labels(examples, fmt):
+    built = build_examples(TASK, examples, seed=0, wrong_per_solution=2, wrong_fraction=0.5, target_format=fmt)
     assert {e.source for e in built} == {"reference", "perturbed"}
     for (prompt, target, meta), e in zip(triples(built), built):
         check = TASK.check_steps(e.problem, e.solution)
         assert check == e.check
+        assert condense_critique(target) == format_step_critique(check)
+        if fmt == "worked":
+            notes = TASK.step_notes(e.problem, e.solution)
+            assert target == format_worked_critique(check, notes) and notes[0] in target.splitlines()[0]
+        else:
+            assert target == format_step_critique(check)
         assert e.check.ok == (e.source == "reference")
         assert prompt == critique_prompt(e.problem.question, e.solution)
         assert parse_critique(target) == (check.ok, check.first_wrong)
@@ -99,6 +109,73 @@ def test_policy_samples_are_labelled_by_the_checker_and_ambiguous_ones_dropped(e
     assert [e.solution for e in built if e.source == "policy"] == [bad.solution, sol]
 
 
+# ----------------------------------------------------------------------------- critique formats
+
+
+def _texts_of_every_kind(task, problems, rng):
+    """Reference solutions, planted errors and edits (no answer, an unreadable line or answer)."""
+    out = []
+    for p in problems:
+        for sol in task.solutions(p, rng, 2):
+            bad = task.perturb(p, sol, rng).solution
+            lines = sol.splitlines()
+            out += [(p, t) for t in (sol, bad, "\n".join(lines[:-1]), "\n".join(["so then"] + lines),
+                                     sol.replace("answer:", "answer: x"), "")]
+    return out
+
+
+@pytest.mark.parametrize("name", ["countdown", "arithmetic"])
+def test_parse_and_condense_read_plain_and_worked_critiques_of_every_kind(name):
+    task = get_task(name)
+    rng = np.random.default_rng(11)
+    items = _texts_of_every_kind(task, iter_problems(task, "train", 5, 30), rng)
+    kinds = set()
+    for p, text in items:
+        check = task.check_steps(p, text)
+        kinds.add(check.kind)
+        for correct in (None, not check.ok):  # the verdict as checked, and flipped
+            plain = format_step_critique(check, correct=correct)
+            worked = format_worked_critique(check, task.step_notes(p, text), correct=correct)
+            verdict = check.ok if correct is None else correct
+            assert parse_critique(worked) == parse_critique(plain) == (verdict, check.first_wrong)
+            assert condense_critique(worked) == condense_critique(plain) == plain
+            assert len(worked.splitlines()) == len(plain.splitlines())
+    expected = {"ok", "unparsable", "wrong_answer", "missing_answer", "arithmetic"}
+    expected |= {"unavailable_number"} if name == "countdown" else {"invalid_step", "incomplete"}
+    assert kinds >= expected
+
+
+def test_condense_keeps_decisions_and_drops_everything_else():
+    text = ("Step 1: 8 * 3 = 24, left 4 24, Correct, fine\nnote: whatever\nstep 2: 24 - 4 = 20, wrong,  arithmetic "
+            "\nstep 3: answer 20\nverdict:   WRONG because\nreference answer: 20")
+    assert condense_critique(text) == "step 1: correct\nstep 2: wrong, arithmetic\nverdict: wrong"
+    assert parse_critique(text) == (False, 1)
+    assert condense_critique("step 2: wrong\nno idea") == "step 2: wrong"
+    assert condense_critique("") == condense_critique("all good") == ""
+
+
+def test_worked_critique_rejects_bad_notes():
+    check = StepCheck(1, "arithmetic", 3)
+    assert format_worked_critique(check, ["1 + 2 = 3", ""]) == (
+        "step 1: 1 + 2 = 3, correct\nstep 2: wrong, arithmetic\nverdict: wrong")
+    with pytest.raises(ValueError, match="3 step notes for 2 listed steps"):
+        format_worked_critique(check, ["a", "b", "c"])
+    for note in ("looks Correct", "wrong sum", "two\nlines"):
+        with pytest.raises(ValueError, match="must be one line without the words"):
+            format_worked_critique(check, ["1 + 2 = 3", note])
+
+
+def test_target_format_errors(examples):
+    p, sol = examples[0].problem, examples[0].solutions[0]
+    with pytest.raises(ValueError, match=r"target_format='fancy': expected one of \('plain', 'worked'\)"):
+        make_example(TASK, p, sol, "reference", "fancy")
+    gsm = get_task("gsm8k")
+    q = Problem("gsm8k/test/x", "What is 2 + 2?", "4", 1)
+    assert make_example(gsm, q, "2 + 2 = 4\nanswer: 4", "policy").target.endswith("verdict: correct")
+    with pytest.raises(NotImplementedError, match="task 'gsm8k' does not implement step_notes"):
+        make_example(gsm, q, "2 + 2 = 4\nanswer: 4", "policy", "worked")
+
+
 # ----------------------------------------------------------------------------- scorer
 
 
@@ -108,9 +185,11 @@ def test_score_critiques_on_known_answers(examples, np_rng):
     kinds = sorted({c.kind for c in checks if not c.ok})
     assert len(kinds) >= 2
     per_kind = {f"{name}/{k}": 1.0 for k in kinds for name in ("acc_on_wrong", "first_wrong_acc")}
-    assert score_critiques(truth, checks) == {"verdict_acc": 1.0, "parse_fail": 0.0, "exact_match": 1.0,
-                                              "n": float(len(checks)), "acc_on_correct": 1.0, "acc_on_wrong": 1.0,
-                                              "first_wrong_acc": 1.0, **per_kind}
+    perfect = {"verdict_acc": 1.0, "parse_fail": 0.0, "exact_match": 1.0, "n": float(len(checks)),
+               "acc_on_correct": 1.0, "acc_on_wrong": 1.0, "first_wrong_acc": 1.0, **per_kind}
+    assert score_critiques(truth, checks) == perfect
+    worked = [e.target for e in build_examples(TASK, examples, seed=2, target_format="worked")]
+    assert score_critiques(worked, checks) == perfect
     modes = np_rng.choice(["truth", "flip", "shift", "garbage"], len(checks))
     texts = []
     for c, mode in zip(checks, modes):
@@ -195,7 +274,7 @@ def test_train_critic_writes_the_policy_and_metrics(runs, shared):
     assert metrics[-1]["critic/nll"] < metrics[0]["critic/nll"]
     final = metrics[-1]
     for key in ("critic/verdict_acc", "critic/first_wrong_acc", "critic/parse_fail", "critic/acc_on_correct",
-                "critic/acc_on_wrong", "critic/exact_match"):
+                "critic/acc_on_wrong", "critic/exact_match", "critic/target_match"):
         assert 0.0 <= final[key] <= 1.0, key
     assert final["critic/n"] == 8  # 4 held-out problems x (1 reference + 1 planted error)
     critic, params, meta = _final_params(tiny_config(shared), whole)
@@ -203,8 +282,11 @@ def test_train_critic_writes_the_policy_and_metrics(runs, shared):
     cfg = critic.run.model_cfg
     assert cfg.d_model == 64 and cfg.max_seq_len == critic.prompt_width + critic.response_len
     assert all(bool(np.isfinite(x).all()) for x in jax.tree.leaves(params))
-    samples = [line for line in open(f"{whole}/samples.jsonl")]
+    samples = [json.loads(line) for line in open(f"{whole}/samples.jsonl")]
     assert len(samples) == 2
+    # the default target is the worked format: a reference solution's first step is recomputed
+    first = samples[0]["solution"].splitlines()[0].split(" = ")[0]
+    assert samples[0]["target"].startswith(f"step 1: {first} = ")
     # a finished run is left alone
     train_critic(tiny_config(shared), whole)
     assert read_metrics(whole) == metrics
@@ -245,6 +327,8 @@ def test_config_errors_name_the_key(shared):
         setup_critic(tiny_config(shared, preset="huge"), str(shared / "bad"))
     with pytest.raises(ValueError, match=r"critic.batch_size=6: must be a positive multiple of the 8"):
         setup_critic(tiny_config(shared, batch_size=6), str(shared / "bad"))
+    with pytest.raises(ValueError, match=r"critic.target_format='fancy': expected one of"):
+        setup_critic(tiny_config(shared, target_format="fancy"), str(shared / "bad"))
     with pytest.raises(ValueError, match=r"critic.eval_n_problems=17 exceeds the 16 test problems"):
         setup_critic(tiny_config(shared, eval_n_problems=17), str(shared / "bad"))
     with pytest.raises(AttributeError, match='Key "prset" does not exist'):
@@ -259,3 +343,26 @@ def test_a_prompt_or_target_that_does_not_fit_is_an_error(shared):
     fits = setup_critic(tiny_config(shared), str(shared / "bad"))
     wide = setup_critic(tiny_config(shared, prompt_width=fits.prompt_width + 3), str(shared / "bad"))
     assert wide.prompt_width == fits.prompt_width + 3 and wide.response_len == fits.response_len
+
+
+def test_a_trained_critic_writes_the_critiques_of_a_critique_grpo_step(runs, shared):
+    """critique.type='model' end to end: the critic of a train_critic run is loaded frozen on the
+    policy's mesh, samples as many tokens as its targets had, and its critiques are scored."""
+    from critique_jax.rl.trainer import load_critic, setup, train
+
+    whole, _, _ = runs
+    cfg = tiny_config(shared)
+    cfg.unlock()
+    cfg.sft.update(steps=2, batch_size=8, warmup_steps=0)
+    cfg.rl.update(steps=1, prompts_per_step=8, group_size=2, minibatches=1)
+    cfg.eval.update(every=100, n_problems=8, batch_prompts=8, group_size=2)
+    cfg.critique.update(type="model", critic_from=whole, prompt_buckets=(96,), refine_buckets=(160,))
+    cfg.rl.loss.name = "critique_grpo"
+    cfg.lock()
+    run_dir = str(shared / "cgrpo_model")
+    train(cfg, run_dir)
+    step = [m for m in read_metrics(run_dir) if "critique/verdict_acc" in m]
+    assert len(step) == 1 and 0.0 <= step[0]["critique/verdict_acc"] <= 1.0
+    critic = load_critic(setup(cfg, run_dir))
+    _, _, meta = _final_params(tiny_config(shared), whole)
+    assert critic.sampler.max_new_tokens == meta["response_len"] > cfg.sampling.max_new_tokens // 2

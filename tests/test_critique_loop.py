@@ -18,7 +18,7 @@ from critique_jax.parallel.mesh import batch_sharding, make_mesh
 from critique_jax.parallel.sharding import param_shardings
 from critique_jax.rl.losses import make_loss_config
 from critique_jax.rl.train_step import SequenceBatch, TrainState, rl_update
-from critique_jax.rl.trainer import train
+from critique_jax.rl.trainer import setup, train
 from critique_jax.tasks import get_task, make_problem
 from critique_jax.text import parse_critique
 
@@ -125,7 +125,28 @@ def test_tiny_rule_step_critique_run(tmp_path):
     ({"critique.type": "model", "rl.loss.name": "critique_grpo"}, r"critique.type='model' needs critique.critic_from"),
     ({"rl.loss.name": "critique_grpo"}, r"rl.loss.name='critique_grpo' needs refinements"),
     ({"critique.type": "oracle"}, r"critique.type='oracle': expected one of"),
+    ({"critique.type": "rule_step", "rl.loss.name": "critique_grpo", "task.name": "gsm8k"},
+     r"critique.type='rule_step' needs a task whose step checker follows every step; task.name='gsm8k'"),
 ])
 def test_critique_config_errors(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         config_lib.validate(tiny_config(tmp_path, **overrides), 8)
+
+
+def test_a_critic_with_another_vocabulary_is_rejected_before_training(tmp_path):
+    critic_dir = tmp_path / "critic"
+    (critic_dir / "critic_policy").mkdir(parents=True)
+    trained = config_lib.default_config()
+    trained.unlock()
+    trained.tokenizer.vocab_size = 1024
+    (critic_dir / "config.json").write_text(trained.to_json())  # what train_critic writes
+    cfg = tiny_config(tmp_path, **{"critique.type": "model", "rl.loss.name": "critique_grpo",
+                                   "critique.critic_from": str(critic_dir)})
+    with pytest.raises(ValueError, match=r"trained with tokenizer.vocab_size=1024 but this run has "
+                                         r"tokenizer.vocab_size=512"):
+        setup(cfg, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+    cfg = tiny_config(tmp_path, **{"critique.type": "model", "rl.loss.name": "critique_grpo",
+                                   "critique.critic_from": str(tmp_path / "nowhere")})
+    with pytest.raises(FileNotFoundError, match=r"expected a train_critic run directory"):
+        setup(cfg, str(tmp_path / "run"))

@@ -3,6 +3,8 @@
 import collections
 import itertools
 import json
+import re
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -424,3 +426,123 @@ def test_gsm8k_perturbations_fail_at_the_planted_step(gsm_file):
             assert (check.first_wrong, check.kind) == (pert.step, pert.kind)
             kinds[pert.kind] += 1
     assert set(kinds) == {"arithmetic", "wrong_answer"}
+
+
+# --- step notes (the worked critique format) --------------------------------------------------
+
+_CD_LINE = re.compile(r"^(-?\d+) ([-+*/]) (-?\d+) = (-?\d+)$")
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a / b}
+
+
+def _countdown_reference(numbers, target, lines, answer):
+    """Notes and (first_wrong, kind) of single-operation countdown lines, recomputed from the rules."""
+    pool, notes, last = list(numbers), [], None
+    for i, line in enumerate(lines):
+        m = _CD_LINE.match(line)
+        if m is None:
+            return notes + [""], (i, "unparsable")
+        a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+        value = _OPS[op](Fraction(a), Fraction(b))
+        said = f"{a} {op} {b} = {value}" if value.denominator == 1 else f"{a} {op} {b} divides inexactly"
+        need = collections.Counter([a, b])
+        missing = [v for v in (a, b) if pool.count(v) < need[v]]
+        if missing:
+            v = missing[0]
+            return notes + [f"{said}, {' '.join([str(v)] * need[v])} not in {' '.join(map(str, pool))}"], \
+                (i, "unavailable_number")
+        pool.remove(a)
+        pool.remove(b)
+        if value.denominator != 1:
+            return notes + [said], (i, "arithmetic")
+        pool.append(int(value))
+        notes.append(f"{said}, left {' '.join(map(str, pool))}")
+        if value != c:
+            return notes, (i, "arithmetic")
+        last = c
+    if answer is None:
+        return notes + ["no answer"], (len(lines), "missing_answer")
+    notes.append(f"answer: {answer}, last {'none' if last is None else last}, target: {target}")
+    if answer != target or last != target:
+        return notes, (len(lines), "wrong_answer")
+    return notes, (None, "ok")
+
+
+def _countdown_texts(task, p, rng):
+    """(lines, answer) of reference solutions, planted errors and random edits of them."""
+    out = []
+    for sol in task.solutions(p, rng, 3):
+        for text in (sol, task.perturb(p, sol, rng).solution):
+            lines, answer = split_steps(text)
+            out.append((lines, int(answer)))
+            pool = list(p.meta["numbers"]) + [int(line.rsplit("=", 1)[1]) for line in lines]
+            k = int(rng.integers(len(lines)))
+            a, b = (int(rng.choice(pool)) if rng.random() < 0.7 else int(rng.integers(1, 13)) for _ in range(2))
+            op = str(rng.choice(list(_OPS)))
+            value = _OPS[op](Fraction(a), Fraction(b))
+            c = int(value) + int(rng.integers(-1, 2))
+            out.append((lines[:k] + [f"{a} {op} {b} = {c}"] + lines[k + 1:], int(answer)))
+            out.append((lines[:k] + ["then add them"] + lines[k:], int(answer)))
+            out.append((lines, None))
+            out.append((lines, int(answer) + int(rng.integers(-2, 3))))
+    return out
+
+
+def test_countdown_step_notes_match_a_recomputation(np_rng):
+    task = get_task("countdown")
+    seed = int(np_rng.integers(1 << 30))
+    kinds = collections.Counter()
+    for p in iter_problems(task, "train", seed, 30):
+        for lines, answer in _countdown_texts(task, p, np_rng):
+            text = "\n".join(lines + ([] if answer is None else [f"answer: {answer}"]))
+            notes, (first_wrong, kind) = _countdown_reference(p.meta["numbers"], p.meta["target"], lines, answer)
+            check = task.check_steps(p, text)
+            assert (check.first_wrong, check.kind) == (first_wrong, kind), text
+            assert task.step_notes(p, text) == notes, text
+            kinds[kind] += 1
+    assert set(kinds) == {"ok", "unparsable", "unavailable_number", "arithmetic", "missing_answer", "wrong_answer"}
+
+
+def test_arithmetic_step_notes_recompute_each_step(np_rng):
+    """Notes of right steps hold the true value and an expression of the question's value with
+    one operation fewer; the wrong step's note shows what the checker compares against."""
+    task = get_task("arithmetic")
+    seed = int(np_rng.integers(1 << 30))
+    note_re = re.compile(r"^(\d+) ([-+*]) (\d+) = (-?\d+)(?:, so (.+))?$")
+    kinds = collections.Counter()
+    for p in iter_problems(task, "train", seed, 40):
+        value = eval(p.question)
+        for sol in task.solutions(p, np_rng, 2):
+            for text in (sol, task.perturb(p, sol, np_rng).solution):
+                lines, answer = split_steps(text)
+                check, notes = task.check_steps(p, text), task.step_notes(p, text)
+                assert len(notes) == (check.n_steps if check.ok else check.first_wrong + 1)
+                expr = p.question
+                for i, (line, note) in enumerate(zip(lines, notes)):
+                    if i == check.first_wrong and check.kind == "invalid_step":
+                        assert note == f"{line.split(' =')[0]} not ready in {expr}"
+                        break
+                    a, op, b, v, rest = note_re.match(note).groups()
+                    assert int(v) == eval(f"{a} {op} {b}")
+                    assert rest is None or (eval(rest) == value and rest.count(" ") == expr.count(" ") - 2)
+                    if i == check.first_wrong:
+                        assert check.kind in ("arithmetic", "wrong_rewrite")
+                        assert (int(v) != ex.parse_step(line).result) == (check.kind == "arithmetic")
+                        break
+                    assert ", so" not in line or note == line
+                    expr = rest or str(v)
+                else:
+                    assert notes[-1] == (f"answer: {answer}, value {value}" if " " not in expr else f"left {expr}")
+                kinds[check.kind] += 1
+    assert set(kinds) == {"ok", "arithmetic", "invalid_step", "incomplete", "wrong_answer"}
+
+
+def test_step_notes_never_hold_a_decision_word_and_gsm8k_has_none():
+    for name in GENERATED:
+        task = get_task(name)
+        for p in _problems(name, n=5):
+            rng = np.random.default_rng(0)
+            for sol in task.solutions(p, rng, 2):
+                for text in (sol, task.perturb(p, sol, rng).solution, "", "no idea\nanswer: 3"):
+                    assert not any(re.search(r"correct|wrong", n) for n in task.step_notes(p, text))
+    with pytest.raises(NotImplementedError, match="task 'gsm8k' does not implement step_notes"):
+        get_task("gsm8k").step_notes(Problem("gsm8k/x", "What is 2 + 2?", "4", 1), "2 + 2 = 4\nanswer: 4")

@@ -13,10 +13,19 @@ the longest target (with the end token) over the training and evaluation example
 ``critic.prompt_width`` / ``critic.max_new_tokens`` fix them (then a longer example is an
 error naming the key). The model's ``max_seq_len`` is P + L.
 
+Targets: ``critic.target_format`` (:data:`~critique_jax.critique.data.TARGET_FORMATS`):
+``worked`` (the default) writes the task's note on each step before deciding on it
+(``step 2: 24 - 4 = 20, left 20, wrong, arithmetic``), ``plain`` only the decisions
+(``step 2: wrong, arithmetic``). A small model cannot compute a verdict in one token: with
+plain targets it mostly says ``correct``. Scores read both formats (``parse_critique``); the
+RL and self-training loops condense the critic's output to the plain format before the policy
+reads it (``condense_critique``).
+
 Run directory (a critic run has its own ``--workdir``; ``config.json`` is the whole config)::
 
     metrics.jsonl      critic/nll, critic/entropy, critic/lr, ... every critic.log_every steps;
-                       critic/verdict_acc, critic/first_wrong_acc, critic/parse_fail, ... at
+                       critic/verdict_acc, critic/first_wrong_acc, critic/parse_fail,
+                       critic/target_match (the whole target, notes included), ... at
                        evaluations (every critic.eval_every steps and after the last step)
     samples.jsonl      a few held-out critiques per evaluation
     checkpoints/       {"params", "opt_state", "step"} every critic.checkpoint_every steps (resume)
@@ -87,6 +96,8 @@ def validate_critic(config: ml_collections.ConfigDict, shards: int) -> None:
              f"{key}={c[key]}: must be a positive multiple of the {shards} batch shards (mesh data x fsdp)")
     need(0.0 <= c.wrong_fraction <= 1.0, f"wrong_fraction={c.wrong_fraction}: expected a value in [0, 1]")
     need(c.wrong_per_solution >= 1, f"wrong_per_solution={c.wrong_per_solution}: expected >= 1")
+    need(c.target_format in data_lib.TARGET_FORMATS,
+         f"target_format={c.target_format!r}: expected one of {data_lib.TARGET_FORMATS}")
     for key in ("prompt_width", "max_new_tokens"):
         need(c[key] >= 0, f"{key}={c[key]}: expected >= 0 (0 = from the data)")
     for key in ("log_every", "checkpoint_every", "eval_n_problems"):
@@ -159,15 +170,19 @@ def setup_critic(config: ml_collections.ConfigDict, workdir: str, *,
     if cc.eval_n_problems > len(run.test):
         raise ValueError(f"config critic.eval_n_problems={cc.eval_n_problems} exceeds the {len(run.test)} test "
                          "problems (task.n_test)")
-    train = data_lib.build_examples(run.task, run.train.__getitems__(range(len(run.train))), config.seed,
-                                    wrong_fraction=cc.wrong_fraction, wrong_per_solution=cc.wrong_per_solution,
-                                    policy_samples=policy_samples)
+    try:
+        train = data_lib.build_examples(run.task, run.train.__getitems__(range(len(run.train))), config.seed,
+                                        wrong_fraction=cc.wrong_fraction, wrong_per_solution=cc.wrong_per_solution,
+                                        policy_samples=policy_samples, target_format=cc.target_format)
+        held_out = data_lib.build_examples(run.task, run.test.__getitems__(range(cc.eval_n_problems)),
+                                           config.seed + _EVAL_DATA_SEED, wrong_fraction=0.5, max_solutions=1,
+                                           target_format=cc.target_format)
+        held_out += data_lib.policy_examples(run.task, eval_policy_samples, cc.target_format)
+    except NotImplementedError as e:
+        raise ValueError(f"config critic.target_format={cc.target_format!r}: {e}; use 'plain'") from None
     if len(train) < cc.batch_size:
         raise ValueError(f"config critic.batch_size={cc.batch_size} exceeds the {len(train)} critique "
                          "training examples")
-    held_out = data_lib.build_examples(run.task, run.test.__getitems__(range(cc.eval_n_problems)),
-                                       config.seed + _EVAL_DATA_SEED, wrong_fraction=0.5, max_solutions=1)
-    held_out += data_lib.policy_examples(run.task, eval_policy_samples)
     width, length = resolve_widths(run.tok, train + held_out, cc.prompt_width, cc.max_new_tokens)
     model_cfg = critic_model_config(config, run.tok.vocab_size, width + length)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0))))
@@ -202,12 +217,14 @@ def evaluate_critic(critic: Critic, params: nnx.State, step: int) -> dict[str, f
     """Greedy critiques of the held-out examples scored by :func:`score_critiques`.
 
     Metrics ``critic/<name>`` over all held-out examples and, when policy samples are among
-    them, ``critic/policy/<name>`` over those; logs ``critic.n_logged_samples`` critiques.
+    them, ``critic/policy/<name>`` over those, and ``critic/target_match`` (the critique is the
+    target, notes included); logs ``critic.n_logged_samples`` critiques.
     """
     t0 = time.perf_counter()
     examples = critic.held_out
     texts = generate_critiques(critic, params, examples, seed=critic.run.config.seed)
     metrics = {f"critic/{k}": v for k, v in score_critiques(texts, [e.check for e in examples]).items()}
+    metrics["critic/target_match"] = float(np.mean([t.strip() == e.target for t, e in zip(texts, examples)]))
     policy = [i for i, e in enumerate(examples) if e.source == "policy"]
     if policy:
         scores = score_critiques([texts[i] for i in policy], [examples[i].check for i in policy])

@@ -1,14 +1,22 @@
 """Supervised data for the step-level critique model (AutoMathCritique format, DESIGN §4.7).
 
 A :class:`CritiqueExample` is a (problem, solution) pair labelled by the task's step checker;
-its prompt is :func:`~critique_jax.text.templates.critique_prompt` and its target is
-:func:`~critique_jax.text.templates.format_step_critique` of the check: every step
-``correct`` then ``verdict: correct`` for a right solution, the steps up to the first wrong
-one then ``verdict: wrong`` for a wrong one. Example (countdown, a planted error)::
+its prompt is :func:`~critique_jax.text.templates.critique_prompt` and its target, in one
+of :data:`TARGET_FORMATS`, lists every step ``correct`` then ``verdict: correct`` for a right
+solution, the steps up to the first wrong one then ``verdict: wrong`` for a wrong one:
+
+* ``plain``: :func:`~critique_jax.text.templates.format_step_critique` of the check;
+* ``worked``: :func:`~critique_jax.text.templates.format_worked_critique`, each step's
+  decision preceded by the task's note on it (:meth:`~critique_jax.tasks.base.Task.step_notes`:
+  the step recomputed, what is left), so the model computes before it decides.
+
+Example (countdown, a planted error)::
 
     prompt: "<question>numbers: 3 4 9, target: 21\\n<solution>3 * 4 = 12\\n9 + 9 = 18\\n"
             "answer: 18\\n<critique>"
-    target: "step 1: correct\\nstep 2: wrong, unavailable number\\nverdict: wrong"
+    plain:  "step 1: correct\\nstep 2: wrong, unavailable number\\nverdict: wrong"
+    worked: "step 1: 3 * 4 = 12, left 9 12, correct\\nstep 2: 9 + 9 = 18, 9 9 not in 9 12, wrong, "
+            "unavailable number\\nverdict: wrong"
     meta:   {"uid": "countdown/train/0/7", "source": "perturbed", "verdict": False,
              "first_wrong": 1, "kind": "unavailable_number", "n_steps": 3}
 
@@ -32,18 +40,24 @@ import numpy as np
 from critique_jax.data import Example
 from critique_jax.tasks import Problem, StepCheck, Task
 from critique_jax.text import Tokenizer, critique_prompt, format_step_critique
+from critique_jax.text.templates import format_worked_critique
 
 SOURCES = ("reference", "perturbed", "policy")
+TARGET_FORMATS = ("plain", "worked")
 
 
 @dataclasses.dataclass(frozen=True)
 class CritiqueExample:
-    """A solution to critique and the checker's verdict on it (the critique target)."""
+    """A solution to critique and the checker's verdict on it (the critique target).
+
+    notes: the task's step notes (worked target), or None (plain target).
+    """
 
     problem: Problem
     solution: str
     check: StepCheck
     source: str  # one of SOURCES
+    notes: tuple[str, ...] | None = None
 
     @property
     def prompt(self) -> str:
@@ -51,7 +65,9 @@ class CritiqueExample:
 
     @property
     def target(self) -> str:
-        return format_step_critique(self.check)
+        if self.notes is None:
+            return format_step_critique(self.check)
+        return format_worked_critique(self.check, self.notes)
 
     @property
     def meta(self) -> dict:
@@ -61,12 +77,23 @@ class CritiqueExample:
                     kind=c.kind, n_steps=c.n_steps)
 
 
+def make_example(task: Task, problem: Problem, solution: str, source: str, target_format: str = "plain",
+                 check: StepCheck | None = None) -> CritiqueExample:
+    """``solution`` checked by the task (unless ``check`` is given) with the target of
+    ``target_format`` (one of :data:`TARGET_FORMATS`)."""
+    if target_format not in TARGET_FORMATS:
+        raise ValueError(f"target_format={target_format!r}: expected one of {TARGET_FORMATS}")
+    check = task.check_steps(problem, solution) if check is None else check
+    notes = tuple(task.step_notes(problem, solution)) if target_format == "worked" else None
+    return CritiqueExample(problem, solution, check, source, notes)
+
+
 def _problem_rng(seed: int, problem: Problem) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(problem.uid.encode())])
 
 
 def reference_examples(task: Task, example: Example, rng: np.random.Generator, *, wrong_per_solution: int = 1,
-                       max_solutions: int | None = None) -> list[CritiqueExample]:
+                       max_solutions: int | None = None, target_format: str = "plain") -> list[CritiqueExample]:
     """Each of the first ``max_solutions`` reference solutions (all by default) as a correct
     example, and ``wrong_per_solution`` planted errors of each as wrong examples.
 
@@ -79,14 +106,14 @@ def reference_examples(task: Task, example: Example, rng: np.random.Generator, *
         if not check.ok:
             raise ValueError(f"{p.uid}: reference solution {sol!r} fails the step checker ({check.kind} at "
                              f"step {check.first_wrong}); rebuild the dataset")
-        out.append(CritiqueExample(p, sol, check, "reference"))
+        out.append(make_example(task, p, sol, "reference", target_format, check))
         for _ in range(wrong_per_solution):
-            wrong = task.perturb(p, sol, rng).solution
-            out.append(CritiqueExample(p, wrong, task.check_steps(p, wrong), "perturbed"))
+            out.append(make_example(task, p, task.perturb(p, sol, rng).solution, "perturbed", target_format))
     return out
 
 
-def policy_examples(task: Task, samples: Sequence[tuple[Problem, str]]) -> list[CritiqueExample]:
+def policy_examples(task: Task, samples: Sequence[tuple[Problem, str]],
+                    target_format: str = "plain") -> list[CritiqueExample]:
     """Sampled ``(problem, response text)`` pairs labelled by the step checker.
 
     A pair is kept only when its label is known: the checker's verdict agrees with the
@@ -98,7 +125,7 @@ def policy_examples(task: Task, samples: Sequence[tuple[Problem, str]]) -> list[
     for problem, text in samples:
         check = task.check_steps(problem, text)
         if check.ok == (task.reward(problem, text) == 1.0):
-            out.append(CritiqueExample(problem, text, check, "policy"))
+            out.append(make_example(task, problem, text, "policy", target_format, check))
     return out
 
 
@@ -131,9 +158,11 @@ def balance(examples: Sequence[CritiqueExample], wrong_fraction: float,
 
 def build_examples(task: Task, examples: Sequence[Example], seed: int, *, wrong_fraction: float = 0.5,
                    wrong_per_solution: int = 1, max_solutions: int | None = None,
-                   policy_samples: Sequence[tuple[Problem, str]] = ()) -> list[CritiqueExample]:
+                   policy_samples: Sequence[tuple[Problem, str]] = (),
+                   target_format: str = "plain") -> list[CritiqueExample]:
     """Critique examples of ``examples``' problems (see :func:`reference_examples`) and of
-    ``policy_samples`` (see :func:`policy_examples`), balanced to ``wrong_fraction``.
+    ``policy_samples`` (see :func:`policy_examples`), balanced to ``wrong_fraction``, with
+    targets in ``target_format``.
 
     Deterministic per ``seed`` (module docstring); the order follows ``examples`` then
     ``policy_samples``.
@@ -143,8 +172,8 @@ def build_examples(task: Task, examples: Sequence[Example], seed: int, *, wrong_
     out: list[CritiqueExample] = []
     for ex in examples:
         out += reference_examples(task, ex, _problem_rng(seed, ex.problem), wrong_per_solution=wrong_per_solution,
-                                  max_solutions=max_solutions)
-    out += policy_examples(task, policy_samples)
+                                  max_solutions=max_solutions, target_format=target_format)
+    out += policy_examples(task, policy_samples, target_format)
     return balance(out, wrong_fraction, np.random.default_rng([seed, len(out)]))
 
 

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from critique_jax.tasks import Problem, StepCheck, Task
-from critique_jax.text.templates import CORRECT, WRONG, format_step_critique, parse_critique
+from critique_jax.text.templates import CORRECT, WRONG, condense_critique, format_step_critique, parse_critique
 
 CRITIQUE_TYPES = ("none", "indicative", "ground_truth", "rule_step", "self", "model")
 RULE_TYPES = ("indicative", "ground_truth", "rule_step")  # built on the host from the verifier
@@ -68,7 +68,9 @@ def score_critiques(texts: Sequence[str], checks: Sequence[StepCheck]) -> dict[s
     Returns fractions in [0, 1]:
       verdict_acc: the parsed verdict equals the checker's (no verdict line counts as wrong);
       parse_fail: no verdict line could be parsed;
-      exact_match: the text is the reference critique (``format_step_critique(check)``);
+      exact_match: the text's decisions are the reference critique's
+        (``condense_critique(text) == format_step_critique(check)``: the plain format as it
+        is, the notes of the worked format dropped);
       acc_on_correct / acc_on_wrong: verdict_acc over right / wrong solutions (absent when
         there are none);
       first_wrong_acc: over wrong solutions, the critique says ``verdict: wrong`` and marks
@@ -87,7 +89,8 @@ def score_critiques(texts: Sequence[str], checks: Sequence[StepCheck]) -> dict[s
     out = {
         "verdict_acc": float(verdict_right.mean()),
         "parse_fail": float(np.mean([v is None for v, _ in parsed])),
-        "exact_match": float(np.mean([t.strip() == format_step_critique(c) for t, c in zip(texts, checks)])),
+        "exact_match": float(np.mean([condense_critique(t) == format_step_critique(c)
+                                       for t, c in zip(texts, checks)])),
         "n": float(len(texts)),
     }
     if ok.any():

@@ -18,14 +18,13 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-from flax import nnx
 
 from critique_jax.critique.feedback import RULE_TYPES, refinement_reward, rule_critiques, score_critiques
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.perf import timed
 from critique_jax.rl.rollout import masked_mean, sample_texts
 from critique_jax.tasks import Problem
-from critique_jax.text.templates import critique_prompt, refine_prompt, solve_prompt
+from critique_jax.text.templates import condense_critique, critique_prompt, refine_prompt, solve_prompt
 
 
 def select_refinements(initial_rewards: np.ndarray, refine_rewards: np.ndarray, n_refine: int) -> np.ndarray:
@@ -39,7 +38,7 @@ def select_refinements(initial_rewards: np.ndarray, refine_rewards: np.ndarray, 
     return np.argsort(order_key, axis=1, kind="stable")[:, :n_refine]
 
 
-def critique_batch(run, params: Any, problems: Sequence[Problem], step: int, critic: tuple[nnx.GraphDef, Any] | None,
+def critique_batch(run, params: Any, problems: Sequence[Problem], step: int, critic: Any | None,
                    times: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Host arrays of one Critique-GRPO batch and its critique metrics.
 
@@ -64,11 +63,13 @@ def critique_batch(run, params: Any, problems: Sequence[Problem], step: int, cri
         with timed(times, "perf/score_s"):
             critiques = rule_critiques(kind, task, problems, initial.texts, n0)
     else:
-        critic_model = policy if kind == "self" else critic
-        if critic_model is None:
+        if kind == "model" and critic is None:
             raise ValueError(f"critique.type={kind!r} needs a critique model (critique.critic_from)")
-        critiques = sample_texts(run, critic_model, [critique_prompt(p.question, t) for p, t in zip(owners, initial.texts)],
-                                 c.critique.prompt_buckets, seed + 1, 1, 0.0, times).texts  # greedy critiques
+        model, sampler = (policy, None) if kind == "self" else (critic.model, critic.sampler)
+        critiques = sample_texts(run, model, [critique_prompt(p.question, t) for p, t in zip(owners, initial.texts)],
+                                 c.critique.prompt_buckets, seed + 1, 1, 0.0, times, sampler).texts  # greedy
+        # The policy's refinement format has plain step critiques: drop a worked critique's notes.
+        critiques = [condense_critique(t) for t in critiques]
     refined = sample_texts(run, policy, [refine_prompt(p.question, t, k) for p, t, k in
                                          zip(owners, initial.texts, critiques)],
                            c.critique.refine_buckets, seed + 2, 1, temp, times)

@@ -67,10 +67,11 @@ from critique_jax.parallel.mesh import batch_shards
 from critique_jax.perf import timed
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.rl import trainer
+from critique_jax.sampling import SamplerConfig
 from critique_jax.rl.train_step import SequenceBatch, make_optimizer
 from critique_jax.tasks import Problem
 from critique_jax.text import Tokenizer
-from critique_jax.text.templates import critique_prompt, refine_prompt, solve_prompt
+from critique_jax.text.templates import condense_critique, critique_prompt, refine_prompt, solve_prompt
 
 log = logging.getLogger("critique_jax")
 
@@ -304,7 +305,7 @@ class Generated:
 
 def sample_chunked(run: trainer.Run, model: tuple[nnx.GraphDef, Any], prompts: Sequence[str],
                    buckets: Sequence[int], group_size: int, temperature: float, chunk: int,
-                   seed: Callable[[int], int]) -> Generated:
+                   seed: Callable[[int], int], sampler: SamplerConfig | None = None) -> Generated:
     """:func:`~critique_jax.rl.rollout.sample_texts` over ``chunk`` prompts per call (the last
     call padded by repeating its last prompt, so every call has one shape); call ``i`` uses
     ``seed(i)``. No prompts: nothing sampled."""
@@ -315,7 +316,7 @@ def sample_chunked(run: trainer.Run, model: tuple[nnx.GraphDef, Any], prompts: S
         part = list(prompts[start:start + chunk])
         n = len(part) * group_size
         s = rollout_lib.sample_texts(run, model, part + [part[-1]] * (chunk - len(part)), buckets, seed(i),
-                                     group_size, temperature)
+                                     group_size, temperature, sampler=sampler)
         texts += s.texts[:n]
         finished.append(s.finished[:n].astype(bool))
         entropy_sum += float((s.entropy[:n] * s.mask[:n]).sum())
@@ -359,7 +360,7 @@ class Refined:
     usable: np.ndarray
 
 
-def refine_wrong(run: trainer.Run, params: nnx.State, critic: tuple[nnx.GraphDef, Any] | None,
+def refine_wrong(run: trainer.Run, params: nnx.State, critic: trainer.CritiqueModel | None,
                  owners: Sequence[Problem], texts: Sequence[str], wrong: np.ndarray, iteration: int) -> Refined:
     """Critiques the samples ``texts[wrong]`` (of ``owners[wrong]``) with ``critique.type`` and
     samples one refinement of each (step 3). Samples whose critique or refinement prompt
@@ -371,14 +372,15 @@ def refine_wrong(run: trainer.Run, params: nnx.State, critic: tuple[nnx.GraphDef
     if kind in RULE_TYPES:
         crits = rule_critiques(kind, run.task, [owners[i] for i in idx], [texts[i] for i in idx], 1)
     else:
-        model = policy if kind == "self" else critic
-        if model is None:
+        if kind == "model" and critic is None:
             raise ValueError(f"critique.type={kind!r} needs a critique model (critique.critic_from)")
+        model, sampler = (policy, None) if kind == "self" else (critic.model, critic.sampler)
         prompts = [critique_prompt(owners[i].question, texts[i]) for i in idx]
         ok = fits(run.tok, prompts, max(c.critique.prompt_buckets))
         idx = idx[ok]
         crits = sample_chunked(run, model, [p for p, o in zip(prompts, ok) if o], c.critique.prompt_buckets, 1, 0.0,
-                               chunk, functools.partial(_seed, c.seed, _CRITIQUE, iteration)).texts  # greedy, as in RL
+                               chunk, functools.partial(_seed, c.seed, _CRITIQUE, iteration), sampler).texts  # greedy
+        crits = [condense_critique(t) for t in crits]  # plain format for the policy, as in RL
     prompts = [refine_prompt(owners[i].question, texts[i], t) for i, t in zip(idx, crits)]
     ok = fits(run.tok, prompts, max(c.critique.refine_buckets))
     idx, crits = idx[ok], [t for t, o in zip(crits, ok) if o]
@@ -389,7 +391,7 @@ def refine_wrong(run: trainer.Run, params: nnx.State, critic: tuple[nnx.GraphDef
     return Refined(index=idx, critiques=crits, texts=ref.texts, correct=correct, usable=usable)
 
 
-def sample_pool(run: trainer.Run, params: nnx.State, critic: tuple[nnx.GraphDef, Any] | None,
+def sample_pool(run: trainer.Run, params: nnx.State, critic: trainer.CritiqueModel | None,
                 problems: Sequence[Problem], iteration: int) -> PoolRound:
     """Samples and verifies K solutions per pool problem and, with a critique, refines the wrong
     ones (steps 1-3)."""
@@ -475,7 +477,7 @@ def _logged_samples(problems: Sequence[Problem], r: PoolRound, keep_sample: np.n
     return out
 
 
-def run_iteration(run: trainer.Run, params: nnx.State, critic: tuple[nnx.GraphDef, Any] | None,
+def run_iteration(run: trainer.Run, params: nnx.State, critic: trainer.CritiqueModel | None,
                   problems: Sequence[Problem], iteration: int, step_fn: Callable,
                   optimizer) -> tuple[nnx.State, dict[str, float]]:
     """One self-training iteration (steps 1-5 of the module docstring): new parameters and metrics."""

@@ -17,7 +17,7 @@ from flax import nnx
 
 from critique_jax.data import Example
 from critique_jax.parallel.distributed import to_host
-from critique_jax.sampling import PromptBatch, generate, pad_prompts, sample_keys
+from critique_jax.sampling import PromptBatch, SamplerConfig, generate, pad_prompts, sample_keys
 from critique_jax.tasks import Problem, Task
 from critique_jax.text import Tokenizer
 from critique_jax.text.templates import solve_prompt
@@ -46,8 +46,10 @@ class Sampled:
 
 
 def sample_texts(run: Any, model: tuple[nnx.GraphDef, Any], prompts: Sequence[str], buckets: Sequence[int],
-                 seed: int, group_size: int, temperature: float, times: dict[str, float] | None = None) -> Sampled:
-    """``group_size`` completions per prompt text with the run's sampler (``run``: a trainer Run).
+                 seed: int, group_size: int, temperature: float, times: dict[str, float] | None = None,
+                 sampler: SamplerConfig | None = None) -> Sampled:
+    """``group_size`` completions per prompt text with ``sampler`` (default: the run's; ``run``:
+    a trainer Run).
 
     Sample ``j`` of prompt ``i`` uses key ``fold_in(fold_in(key(seed), i), j)``. The call's
     wall time is added to ``times["perf/sample_s"]`` when ``times`` is given.
@@ -56,7 +58,7 @@ def sample_texts(run: Any, model: tuple[nnx.GraphDef, Any], prompts: Sequence[st
     c = run.config
     pb = pad_prompts([run.tok.encode(p) for p in prompts], buckets, run.tok.pad_id)
     keys = sample_keys(seed, np.arange(len(prompts)), group_size)
-    ro = generate(model, run.shard(pb.tokens), run.shard(pb.valid), run.shard(keys), run.sampler,
+    ro = generate(model, run.shard(pb.tokens), run.shard(pb.valid), run.shard(keys), sampler or run.sampler,
                   group_size=group_size, temperature=temperature, top_p=c.sampling.top_p, top_k=c.sampling.top_k,
                   mesh=run.mesh)
     tokens, mask = to_host(ro.tokens), to_host(ro.mask)

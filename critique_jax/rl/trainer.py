@@ -481,19 +481,36 @@ def check_critic_source(config: ml_collections.ConfigDict) -> None:
                              "match the policy's tokenizer (train a critic with the same task and tokenizer)")
 
 
-def load_critic(run: Run) -> tuple[nnx.GraphDef, nnx.State]:
+@dataclasses.dataclass(frozen=True)
+class CritiqueModel:
+    """A loaded critique model: ``model`` = (graphdef, params) on the run's mesh, and the sampler
+    its critiques are generated with (as many new tokens as its training targets had)."""
+
+    model: tuple[nnx.GraphDef, nnx.State]
+    sampler: SamplerConfig
+
+
+def load_critic(run: Run) -> CritiqueModel:
     """The frozen critique model of ``critique.critic_from`` (a train_critic run), on this mesh."""
     src = run.config.critique.critic_from
     with open(os.path.join(src, "config.json")) as f:
         critic_cfg = json.load(f)["critic"]
-    cfg = model_config(critic_cfg["preset"], run.tok.vocab_size, family=critic_cfg["family"],
-                       max_seq_len=run.model_cfg.max_seq_len)
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+    ckpt = Checkpointer(os.path.join(src, "critic_policy"), keep_last=1, keep_best=0, best_metric=None,
+                        async_save=False)
+
+    def definition(max_seq_len: int) -> tuple[nnx.GraphDef, nnx.State]:
+        cfg = model_config(critic_cfg["preset"], run.tok.vocab_size, family=critic_cfg["family"],
+                           max_seq_len=max_seq_len)
+        return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+
+    _, abstract = definition(run.model_cfg.max_seq_len)  # the parameters do not depend on the length
     sh = param_shardings(abstract, run.mesh)
     like = {"params": jax.tree.map(lambda x, s_: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s_), abstract, sh)}
-    params = Checkpointer(os.path.join(src, "critic_policy"), keep_last=1, keep_best=0, best_metric=None,
-                          async_save=False).restore(like=like)[0]["params"]
-    return graphdef, params
+    state, meta = ckpt.restore(like=like)
+    ckpt.close()
+    response_len = int(meta["response_len"])  # the critic's longest training target
+    graphdef, _ = definition(max(run.config.critique.prompt_buckets) + response_len)
+    return CritiqueModel((graphdef, state["params"]), dataclasses.replace(run.sampler, max_new_tokens=response_len))
 
 
 def init_from_dir(path: str) -> str:

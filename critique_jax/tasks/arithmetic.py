@@ -122,35 +122,47 @@ def _matches(node: ex.Tree, op: str, a: ex.Number, b: ex.Number) -> bool:
     return (node[1], node[2]) == (a, b) or (op in ex.COMMUTATIVE and (node[1], node[2]) == (b, a))
 
 
+def _after(tree: ex.Tree) -> ex.Tree | None:
+    """The ``, so`` tail that shows ``tree`` (None once it is a number)."""
+    return tree if ex.is_node(tree) else None
+
+
 def _replay(tree: ex.Tree, lines: list[str]):
     """Follows ``lines`` from ``tree``.
 
-    Returns ``(first_wrong, kind, states)``; ``states`` maps every expression the correct
-    prefix can have led to (several when identical ready nodes exist) to the reduction paths
-    that lead there.
+    Returns ``(first_wrong, kind, states, notes)``; ``states`` maps every expression the
+    correct prefix can have led to (several when identical ready nodes exist) to the reduction
+    paths that lead there; ``notes`` has the worked-critique note of each line up to and
+    including the first wrong one: ``"3 + 5 = 8, so 8 * 2 - 7"`` (the true value and the
+    expression after it), ``"5 * 2 not ready in (3 + 5) * 2 - 7"``, ``""`` (unparsable).
     """
     states: dict[ex.Tree, list[ex.Path]] = {tree: []}
+    notes: list[str] = []
     for i, line in enumerate(lines):
         step = ex.parse_step(line)
         if step is None:
-            return i, "unparsable", states
+            return i, "unparsable", states, notes + [""]
         pair = step.pair
-        found, new = False, {}
+        found, new = None, {}
         for t, hist in states.items():
             for path in ex.ready_paths(t) if pair else ():
                 node = ex.subtree(t, path)
                 if not _matches(node, *pair):
                     continue
-                found = True
+                if found is None:  # the first match, reduced with the true value
+                    found = ex.replace(t, path, ex.apply(*node))
                 nt = ex.replace(t, path, step.result)
                 if step.result == ex.apply(*node) and (step.rest is None or step.rest == nt):
                     new.setdefault(nt, hist + [path])
         if not new:
-            if not found:
-                return i, "invalid_step", states
-            return i, "arithmetic" if step.result != ex.apply(*pair) else "wrong_rewrite", states
+            if found is None:
+                note = f"{ex.render(step.lhs)} not ready in {ex.render(next(iter(states)))}"
+                return i, "invalid_step", states, notes + [note]
+            kind = "arithmetic" if step.result != ex.apply(*pair) else "wrong_rewrite"
+            return i, kind, states, notes + [ex.format_step(*pair, ex.apply(*pair), _after(found))]
         states = new
-    return None, "ok", states
+        notes.append(ex.format_step(*pair, step.result, _after(next(iter(new)))))
+    return None, "ok", states, notes
 
 
 @register_task("arithmetic")
@@ -193,29 +205,42 @@ class Arithmetic(Task):
         return out
 
     def check_steps(self, problem: Problem, text: str) -> StepCheck:
+        return self._walk(problem, text)[1]
+
+    def step_notes(self, problem: Problem, text: str) -> list[str]:
+        """Per step: the true value and the expression after it (``"3 + 5 = 8, so 8 * 2 - 7"``)
+        or, for a step that is not a ready operation, the expression it should reduce
+        (``"5 * 2 not ready in (3 + 5) * 2 - 7"``); on the answer line the answer and the
+        value (``"answer: 9, value 9"``), the expression still left (``"left 16 - 7"``) or
+        ``"no answer"``; ``""`` on a line that does not parse."""
+        return self._walk(problem, text)[0]
+
+    def _walk(self, problem: Problem, text: str) -> tuple[list[str], StepCheck]:
+        """The step notes and the check of ``text`` (see the module docstring)."""
         lines, answer = split_steps(text)
         n_steps = len(lines) + (answer is not None)
-        first_wrong, kind, states = _replay(self._tree(problem), lines)
+        first_wrong, kind, states, notes = _replay(self._tree(problem), lines)
         if first_wrong is not None:
-            return StepCheck(first_wrong, kind, n_steps)
+            return notes, StepCheck(first_wrong, kind, n_steps)
         if answer is None:
-            return StepCheck(len(lines), "missing_answer", n_steps)
+            return notes + ["no answer"], StepCheck(len(lines), "missing_answer", n_steps)
         final = next(iter(states))  # all states have had the same number of reductions
         if ex.is_node(final):
-            return StepCheck(len(lines), "incomplete", n_steps)
+            return notes + [f"left {ex.render(final)}"], StepCheck(len(lines), "incomplete", n_steps)
         got = normalize_number(answer)
         if got is None:
-            return StepCheck(len(lines), "unparsable", n_steps)
+            return notes + [""], StepCheck(len(lines), "unparsable", n_steps)
+        notes.append(f"answer: {got}, value {final}")
         if got != str(final):
-            return StepCheck(len(lines), "wrong_answer", n_steps)
-        return StepCheck(None, "ok", n_steps)
+            return notes, StepCheck(len(lines), "wrong_answer", n_steps)
+        return notes, StepCheck(None, "ok", n_steps)
 
     def perturb(self, problem: Problem, solution: str, rng: np.random.Generator) -> Perturbation:
         """One planted error (arithmetic slip propagated onwards, precedence/grouping slip,
         early stop, or wrong answer line); the result is checked to fail at that step."""
         tree = self._tree(problem)
         lines, _ = split_steps(solution)
-        first_wrong, kind, states = _replay(tree, lines)
+        first_wrong, kind, states, _ = _replay(tree, lines)
         if first_wrong is not None or any(ex.is_node(t) for t in states):
             raise ValueError(f"perturb needs a correct full solution; step {first_wrong}: {kind}")
         final, paths = next(iter(states.items()))

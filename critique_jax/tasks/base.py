@@ -133,6 +133,9 @@ class Task(abc.ABC):
     instructions: str = ""
     #: False for tasks whose problems come from files: ``generate`` raises NotImplementedError.
     generative: bool = True
+    #: True when ``check_steps`` follows every step (so its critique is an oracle, the
+    #: ``rule_step`` critique type); False when it checks only what free text makes checkable.
+    exact_step_checker: bool = True
 
     @abc.abstractmethod
     def generate(self, rng: np.random.Generator, difficulty: int) -> Problem:
@@ -149,6 +152,17 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def perturb(self, problem: Problem, solution: str, rng: np.random.Generator) -> Perturbation:
         """Plants one plausible error in a correct ``solution``; the result must fail."""
+
+    def step_notes(self, problem: Problem, text: str) -> list[str]:
+        """What a careful checker writes down on each step before deciding on it: one note per
+        step up to and including the first wrong one (every step when none is), the answer
+        line included, ``""`` for a step it cannot read. Notes restate the step with the true
+        values (and whatever the next decisions compare against) and never contain the words
+        ``correct``/``wrong``; they are the worked critique format of
+        :func:`critique_jax.text.templates.format_worked_critique`, so
+        ``len(step_notes(p, t))`` equals the number of steps that critique lists for
+        ``check_steps(p, t)``."""
+        raise NotImplementedError(f"task {self.name!r} does not implement step_notes (the worked critique format)")
 
     def extract_answer(self, text: str) -> str | None:
         return extract_answer(text)

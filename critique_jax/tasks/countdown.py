@@ -226,17 +226,35 @@ def _as_int(v) -> int | None:
     return v
 
 
-def _check_line(available: collections.Counter, step: ex.StepLine) -> str | None:
-    """Error kind of ``step`` given the available numbers (None if right); updates them."""
+def _value_note(lhs: ex.Tree) -> tuple[str, int | None]:
+    """``"<lhs> = <true value>"`` and that value, or why ``lhs`` has no whole value (None)."""
+    values, text = ex.node_values(lhs), ex.render(lhs)
+    if any(v is None for v in values):
+        return f"{text} divides by zero", None
+    if any(_as_int(v) is None for v in values):
+        return f"{text} divides inexactly", None
+    return f"{text} = {_as_int(values[-1])}", _as_int(values[-1])
+
+
+def _check_line(pool: list[int], step: ex.StepLine) -> tuple[str, str | None]:
+    """The step's note (worked critique format) and error kind (None if right) given the
+    ``pool`` of available numbers (question numbers, then results in order); updates the pool.
+
+    Notes: ``"8 * 3 = 24, left 4 24"`` (the true value, then the pool after the step),
+    ``"9 + 9 = 18, 9 not in 4 24"`` (an operand missing from the pool before the step; repeated
+    as often as the line uses it), ``"7 / 2 divides inexactly"``.
+    """
+    note, value = _value_note(step.lhs)
     used = collections.Counter(ex.leaves(step.lhs))
-    if any(available[v] < k for v, k in used.items()):
-        return "unavailable_number"
-    values = ex.node_values(step.lhs)
-    if any(v is None or _as_int(v) is None for v in values) or values[-1] != step.result:
-        return "arithmetic"
-    available.subtract(used)
-    available[_as_int(step.result)] += 1
-    return None
+    for v, k in used.items():
+        if pool.count(v) < k:
+            return f"{note}, {' '.join([str(v)] * k)} not in {' '.join(map(str, pool))}", "unavailable_number"
+    for v in ex.leaves(step.lhs):
+        pool.remove(v)
+    if value is None:
+        return note, "arithmetic"
+    pool.append(value)
+    return f"{note}, left {' '.join(map(str, pool))}", None if value == step.result else "arithmetic"
 
 
 _PERTURB_WEIGHTS = (0.5, 0.3, 0.2)  # arithmetic, unavailable_number, wrong_answer
@@ -368,27 +386,42 @@ class Countdown(Task):
         return [join_steps(linearize(trees[i], rng), target) for i in sorted(pick)]
 
     def check_steps(self, problem: Problem, text: str) -> StepCheck:
+        return self._walk(problem, text)[1]
+
+    def step_notes(self, problem: Problem, text: str) -> list[str]:
+        """Per step: the true value and the numbers left (``"8 * 3 = 24, left 4 24"``) or the
+        missing operand (``"9 + 9 = 18, 9 not in 4 24"``); on the answer line the answer, the
+        last line's result and the target (``"answer: 20, last 20, target: 20"``: ``answer:`` and
+        ``target:`` as the solution and the question write them, so the values are copied), or
+        ``"no answer"``; ``""`` on a line that does not parse."""
+        return self._walk(problem, text)[0]
+
+    def _walk(self, problem: Problem, text: str) -> tuple[list[str], StepCheck]:
+        """The step notes and the check of ``text`` (one pass; see the module docstring)."""
         lines, answer = split_steps(text)
         n_steps = len(lines) + (answer is not None)
-        available = collections.Counter(int(v) for v in problem.meta["numbers"])
+        pool = [int(v) for v in problem.meta["numbers"]]
+        notes: list[str] = []
         last = None
         for i, line in enumerate(lines):
             step = ex.parse_step(line)
             if step is None or step.rest is not None or not ex.is_node(step.lhs):
-                return StepCheck(i, "unparsable", n_steps)
-            kind = _check_line(available, step)
+                return notes + [""], StepCheck(i, "unparsable", n_steps)
+            note, kind = _check_line(pool, step)
+            notes.append(note)
             if kind is not None:
-                return StepCheck(i, kind, n_steps)
+                return notes, StepCheck(i, kind, n_steps)
             last = step.result
         if answer is None:
-            return StepCheck(len(lines), "missing_answer", n_steps)
+            return notes + ["no answer"], StepCheck(len(lines), "missing_answer", n_steps)
         got = normalize_number(answer)
         if got is None:
-            return StepCheck(len(lines), "unparsable", n_steps)
+            return notes + [""], StepCheck(len(lines), "unparsable", n_steps)
         target = str(int(problem.meta["target"]))
+        notes.append(f"answer: {got}, last {'none' if last is None else last}, target: {target}")
         if got != target or last is None or str(last) != target:
-            return StepCheck(len(lines), "wrong_answer", n_steps)
-        return StepCheck(None, "ok", n_steps)
+            return notes, StepCheck(len(lines), "wrong_answer", n_steps)
+        return notes, StepCheck(None, "ok", n_steps)
 
     def reward(self, problem: Problem, text: str) -> float:
         """1.0 only for a solution whose every step checks (see the module docstring)."""

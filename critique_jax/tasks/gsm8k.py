@@ -163,6 +163,7 @@ class GSM8K(Task):
     difficulties = tuple(range(1, MAX_DIFFICULTY + 1))
     default_difficulty = 3
     generative = False
+    exact_step_checker = False  # only explicit equations are checked
     instructions = (
         "Solve the problem step by step, one step per line, writing each calculation as "
         "'<expression> = <number>'. End with the line 'answer: <number>'."

@@ -33,6 +33,19 @@ The text after ``wrong,`` is the step checker's error kind with ``_`` read as a 
 step as correct and ends with ``verdict: correct``. An indicative critique is the verdict line
 alone; :func:`parse_critique` reads both.
 
+A *worked* critique (:func:`format_worked_critique`, the critique model's target) writes the
+task's note on each listed step before its decision, so that every decision is a comparison
+of text already written (the notes come from :meth:`~critique_jax.tasks.base.Task.step_notes`
+and never contain the words ``correct``/``wrong``; a step without a note is written plainly)::
+
+    step 1: 8 * 3 = 24, left 4 24, correct
+    step 2: 24 - 4 = 20, left 20, wrong, arithmetic
+    verdict: wrong
+
+:func:`parse_critique` reads it too (a step's decision is the first ``correct``/``wrong`` on
+its line), and :func:`condense_critique` turns it back into the plain format, which is what
+the policy sees in refinement prompts.
+
 Example (countdown)::
 
     <question>Use 3, 8, 4 to make 20.
@@ -51,6 +64,7 @@ it in the group as a response to the solve prompt).
 from __future__ import annotations
 
 import re
+from typing import Sequence
 
 from critique_jax.tasks.base import StepCheck
 
@@ -89,6 +103,21 @@ def format_step_critique(
       the solution has no wrong step, else steps ``1 .. first_wrong + 1``.
     correct: the verdict on the final answer (default ``check.ok``).
     """
+    return _format_critique(check, n_steps, correct, None)
+
+
+def format_worked_critique(check: StepCheck, notes: Sequence[str], correct: bool | None = None) -> str:
+    """Worked critique text: each listed step's note, then its decision (module docstring).
+
+    notes: one per listed step (``check.n_steps`` of them when the solution has no wrong step,
+      else ``check.first_wrong + 1``), as :meth:`Task.step_notes` returns them; ``""`` = none.
+    correct: the verdict on the final answer (default ``check.ok``).
+    """
+    return _format_critique(check, None, correct, notes)
+
+
+def _format_critique(check: StepCheck, n_steps: int | None, correct: bool | None,
+                     notes: Sequence[str] | None) -> str:
     n = check.n_steps if n_steps is None else n_steps
     if n < 0:
         raise ValueError(f"n_steps={n}: expected >= 0")
@@ -96,20 +125,33 @@ def format_step_critique(
     # first_wrong == n is a missing answer line: the step after the last one found.
     if wrong is not None and not 0 <= wrong <= n:
         raise ValueError(f"check.first_wrong={wrong}: expected 0 <= first_wrong <= n_steps={n}")
-    lines = [f"step {i + 1}: {CORRECT}" for i in range(n if wrong is None else wrong)]
+    n_listed = n if wrong is None else wrong + 1
+    decisions = [CORRECT] * (n if wrong is None else wrong)
     if wrong is not None:
-        lines.append(f"step {wrong + 1}: {WRONG}, {check.kind.replace('_', ' ')}")
+        decisions.append(f"{WRONG}, {check.kind.replace('_', ' ')}")
+    if notes is None:
+        notes = [""] * n_listed
+    elif len(notes) != n_listed:
+        raise ValueError(f"{len(notes)} step notes for {n_listed} listed steps ({check})")
+    lines = []
+    for i, (note, decision) in enumerate(zip(notes, decisions)):
+        if _DECISION.search(note) or "\n" in note:
+            raise ValueError(f"step note {note!r}: must be one line without the words {CORRECT!r}/{WRONG!r}")
+        lines.append(f"step {i + 1}: {note}, {decision}" if note else f"step {i + 1}: {decision}")
     verdict = check.ok if correct is None else correct
     lines.append(f"verdict: {CORRECT if verdict else WRONG}")
     return "\n".join(lines)
 
 
-_STEP = re.compile(r"^\s*step\s+(\d+)\s*:\s*(correct|wrong)\b", re.IGNORECASE)
+_DECISION = re.compile(r"\b(correct|wrong)\b", re.IGNORECASE)
+# A step's decision is the first correct/wrong on its line (after the worked format's note);
+# group 3 is the rest of the line (the error kind after "wrong,").
+_STEP = re.compile(r"^\s*step\s+(\d+)\s*:.*?\b(correct|wrong)\b[\s,]*(.*?)\s*$", re.IGNORECASE)
 _VERDICT = re.compile(r"^\s*verdict\s*:\s*(correct|wrong)\b", re.IGNORECASE)
 
 
 def parse_critique(text: str) -> tuple[bool | None, int | None]:
-    """Reads ``(verdict, first_wrong)`` from critique text.
+    """Reads ``(verdict, first_wrong)`` from critique text (plain or worked format).
 
     verdict: True for ``verdict: correct``, False for ``verdict: wrong``, None if no verdict
       line (the first one counts).
@@ -126,3 +168,19 @@ def parse_critique(text: str) -> tuple[bool | None, int | None]:
         elif verdict is None and (m := _VERDICT.match(line)):
             verdict = m.group(1).lower() == CORRECT
     return verdict, first_wrong
+
+
+def condense_critique(text: str) -> str:
+    """The plain step format of a critique: each step line reduced to its decision (and error
+    kind), each verdict line to the verdict; other lines and the notes of the worked format
+    are dropped. ``condense_critique(format_worked_critique(c, notes)) ==
+    format_step_critique(c)``, and a plain critique is its own condensed form."""
+    out = []
+    for line in text.splitlines():
+        if m := _STEP.match(line):
+            decision = m.group(2).lower()
+            kind = m.group(3) if decision == WRONG else ""
+            out.append(f"step {int(m.group(1))}: {decision}" + (f", {kind}" if kind else ""))
+        elif m := _VERDICT.match(line):
+            out.append(f"verdict: {m.group(1).lower()}")
+    return "\n".join(out)

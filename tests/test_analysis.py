@@ -1,6 +1,7 @@
 """Entropy-law fits, covariance vs entropy change, pass@k curves, diversity and entropy shares."""
 
 import itertools
+import json
 import math
 from fractions import Fraction
 
@@ -277,3 +278,16 @@ def test_entropy_histogram_and_input_checks(np_rng):
         entropy_histogram(h, mask[:, :5])
     with pytest.raises(ValueError, match="no valid token"):
         top_fraction_threshold(h, np.zeros(h.shape, bool))
+
+
+def test_report_prints_the_last_critic_evaluation(tmp_path):
+    from critique_jax.analysis.report import critic_summary
+
+    rows = [{"step": 1, "critic/nll": 2.0}, {"step": 100, "critic/verdict_acc": 0.5, "critic/first_wrong_acc": 0.1},
+            {"step": 150, "critic/verdict_acc": 0.625, "critic/first_wrong_acc": 0.25, "critic/acc_on_wrong": 0.3}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert critic_summary(str(tmp_path)) == ("critic (step 150, held-out): verdict_acc 0.625, first_wrong_acc 0.250, "
+                                             "acc_on_wrong 0.300")
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    with pytest.raises(ValueError, match="no critic evaluation"):
+        critic_summary(str(tmp_path))

@@ -3,7 +3,8 @@
     python -m critique_jax.analysis.report runs/quickstart
 
 prints the evaluation at the start of RL (after SFT) next to the last evaluation, and writes
-``<run>/curves.png`` (train entropy, train reward and eval pass@1 against step).
+``<run>/curves.png`` (train entropy, train reward and eval pass@1 against step). With a second
+directory (a ``train_critic`` run) it also prints the critic's last held-out evaluation.
 """
 
 from __future__ import annotations
@@ -64,11 +65,26 @@ def plot_curves(workdir: str, out: str | None = None) -> str:
     return out
 
 
+CRITIC_KEYS = ("critic/verdict_acc", "critic/first_wrong_acc", "critic/acc_on_correct", "critic/acc_on_wrong")
+
+
+def critic_summary(workdir: str) -> str:
+    """One line: the last held-out evaluation of a train_critic run."""
+    evals = [r for r in read_metrics(workdir) if "critic/verdict_acc" in r]
+    if not evals:
+        raise ValueError(f"{workdir}/metrics.jsonl has no critic evaluation (critic/verdict_acc)")
+    last = evals[-1]
+    return f"critic (step {last['step']}, held-out): " + ", ".join(
+        f"{k.split('/')[1]} {last[k]:.3f}" for k in CRITIC_KEYS if k in last)
+
+
 def main(argv: list[str]) -> None:
-    if len(argv) != 2:
-        raise SystemExit("usage: python -m critique_jax.analysis.report RUN_DIR")
+    if len(argv) not in (2, 3):
+        raise SystemExit("usage: python -m critique_jax.analysis.report RUN_DIR [CRITIC_RUN_DIR]")
     print(before_after(argv[1]))
     print(f"curves: {plot_curves(argv[1])}")
+    if len(argv) == 3:
+        print(critic_summary(argv[2]))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from flax import nnx
 
 from critique_jax import config as config_lib
 from critique_jax.critique.feedback import refinement_reward, rule_critique
-from critique_jax.critique.loop import critique_accuracy, select_refinements
+from critique_jax.critique.loop import critique_accuracy, pass1_on_failed, select_refinements
 from critique_jax.metrics import read_metrics
 from critique_jax.models import Transformer, model_config
 from critique_jax.parallel.mesh import batch_sharding, make_mesh
@@ -150,3 +150,12 @@ def test_a_critic_with_another_vocabulary_is_rejected_before_training(tmp_path):
                                    "critique.critic_from": str(tmp_path / "nowhere")})
     with pytest.raises(FileNotFoundError, match=r"expected a train_critic run directory"):
         setup(cfg, str(tmp_path / "run"))
+
+
+def test_pass1_on_failed_is_the_leave_one_out_accuracy_of_failed_responses(np_rng):
+    r = (np_rng.random((7, 5)) < 0.4).astype(np.float64)
+    r[0] = 1.0  # a group with no failure contributes nothing
+    ref = [np.mean([r[i, k] for k in range(5) if k != j]) for i in range(7) for j in range(5) if r[i, j] < 1]
+    assert pass1_on_failed(r) == pytest.approx(float(np.mean(ref)), rel=1e-12)
+    assert np.isnan(pass1_on_failed(np.ones((3, 4))))
+    assert np.isnan(pass1_on_failed(np.zeros((3, 1))))

@@ -38,6 +38,23 @@ def select_refinements(initial_rewards: np.ndarray, refine_rewards: np.ndarray, 
     return np.argsort(order_key, axis=1, kind="stable")[:, :n_refine]
 
 
+def pass1_on_failed(initial_rewards: np.ndarray) -> float:
+    """The policy's own pass@1 on the prompts of its failed responses: the baseline a
+    refinement's success on failed responses is compared with.
+
+    initial_rewards: [B, n0] 0/1 rewards of the initial responses. For each failed response,
+    the mean reward of the other ``n0 - 1`` responses to its prompt (leave-one-out, so the
+    failure itself does not count); averaged over failed responses. NaN when nothing failed
+    or ``n0 < 2``.
+    """
+    r = np.asarray(initial_rewards, np.float64)
+    failed = r < 1
+    if r.shape[1] < 2 or not failed.any():
+        return float("nan")
+    others = (r.sum(1, keepdims=True) - r) / (r.shape[1] - 1)
+    return float(others[failed].mean())
+
+
 def critique_batch(run, params: Any, problems: Sequence[Problem], step: int, critic: Any | None,
                    times: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Host arrays of one Critique-GRPO batch and its critique metrics.
@@ -94,6 +111,7 @@ def critique_batch(run, params: Any, problems: Sequence[Problem], step: int, cri
         "critique/groups_rescued": float(((init_rewards.reshape(b, n0) < 1).all(1)
                                           & (rewards[:, n0:] >= 1).any(1)).mean()),
         "critique/initial_reward": float(init_rewards.mean()),
+        "critique/pass1_on_failed_prompts": pass1_on_failed(init_rewards.reshape(b, n0)),
         "critique/initial_entropy": masked_mean(initial.entropy, initial.mask),
         "critique/refinement_entropy": masked_mean(refined.entropy, refined.mask),
     }

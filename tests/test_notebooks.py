@@ -201,15 +201,15 @@ def _manifest(sweep_dir, runs):
     (sweep_dir / "manifest.json").write_text(json.dumps({"sweep": sweep_dir.name, "runs": entries}))
 
 
-def test_load_sweep_groups_runs_and_reports_missing(tmp_path):
+def test_read_sweep_groups_runs_and_reports_missing(tmp_path):
     sweep_dir = tmp_path / "entropy"
     _write_run(sweep_dir / "b_s0", [{"step": 1, "train/entropy": 0.5}])
     _write_run(sweep_dir / "a_s1", [{"step": 1, "train/entropy": 0.3}, {"step": 2, "train/entropy": float("nan")}])
     _write_run(sweep_dir / "a_s0", [{"step": 1, "train/entropy": 0.4}], done=False)
     _manifest(sweep_dir, [("b_s0", "b", 0), ("a_s1", "a", 1), ("a_s0", "a", 0), ("a_s2", "a", 2)])
     with pytest.raises(FileNotFoundError, match=r"run a_s2 of .*manifest.json: .*a_s2/metrics.jsonl is missing"):
-        sweeps.load_sweep(sweep_dir)
-    sweep = sweeps.load_sweep(sweep_dir, skip_missing=True)
+        sweeps.read_sweep(sweep_dir)
+    sweep = sweeps.read_sweep(sweep_dir, skip_missing=True)
     assert sweep.name == "entropy" and sweep.missing == ("a_s2",) and sweep.labels == ["b", "a"]
     groups = sweep.groups()
     assert list(groups) == ["b", "a"] and [r.name for r in groups["a"]] == ["a_s0", "a_s1"]
@@ -239,7 +239,7 @@ def test_malformed_manifests_name_the_file(tmp_path, manifest, match):
     if manifest is not None:
         (tmp_path / "manifest.json").write_text(manifest)
     with pytest.raises((ValueError, FileNotFoundError), match=match):
-        sweeps.load_sweep(tmp_path)
+        sweeps.read_sweep(tmp_path)
 
 
 def _record(name, rows, label="a", seed=0):

@@ -7,7 +7,7 @@ A sweep directory (written by ``scripts/sweep.py``) holds ``manifest.json``::
                "overrides": {"rl.loss.name": "ppo", ...}, "workdir": "grpo_s0"}, ...]}
 
 (``workdir`` relative to the sweep directory; other keys are kept but not needed) and, per run,
-the trainer's ``metrics.jsonl`` (and ``done.json`` once the run finished). :func:`load_sweep`
+the trainer's ``metrics.jsonl`` (and ``done.json`` once the run finished). :func:`read_sweep`
 reads it into :class:`SweepData`; :func:`seed_band` and :func:`seed_stat` average over the
 seeds of a label. Everything here is host-side NumPy; values are float64, steps int64.
 """
@@ -74,7 +74,7 @@ class RunRecord:
 @dataclasses.dataclass(frozen=True)
 class SweepData:
     """A loaded sweep: ``runs`` in manifest order; ``missing``: names of listed runs without
-    metrics (only with ``load_sweep(..., skip_missing=True)``)."""
+    metrics (only with ``read_sweep(..., skip_missing=True)``)."""
 
     name: str
     path: Path
@@ -120,7 +120,7 @@ def _manifest_runs(path: Path) -> tuple[str, list[dict]]:
     return str(manifest.get("sweep", path.parent.name)), manifest["runs"]
 
 
-def load_sweep(path: str | Path, *, skip_missing: bool = False) -> SweepData:
+def read_sweep(path: str | Path, *, skip_missing: bool = False) -> SweepData:
     """Reads a sweep directory (its manifest and every run's ``metrics.jsonl``).
 
     A run whose ``metrics.jsonl`` is missing or empty raises FileNotFoundError naming the file,

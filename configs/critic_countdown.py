@@ -13,17 +13,12 @@ short of the 0.9 / 0.7 goal. Most misses are arithmetic slips: the critic copies
 solution's value instead of recomputing it.
 """
 
-from critique_jax.config import default_config
+import runpy
+from pathlib import Path
 
 
 def get_config():
-    c = default_config()
-    c.task.name = "countdown"
-    c.task.difficulties = (1,)
-    c.task.n_train = 2000
-    c.task.n_test = 128
-    c.sampling.prompt_buckets = (20,)
-    c.sampling.max_new_tokens = 40
+    c = runpy.run_path(str(Path(__file__).with_name("quickstart.py")))["get_config"]()
     c.critic.preset = "small"
     c.critic.target_format = "worked"
     c.critic.wrong_per_solution = 2

@@ -12,25 +12,21 @@ Multi-process: as ``critique_jax.train``. See :mod:`critique_jax.critique.self_t
 
 from __future__ import annotations
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 
 from critique_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file with a self_train section.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (metrics, checkpoints, samples).")
-_RESUME = flags.DEFINE_bool("resume", True, "Continue after the last finished iteration in --workdir.")
-_STOP_AFTER = flags.DEFINE_integer("stop_after_iteration", None, "Checkpoint and exit after this iteration; "
-                                   "re-run to resume.")
-flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = cli.define_flags(
+    "Path to a configs/*.py file with a self_train section.", "Run directory (metrics, checkpoints, samples).",
+    "Continue after the last finished iteration in --workdir.", "stop_after_iteration",
+    "Checkpoint and exit after this iteration; re-run to resume.")
 
 
 def main(argv: list[str]) -> None:
-    config = cli.start(argv, _CONFIG.value)
+    config = cli.start(argv, FLAGS.config.value)
     from critique_jax.critique.self_train import self_train  # after jax.distributed.initialize
 
-    self_train(config, _WORKDIR.value, resume=_RESUME.value, stop_after=_STOP_AFTER.value)
+    self_train(config, FLAGS.workdir.value, resume=FLAGS.resume.value, stop_after=FLAGS.stop.value)
 
 
 if __name__ == "__main__":

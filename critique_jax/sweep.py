@@ -190,19 +190,21 @@ def run_sweep(sweep: Sweep, out: str | os.PathLike, parallel: int = 1) -> list[s
 # ----------------------------------------------------------------------------- summary
 
 
-def _last(rows: list[dict], key: str) -> float:
-    vals = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
-    return float(vals[-1]) if vals else math.nan
-
-
-def _peak(rows: list[dict], key: str) -> float:
-    vals = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
-    return float(max(vals)) if vals else math.nan
+def _finite(rows: list[dict], key: str) -> list[float]:
+    """The finite values of ``key`` in step order."""
+    return [float(r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
 
 
 def _first(rows: list[dict], key: str) -> float:
-    vals = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
-    return float(vals[0]) if vals else math.nan
+    return (_finite(rows, key) or [math.nan])[0]
+
+
+def _last(rows: list[dict], key: str) -> float:
+    return (_finite(rows, key) or [math.nan])[-1]
+
+
+def _peak(rows: list[dict], key: str) -> float:
+    return max(_finite(rows, key) or [math.nan])
 
 
 def run_summary(rows: list[dict]) -> dict[str, float]:

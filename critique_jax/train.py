@@ -12,24 +12,21 @@ on TPU pods set JAX_DISTRIBUTED_AUTO=1).
 
 from __future__ import annotations
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 
 from critique_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (metrics, checkpoints, samples).")
-_RESUME = flags.DEFINE_bool("resume", True, "Continue from the latest checkpoint in --workdir.")
-_STOP_AT = flags.DEFINE_integer("stop_at_step", None, "Checkpoint and exit after this RL step (global step "
-                                "numbering, as in metrics.jsonl); re-run to resume.")
-flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = cli.define_flags(
+    "Path to a configs/*.py file.", "Run directory (metrics, checkpoints, samples).",
+    "Continue from the latest checkpoint in --workdir.", "stop_at_step",
+    "Checkpoint and exit after this RL step (global step numbering, as in metrics.jsonl); re-run to resume.")
 
 
 def main(argv: list[str]) -> None:
-    config = cli.start(argv, _CONFIG.value)
+    config = cli.start(argv, FLAGS.config.value)
     from critique_jax.rl.trainer import train  # after jax.distributed.initialize
 
-    train(config, _WORKDIR.value, resume=_RESUME.value, stop_at=_STOP_AT.value)
+    train(config, FLAGS.workdir.value, resume=FLAGS.resume.value, stop_at=FLAGS.stop.value)
 
 
 if __name__ == "__main__":

@@ -11,24 +11,21 @@ section. Multi-process: as ``critique_jax.train``.
 
 from __future__ import annotations
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 
 from critique_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file with a critic section.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of the critic (metrics, checkpoints, samples).")
-_RESUME = flags.DEFINE_bool("resume", True, "Continue from the latest checkpoint in --workdir.")
-_STOP_AT = flags.DEFINE_integer("stop_at_step", None, "Checkpoint and exit after this critic step; re-run to resume.")
-flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = cli.define_flags(
+    "Path to a configs/*.py file with a critic section.", "Run directory of the critic (metrics, checkpoints, "
+    "samples).", "Continue from the latest checkpoint in --workdir.", "stop_at_step",
+    "Checkpoint and exit after this critic step; re-run to resume.")
 
 
 def main(argv: list[str]) -> None:
-    config = cli.start(argv, _CONFIG.value)
+    config = cli.start(argv, FLAGS.config.value)
     from critique_jax.critique.critic import train_critic  # after jax.distributed.initialize
 
-    train_critic(config, _WORKDIR.value, resume=_RESUME.value, stop_at=_STOP_AT.value)
+    train_critic(config, FLAGS.workdir.value, resume=FLAGS.resume.value, stop_at=FLAGS.stop.value)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,10 @@ def _loss_defaults() -> ml_collections.ConfigDict:
         sub = ml_collections.ConfigDict()
         for f in dataclasses.fields(cls):
             if f.name not in _SHARED_LOSS_FIELDS:
-                sub[f.name] = _field(getattr(defaults, f.name))
+                value = getattr(defaults, f.name)
+                # A loss wrapping another (critique_grpo's ``base``) names it; its options are
+                # that loss's own section (``rl.loss.clip_cov.ratio``).
+                sub[f.name] = _field(value.name if isinstance(value, LossConfig) else value)
         loss[name] = sub
     return loss
 
@@ -103,6 +106,16 @@ def loss_config(c: ml_collections.ConfigDict) -> LossConfig:
         raise ValueError(f"config rl.loss.name={name!r}: unknown loss; registered: {list(registered_losses())}")
     opts = {f: c.rl.loss[f] for f in _SHARED_LOSS_FIELDS}
     opts |= dict(c.rl.loss[name])
+    for f in dataclasses.fields(get_loss(name).config_cls):
+        if f.name not in _SHARED_LOSS_FIELDS and isinstance(f.default, LossConfig):
+            inner = opts[f.name]
+            if inner not in registered_losses() or inner == name:
+                raise ValueError(f"config rl.loss.{name}.{f.name}={inner!r}: expected another registered loss, "
+                                 f"one of {[n for n in registered_losses() if n != name]}")
+            try:
+                opts[f.name] = make_loss_config(inner, **c.rl.loss[inner])
+            except ValueError as e:
+                raise ValueError(f"config rl.loss.{inner} (the {f.name} of {name}): {e}") from None
     try:
         return make_loss_config(name, **opts)
     except ValueError as e:

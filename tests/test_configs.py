@@ -12,7 +12,8 @@ from critique_jax.critique.feedback import CRITIQUE_TYPES
 
 CONFIGS = sorted((pathlib.Path(__file__).parent.parent / "configs").glob("*.py"))
 # Config files with a variant argument (``--config=configs/x.py:<arg>``) and the args to check.
-VARIANTS = {"countdown_critique_grpo": [t for t in CRITIQUE_TYPES if t != "model"],
+VARIANTS = {"countdown_critique_grpo": [t for t in CRITIQUE_TYPES if t != "model"]
+                                      + ["rule_step,clip_cov", "rule_step,kl_cov", "none,clip_cov"],
             "self_train_countdown": ["rule_step", "none"]}
 CASES = [(p, arg) for p in CONFIGS for arg in VARIANTS.get(p.stem, [None])]
 
@@ -26,7 +27,10 @@ def test_config_file_validates(path, arg):
     for devices in (1, 8):
         validate(config, devices)
         validate_critic(config, devices)  # every config carries the critic section too
-    assert loss_config(config).name == config.rl.loss.name
+    loss = loss_config(config)
+    assert loss.name == config.rl.loss.name
+    if arg and "," in arg:  # type,loss: the loss is the critique_grpo base (or the whole loss without critique)
+        assert getattr(loss, "base", loss).name == arg.split(",")[1]
 
 
 def test_configs_exist():
@@ -39,5 +43,5 @@ def test_critique_config_rejects_an_unknown_type():
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    with pytest.raises(ValueError, match=r"countdown_critique_grpo.py:oracle: expected one of"):
+    with pytest.raises(ValueError, match=r"countdown_critique_grpo.py:oracle: critique type 'oracle', expected one of"):
         module.get_config("oracle")

@@ -78,11 +78,14 @@ def test_critique_accuracy_scoring():
     assert critique_accuracy(task, probs, resps, flipped)["critique/verdict_acc"] == 0.5
 
 
-def test_critique_grpo_sharded_step_equals_single_device(np_rng):
+@pytest.mark.parametrize("base", ["ppo", "clip_cov"])
+def test_critique_grpo_sharded_step_equals_single_device(base, np_rng):
     cfg = model_config("tiny", 128)
     graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
     optimizer = optax.sgd(0.5)  # see test_trainer: Adam amplifies the zero-gradient k-bias noise
-    loss_cfg = make_loss_config("critique_grpo")
+    # A wide Clip-Cov band, so that its random selection among the initial tokens is exercised.
+    base_cfg = make_loss_config(base, **(dict(ratio=0.05, cov_lb=-10.0, cov_ub=10.0) if base == "clip_cov" else {}))
+    loss_cfg = make_loss_config("critique_grpo", base=base_cfg)
     arrays = _random_batch(np_rng, 16, 6, 10, 128)
     del arrays["ref_logp"]
     arrays["is_refinement"] = np.tile([False, False, False, True], 4)
@@ -97,6 +100,7 @@ def test_critique_grpo_sharded_step_equals_single_device(np_rng):
     batch = SequenceBatch(**{k: jax.device_put(v, batch_sharding(mesh, v.ndim)) for k, v in arrays.items()})
     mesh_state, mesh_m = run(jax.device_put(params, param_shardings(params, mesh)), batch, mesh)
     assert float(single_m["refinement_frac"]) > 0
+    assert (float(single_m["selected_frac"]) > 0) == (base == "clip_cov")
     for k in single_m:
         tol = dict(rtol=1e-3, atol=1e-4) if k.startswith("cov_p") else dict(rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(mesh_m[k], single_m[k], err_msg=k, **tol)
@@ -125,6 +129,8 @@ def test_tiny_rule_step_critique_run(tmp_path):
     ({"critique.type": "model", "rl.loss.name": "critique_grpo"}, r"critique.type='model' needs critique.critic_from"),
     ({"rl.loss.name": "critique_grpo"}, r"rl.loss.name='critique_grpo' needs refinements"),
     ({"critique.type": "oracle"}, r"critique.type='oracle': expected one of"),
+    ({"critique.type": "rule_step", "rl.loss.name": "critique_grpo", "rl.loss.critique_grpo.base": "critique_grpo"},
+     r"rl.loss.critique_grpo.base='critique_grpo': expected another registered loss, one of \['ppo', "),
     ({"critique.type": "rule_step", "rl.loss.name": "critique_grpo", "task.name": "gsm8k"},
      r"critique.type='rule_step' needs a task whose step checker follows every step; task.name='gsm8k'"),
 ])

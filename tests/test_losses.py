@@ -90,8 +90,8 @@ def exact_floor(ratio, n) -> int:
     return int(Fraction(repr(ratio)) * n)
 
 
-def ref_tokens(cfg, x, selected=None):
-    """Per-token (loss, dloss/dlogp, keep, info) of one batch or shard, float64."""
+def ref_policy(cfg, x, selected=None):
+    """Per-token (loss, dloss/dlogp, info) of the policy loss of ``cfg`` alone, float64."""
     valid = x["mask"]
     lp = np.where(valid, x["logp"], 0.0)
     old = np.where(valid, x["old_logp"], 0.0)
@@ -105,7 +105,17 @@ def ref_tokens(cfg, x, selected=None):
     info = {"cov": cov, "clipped": np.zeros_like(valid), "dual": np.zeros_like(valid),
             "selected": np.zeros_like(valid)}
 
-    if cfg.name in ("ppo", "clip_cov", "critique_grpo"):
+    if cfg.name == "critique_grpo":
+        # The base loss on the initial responses alone (its statistics over their tokens), then
+        # the shaping on refinement tokens.
+        refine = valid & x["is_refinement"][:, None]
+        loss, grad, base_info = ref_policy(cfg.base, x | {"mask": valid & ~refine}, selected)
+        p = np.exp(lp)
+        w = np.minimum(r, cfg.importance_cap) if cfg.importance_correction else np.ones_like(p)
+        loss = np.where(refine, -a * w * p / (p + cfg.gamma), loss)
+        grad = np.where(refine, -a * w * cfg.gamma * p / (p + cfg.gamma) ** 2, grad)
+        return loss, grad, base_info | {"cov": cov, "refine": refine}
+    if cfg.name in ("ppo", "clip_cov"):
         loss, grad, info["clipped"], info["dual"] = ref_ppo(cfg, a, r)
     if cfg.name == "clip_cov":
         band = valid & ~info["clipped"] & ~info["dual"] & (cov > cfg.cov_lb) & (cov < cfg.cov_ub)
@@ -132,18 +142,15 @@ def ref_tokens(cfg, x, selected=None):
         dual = (a < 0) & (loss > -a * cfg.dual_clip_c)
         loss, grad = np.where(dual, -a * cfg.dual_clip_c, loss), np.where(dual, 0.0, grad)
         info |= {"clipped": low | high, "dual": dual}
-    if cfg.name == "critique_grpo":
-        refine = valid & x["is_refinement"][:, None]
-        p = np.exp(lp)
-        w = np.minimum(r, cfg.importance_cap) if cfg.importance_correction else np.ones_like(p)
-        loss = np.where(refine, -a * w * p / (p + cfg.gamma), loss)
-        grad = np.where(refine, -a * w * cfg.gamma * p / (p + cfg.gamma) ** 2, grad)
-        info["clipped"] &= ~refine
-        info["dual"] &= ~refine
-        info["refine"] = refine
+    return loss, grad, info
 
+
+def ref_tokens(cfg, x, selected=None):
+    """Per-token (loss, dloss/dlogp, keep, info) of one batch or shard, float64."""
+    valid = x["mask"]
+    loss, grad, info = ref_policy(cfg, x, selected)
     keep = valid
-    if cfg.forking_rho is not None and n:
+    if cfg.forking_rho is not None and valid.any():
         h = x["entropy"]
         top = np.where(valid, h, -np.inf) >= np.quantile(h[valid], 1 - cfg.forking_rho)
         keep = valid & (~top if cfg.forking_complement else top)
@@ -246,6 +253,11 @@ CASES = {
     "critique_grpo": ("critique_grpo", dict(forking_rho=0.2)),
     "critique_grpo_is": ("critique_grpo", dict(importance_correction=True, importance_cap=1.1,
                                                agg="seq-mean-token-sum")),
+    # Entropy control on the initial responses, shaping on the refinements.
+    "critique_grpo_clip_cov": ("critique_grpo", dict(base=rl.ClipCovConfig(ratio=0.05, cov_lb=0.05, cov_ub=2.0),
+                                                     entropy_coef=0.01)),
+    "critique_grpo_kl_cov": ("critique_grpo", dict(base=rl.KLCovConfig(ratio=0.1), forking_rho=0.3)),
+    "critique_grpo_gppo": ("critique_grpo", dict(base=rl.GPPOConfig(beta_low=0.5), agg="seq-mean-token-mean")),
 }
 
 
@@ -260,7 +272,8 @@ def test_loss_and_gradient_match_numpy(case, np_rng):
     inputs, x = to_inputs(batch), as_f64(batch)
     key = jax.random.key(int(np_rng.integers(2**31)))
     loss, metrics, grad, terms = loss_and_grad(cfg, with_terms=True)(inputs, key)
-    selected = selected_mask(terms) if name == "clip_cov" else None
+    draws_selection = "clip_cov" in (name, getattr(cfg, "base", cfg).name)
+    selected = selected_mask(terms) if draws_selection else None
 
     want, want_grad, scale, info = ref_objective(cfg, x, selected)
     assert rel_err(loss, want, scale) <= TOL
@@ -299,6 +312,8 @@ def test_loss_and_gradient_match_numpy(case, np_rng):
         p = np.exp(x["logp"][refine])
         assert abs(float(metrics["refinement_prob"]) - p.mean()) <= TOL
         assert abs(float(metrics["refinement_shaping"]) - (p / (p + cfg.gamma)).mean()) <= TOL
+        if cfg.base.name in ("clip_cov", "kl_cov"):  # the base selects among initial tokens only
+            assert info["selected"].any() and not (info["selected"] & refine).any()
 
 
 def test_empty_batch_is_zero_and_finite(np_rng):
@@ -481,6 +496,7 @@ def test_global_scope_on_8_devices_equals_single_device(mesh, np_rng):
     extra = {"clip_cov": dict(ratio=0.05, cov_lb=0.0), "kl_cov": dict(ratio=0.05)}
     cfgs = {name: rl.make_loss_config(name, forking_rho=0.3, **extra.get(name, {}))
             for name in rl.registered_losses()}
+    cfgs["critique_grpo_clip_cov"] = rl.CritiqueGRPOConfig(base=rl.ClipCovConfig(**extra["clip_cov"]), forking_rho=0.3)
 
     @jax.jit
     def all_losses(inputs, key):
@@ -496,6 +512,7 @@ def test_global_scope_on_8_devices_equals_single_device(mesh, np_rng):
         for k in m1:
             assert abs(float(m1[k]) - float(m2[k])) <= 1e-6 * max(1.0, abs(float(m1[k]))), (name, k)
     assert float(single["clip_cov"][1]["selected_frac"]) > 0
+    assert float(single["critique_grpo_clip_cov"][1]["selected_frac"]) > 0
 
 
 @pytest.mark.parametrize("name, options", [
@@ -553,6 +570,10 @@ def test_per_shard_needs_a_mesh(np_rng):
     (lambda: rl.CritiqueGRPOConfig(gamma=0.0), r"gamma=0.0: expected a number in \(0, inf\]"),
     (lambda: rl.CritiqueGRPOConfig(gamma=-0.1), r"gamma=-0.1"),
     (lambda: rl.CritiqueGRPOConfig(importance_correction="yes"), r"importance_correction='yes'"),
+    (lambda: rl.CritiqueGRPOConfig(base=rl.CritiqueGRPOConfig()), r"base=CritiqueGRPOConfig\(.*expected the config "
+                                                                     r"of another registered loss"),
+    (lambda: rl.CritiqueGRPOConfig(base=rl.ClipCovConfig(entropy_coef=0.01)),
+     r"base \(clip_cov\) sets the shared term\(s\) \['entropy_coef'\]: set them on the critique_grpo config"),
     (lambda: rl.PPOConfig(agg="mean"), r"agg='mean': expected one of \['token-mean'"),
     (lambda: rl.PPOConfig(dual_clip_c=1.0), r"dual_clip_c=1.0"),
     (lambda: rl.PPOConfig(scope="micro"), r"scope='micro'"),

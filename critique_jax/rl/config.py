@@ -191,10 +191,17 @@ class GPPOConfig(PPOConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class CritiqueGRPOConfig(PPOConfig):
-    """Critique-GRPO (arXiv:2506.03106): PPO (this config's clip) on initial responses,
+class CritiqueGRPOConfig(LossConfig):
+    """Critique-GRPO (arXiv:2506.03106): the ``base`` loss on initial responses,
     ``-A * f(p)`` with ``f(p) = p / (p + gamma)``, p = exp(logp), on refinement tokens.
 
+    base: the loss of the initial responses, any other registered loss with its own options
+      (``PPOConfig()``, the paper's, by default; ``ClipCovConfig(ratio=...)`` or
+      ``KLCovConfig(...)`` puts entropy control on them). It sees the initial responses alone:
+      its batch statistics (covariance means, the Clip-Cov band, the KL-Cov top-k and their
+      ``k = ratio * N``) are over initial tokens. Its shared terms (aggregation, entropy bonus,
+      reference KL, forking mask, scope) must stay at their defaults: this config's apply to
+      the whole batch.
     importance_correction: multiply the refinement term by the stop-gradient weight
       ``min(exp(logp - old_logp), importance_cap)`` (truncated importance sampling), where
       ``old_logp`` must be the sampler's log-probs *with the critique in context*. Off = the
@@ -203,12 +210,21 @@ class CritiqueGRPOConfig(PPOConfig):
 
     name: ClassVar[str] = "critique_grpo"
 
+    base: LossConfig = PPOConfig()
     gamma: float = 0.1
     importance_correction: bool = False
     importance_cap: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not isinstance(self.base, LossConfig) or not self.base.name or isinstance(self.base, CritiqueGRPOConfig):
+            raise ValueError(f"CritiqueGRPOConfig.base={self.base!r}: expected the config of another registered "
+                             "loss (e.g. PPOConfig(), ClipCovConfig())")
+        shared = [f.name for f in dataclasses.fields(LossConfig)
+                  if getattr(self.base, f.name) != getattr(LossConfig(), f.name)]
+        if shared:
+            raise ValueError(f"CritiqueGRPOConfig.base ({self.base.name}) sets the shared term(s) {shared}: set them "
+                             "on the critique_grpo config, which applies them to the whole batch")
         _number(self, "gamma", lo=0.0, lo_open=True)
         _flag(self, "importance_correction")
         _number(self, "importance_cap", lo=0.0, lo_open=True)

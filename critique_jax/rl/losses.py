@@ -240,26 +240,35 @@ def gppo(cfg: GPPOConfig, inputs: LossInputs, ctx: TokenContext):
 @register_loss(CritiqueGRPOConfig)
 def critique_grpo(cfg: CritiqueGRPOConfig, inputs: LossInputs, ctx: TokenContext):
     """Critique-GRPO (zhangxy-2019/critique-GRPO ``compute_token_on_off_policy_loss`` with
-    ``off_policy_reshape="p_div_p_0.1"``): PPO on initial responses, ``-A * w * p / (p + gamma)``
-    on refinement tokens, p = exp(logp), w = 1 or sg(min(ratio, importance_cap)).
+    ``off_policy_reshape="p_div_p_0.1"``): the ``cfg.base`` loss (PPO in the paper) on initial
+    responses, ``-A * w * p / (p + gamma)`` on refinement tokens, p = exp(logp),
+    w = 1 or sg(min(ratio, importance_cap)).
 
-    The shaping gradient is ``-A * w * gamma / (p + gamma)^2 * grad(p)``.
+    The base loss runs on the batch with the refinement rows masked out, so its statistics
+    describe the initial responses alone. The shaping gradient is
+    ``-A * w * gamma / (p + gamma)^2 * grad(p)``.
     """
     if inputs.is_refinement is None:
         raise ValueError("critique_grpo needs LossInputs.is_refinement ([B] bool): got None")
-    loss, clipped, dual = _ppo(cfg, ctx)
-    refine = ctx.valid & inputs.is_refinement[:, None].astype(bool)
+    refine_rows = inputs.is_refinement[:, None].astype(bool)
+    initial = inputs.replace(mask=jnp.where(refine_rows, jnp.zeros_like(inputs.mask), inputs.mask))
+    loss, stats = get_loss(cfg.base.name).fn(cfg.base, initial, make_context(initial, ctx.key))
+    refine = ctx.valid & refine_rows
     p = jnp.exp(ctx.logp)
     shaped = p / (p + cfg.gamma)
     weight = jnp.ones_like(p)
     if cfg.importance_correction:
         weight = jax.lax.stop_gradient(jnp.minimum(ctx.ratio, cfg.importance_cap))
     loss = jnp.where(refine, -ctx.adv * weight * shaped, loss)
-    return loss, {
-        "clipfrac": clipped & ~refine,
-        "clipfrac_dual": dual & ~refine,
+    return loss, stats | {
         "refinement_frac": refine,
         "refinement_prob": (p, refine),
         "refinement_shaping": (shaped, refine),
         "refinement_is_weight": (weight, refine),
     }
+
+
+def loss_needs_key(config: LossConfig) -> bool:
+    """Whether the loss of ``config`` (or the base loss it wraps) draws random numbers."""
+    nested = [v for f in dataclasses.fields(config) if isinstance(v := getattr(config, f.name), LossConfig)]
+    return get_loss(config.name).needs_key or any(loss_needs_key(v) for v in nested)

@@ -24,7 +24,7 @@ from critique_jax.parallel.mesh import BATCH_AXES, batch_shards
 from critique_jax.rl.aggregation import aggregate
 from critique_jax.rl.config import LossConfig
 from critique_jax.rl.inputs import LossInputs, check_inputs
-from critique_jax.rl.losses import LOG_RATIO_CLAMP, get_loss, make_context, make_loss_config
+from critique_jax.rl.losses import LOG_RATIO_CLAMP, get_loss, make_context, make_loss_config, loss_needs_key
 from critique_jax.rl.terms import forking_mask, reference_kl
 
 Array = jax.Array
@@ -80,7 +80,7 @@ def policy_token_terms(
             f"loss {config.name!r} needs a {spec.config_cls.__name__}, got {type(config).__name__}"
         )
     b, _ = check_inputs(inputs)
-    if spec.needs_key and key is None:
+    if loss_needs_key(config) and key is None:
         raise ValueError(f"loss {config.name!r} draws random numbers: pass a PRNG key")
     if config.forking_rho is not None and inputs.entropy is None:
         raise ValueError(f"forking_rho={config.forking_rho}: the forking mask needs LossInputs.entropy")

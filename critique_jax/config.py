@@ -74,7 +74,7 @@ def default_config() -> ml_collections.ConfigDict:
                       sft_refine_every=0)
     # The critique model (python -m critique_jax.train_critic): size, supervised training on
     # step-level critiques of reference and planted-wrong solutions, held-out evaluation.
-    c.critic = dict(preset="small", family="qwen2", steps=600, batch_size=32, lr=2e-3, warmup_steps=20,
+    c.critic = dict(preset="mini", family="qwen2", steps=3000, batch_size=32, lr=2e-3, warmup_steps=20,
                     weight_decay=0.0,
                     wrong_fraction=0.5,          # share of wrong solutions in the training set
                     wrong_per_solution=1,        # planted errors per reference solution

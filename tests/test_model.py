@@ -171,11 +171,12 @@ def test_param_count_formula(preset, family):
 
 def test_preset_sizes():
     assert param_count(model_config("tiny", 512)) < 1_000_000
+    assert 500_000 <= param_count(model_config("mini", 512)) <= 1_500_000
     assert 5_000_000 <= param_count(model_config("small", 512)) <= 20_000_000
 
 
 def test_bad_config_errors():
-    with pytest.raises(KeyError, match="valid presets: small, tiny"):
+    with pytest.raises(KeyError, match="valid presets: mini, small, tiny"):
         model_config("huge", V)
     with pytest.raises(KeyError, match="valid families: gemma, llama, qwen2"):
         model_config("tiny", V, family="gpt2")

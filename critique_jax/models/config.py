@@ -2,7 +2,8 @@
 
 A config is ``family`` switches (Llama / Qwen2 / Gemma conventions, so real checkpoints
 can be mapped onto the parameter tree later) combined with a size preset (``tiny`` for
-tests, ``small`` for CPU experiments). The vocabulary size comes from the tokenizer.
+tests, ``mini`` for the critic on a CPU, ``small`` for CPU experiments). The vocabulary size
+comes from the tokenizer.
 """
 
 from __future__ import annotations
@@ -95,6 +96,10 @@ FAMILIES: dict[str, dict[str, Any]] = {
 SIZES: dict[str, dict[str, int]] = {
     # < 1M parameters at a 512-token vocabulary: unit tests.
     "tiny": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=192,
+                 max_seq_len=256),
+    # ~0.8M parameters: the critic on a CPU (about 5x faster per step than small, so it can
+    # take the many more steps a critic needs; configs/critic_countdown.py).
+    "mini": dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32, d_ff=384,
                  max_seq_len=256),
     # ~6M parameters: CPU experiments (SFT + RL in minutes on 2 cores).
     "small": dict(d_model=256, n_layers=8, n_heads=8, n_kv_heads=4, head_dim=32, d_ff=768,

@@ -285,8 +285,9 @@ def test_train_critic_writes_the_policy_and_metrics(runs, shared):
     samples = [json.loads(line) for line in open(f"{whole}/samples.jsonl")]
     assert len(samples) == 2
     # the default target is the worked format: a reference solution's first step is recomputed
-    first = samples[0]["solution"].splitlines()[0].split(" = ")[0]
-    assert samples[0]["target"].startswith(f"step 1: {first} = ")
+    # next to the value it wrote
+    first, written = samples[0]["solution"].splitlines()[0].split(" = ")
+    assert samples[0]["target"].startswith(f"step 1: {first} is {written} vs {written}, ")
     # a finished run is left alone
     train_critic(tiny_config(shared), whole)
     assert read_metrics(whole) == metrics

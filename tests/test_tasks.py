@@ -443,7 +443,7 @@ def _countdown_reference(numbers, target, lines, answer):
             return notes + [""], (i, "unparsable")
         a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
         value = _OPS[op](Fraction(a), Fraction(b))
-        said = f"{a} {op} {b} = {value}" if value.denominator == 1 else f"{a} {op} {b} divides inexactly"
+        said = f"{a} {op} {b} is {value} vs {c}" if value.denominator == 1 else f"{a} {op} {b} divides inexactly"
         need = collections.Counter([a, b])
         missing = [v for v in (a, b) if pool.count(v) < need[v]]
         if missing:
@@ -507,7 +507,7 @@ def test_arithmetic_step_notes_recompute_each_step(np_rng):
     one operation fewer; the wrong step's note shows what the checker compares against."""
     task = get_task("arithmetic")
     seed = int(np_rng.integers(1 << 30))
-    note_re = re.compile(r"^(\d+) ([-+*]) (\d+) = (-?\d+)(?:, so (.+))?$")
+    note_re = re.compile(r"^(\d+) ([-+*]) (\d+) is (-?\d+) vs (-?\d+)(?:, so (.+))?$")
     kinds = collections.Counter()
     for p in iter_problems(task, "train", seed, 40):
         value = eval(p.question)
@@ -521,14 +521,15 @@ def test_arithmetic_step_notes_recompute_each_step(np_rng):
                     if i == check.first_wrong and check.kind == "invalid_step":
                         assert note == f"{line.split(' =')[0]} not ready in {expr}"
                         break
-                    a, op, b, v, rest = note_re.match(note).groups()
+                    a, op, b, v, written, rest = note_re.match(note).groups()
                     assert int(v) == eval(f"{a} {op} {b}")
+                    assert int(written) == ex.parse_step(line).result
                     assert rest is None or (eval(rest) == value and rest.count(" ") == expr.count(" ") - 2)
                     if i == check.first_wrong:
                         assert check.kind in ("arithmetic", "wrong_rewrite")
                         assert (int(v) != ex.parse_step(line).result) == (check.kind == "arithmetic")
                         break
-                    assert ", so" not in line or note == line
+                    assert ", so" not in line or note == line.replace(" = ", f" is {v} vs ", 1)
                     expr = rest or str(v)
                 else:
                     assert notes[-1] == (f"answer: {answer}, value {value}" if " " not in expr else f"left {expr}")

@@ -15,7 +15,7 @@ error naming the key). The model's ``max_seq_len`` is P + L.
 
 Targets: ``critic.target_format`` (:data:`~critique_jax.critique.data.TARGET_FORMATS`):
 ``worked`` (the default) writes the task's note on each step before deciding on it
-(``step 2: 24 - 4 = 20, left 20, wrong, arithmetic``), ``plain`` only the decisions
+(``step 2: 24 - 4 is 20 vs 21, left 20, wrong, arithmetic``), ``plain`` only the decisions
 (``step 2: wrong, arithmetic``). A small model cannot compute a verdict in one token: with
 plain targets it mostly says ``correct``. Scores read both formats (``parse_critique``); the
 RL and self-training loops condense the critic's output to the plain format before the policy

@@ -15,8 +15,8 @@ Example (countdown, a planted error)::
     prompt: "<question>numbers: 3 4 9, target: 21\\n<solution>3 * 4 = 12\\n9 + 9 = 18\\n"
             "answer: 18\\n<critique>"
     plain:  "step 1: correct\\nstep 2: wrong, unavailable number\\nverdict: wrong"
-    worked: "step 1: 3 * 4 = 12, left 9 12, correct\\nstep 2: 9 + 9 = 18, 9 9 not in 9 12, wrong, "
-            "unavailable number\\nverdict: wrong"
+    worked: "step 1: 3 * 4 is 12 vs 12, left 9 12, correct\\nstep 2: 9 + 9 is 18 vs 18, 9 9 not in 9 12, "
+            "wrong, unavailable number\\nverdict: wrong"
     meta:   {"uid": "countdown/train/0/7", "source": "perturbed", "verdict": False,
              "first_wrong": 1, "kind": "unavailable_number", "n_steps": 3}
 

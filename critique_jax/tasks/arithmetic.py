@@ -133,8 +133,9 @@ def _replay(tree: ex.Tree, lines: list[str]):
     Returns ``(first_wrong, kind, states, notes)``; ``states`` maps every expression the
     correct prefix can have led to (several when identical ready nodes exist) to the reduction
     paths that lead there; ``notes`` has the worked-critique note of each line up to and
-    including the first wrong one: ``"3 + 5 = 8, so 8 * 2 - 7"`` (the true value and the
-    expression after it), ``"5 * 2 not ready in (3 + 5) * 2 - 7"``, ``""`` (unparsable).
+    including the first wrong one: ``"3 + 5 is 8 vs 8, so 8 * 2 - 7"`` (the true value next to
+    the written one, and the expression after the step), ``"5 * 2 not ready in (3 + 5) * 2 - 7"``,
+    ``""`` (unparsable).
     """
     states: dict[ex.Tree, list[ex.Path]] = {tree: []}
     notes: list[str] = []
@@ -159,10 +160,18 @@ def _replay(tree: ex.Tree, lines: list[str]):
                 note = f"{ex.render(step.lhs)} not ready in {ex.render(next(iter(states)))}"
                 return i, "invalid_step", states, notes + [note]
             kind = "arithmetic" if step.result != ex.apply(*pair) else "wrong_rewrite"
-            return i, kind, states, notes + [ex.format_step(*pair, ex.apply(*pair), _after(found))]
+            return i, kind, states, notes + [_note(pair, step.result, _after(found))]
         states = new
-        notes.append(ex.format_step(*pair, step.result, _after(next(iter(new)))))
+        notes.append(_note(pair, step.result, _after(next(iter(new)))))
     return None, "ok", states, notes
+
+
+def _note(pair: tuple[str, ex.Number, ex.Number], written: ex.Number, rest: ex.Tree | None) -> str:
+    """``"a op b is <true value> vs <written>[, so <rest>]"``: the two values side by side, so the
+    decision on the step compares adjacent numbers (as countdown's notes do)."""
+    op, a, b = pair
+    note = f"{a} {op} {b} is {ex.apply(op, a, b)} vs {written}"
+    return note if rest is None else f"{note}, so {ex.render(rest)}"
 
 
 @register_task("arithmetic")
@@ -208,7 +217,8 @@ class Arithmetic(Task):
         return self._walk(problem, text)[1]
 
     def step_notes(self, problem: Problem, text: str) -> list[str]:
-        """Per step: the true value and the expression after it (``"3 + 5 = 8, so 8 * 2 - 7"``)
+        """Per step: the true value next to the written one and the expression after it
+        (``"3 + 5 is 8 vs 8, so 8 * 2 - 7"``)
         or, for a step that is not a ready operation, the expression it should reduce
         (``"5 * 2 not ready in (3 + 5) * 2 - 7"``); on the answer line the answer and the
         value (``"answer: 9, value 9"``), the expression still left (``"left 16 - 7"``) or

@@ -226,25 +226,28 @@ def _as_int(v) -> int | None:
     return v
 
 
-def _value_note(lhs: ex.Tree) -> tuple[str, int | None]:
-    """``"<lhs> = <true value>"`` and that value, or why ``lhs`` has no whole value (None)."""
-    values, text = ex.node_values(lhs), ex.render(lhs)
+def _value_note(step: ex.StepLine) -> tuple[str, int | None]:
+    """``"<lhs> is <true value> vs <written result>"`` and the true value, or why ``lhs`` has no
+    whole value (None). The written result stands next to the true one, so the decision on the
+    step compares two adjacent numbers; ``is`` (not the solution's ``=``) keeps the line from
+    being copied token by token."""
+    values, text = ex.node_values(step.lhs), ex.render(step.lhs)
     if any(v is None for v in values):
         return f"{text} divides by zero", None
     if any(_as_int(v) is None for v in values):
         return f"{text} divides inexactly", None
-    return f"{text} = {_as_int(values[-1])}", _as_int(values[-1])
+    return f"{text} is {_as_int(values[-1])} vs {ex.render(step.result)}", _as_int(values[-1])
 
 
 def _check_line(pool: list[int], step: ex.StepLine) -> tuple[str, str | None]:
     """The step's note (worked critique format) and error kind (None if right) given the
     ``pool`` of available numbers (question numbers, then results in order); updates the pool.
 
-    Notes: ``"8 * 3 = 24, left 4 24"`` (the true value, then the pool after the step),
-    ``"9 + 9 = 18, 9 not in 4 24"`` (an operand missing from the pool before the step; repeated
-    as often as the line uses it), ``"7 / 2 divides inexactly"``.
+    Notes: ``"8 * 3 is 24 vs 24, left 4 24"`` (the true value, the solution's, then the pool
+    after the step), ``"9 + 9 is 18 vs 18, 9 not in 4 24"`` (an operand missing from the pool
+    before the step; repeated as often as the line uses it), ``"7 / 2 divides inexactly"``.
     """
-    note, value = _value_note(step.lhs)
+    note, value = _value_note(step)
     used = collections.Counter(ex.leaves(step.lhs))
     for v, k in used.items():
         if pool.count(v) < k:
@@ -389,8 +392,9 @@ class Countdown(Task):
         return self._walk(problem, text)[1]
 
     def step_notes(self, problem: Problem, text: str) -> list[str]:
-        """Per step: the true value and the numbers left (``"8 * 3 = 24, left 4 24"``) or the
-        missing operand (``"9 + 9 = 18, 9 not in 4 24"``); on the answer line the answer, the
+        """Per step: the true value next to the written one and the numbers left
+        (``"8 * 3 is 24 vs 25, left 4 24"``) or the missing operand
+        (``"9 + 9 is 18 vs 18, 9 not in 4 24"``); on the answer line the answer, the
         last line's result and the target (``"answer: 20, last 20, target: 20"``: ``answer:`` and
         ``target:`` as the solution and the question write them, so the values are copied), or
         ``"no answer"``; ``""`` on a line that does not parse."""

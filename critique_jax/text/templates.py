@@ -38,8 +38,8 @@ task's note on each listed step before its decision, so that every decision is a
 of text already written (the notes come from :meth:`~critique_jax.tasks.base.Task.step_notes`
 and never contain the words ``correct``/``wrong``; a step without a note is written plainly)::
 
-    step 1: 8 * 3 = 24, left 4 24, correct
-    step 2: 24 - 4 = 20, left 20, wrong, arithmetic
+    step 1: 8 * 3 is 24 vs 24, left 4 24, correct
+    step 2: 24 - 4 is 20 vs 21, left 20, wrong, arithmetic
     verdict: wrong
 
 :func:`parse_critique` reads it too (a step's decision is the first ``correct``/``wrong`` on

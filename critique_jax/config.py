@@ -19,6 +19,7 @@ import ml_collections
 from critique_jax.rl.config import LossConfig
 from critique_jax.rl.losses import get_loss, make_loss_config, registered_losses
 from critique_jax.critique.feedback import CRITIQUE_TYPES
+from critique_jax.text.templates import POLICY_FORMATS
 from critique_jax.rl.advantages import ESTIMATORS
 from critique_jax.tasks import get_task
 
@@ -70,8 +71,12 @@ def default_config() -> ml_collections.ConfigDict:
     # trained critique model lives (a train_critic run directory), and the prompt buckets of
     # critique and refinement prompts. sft_refine_every > 0 adds a refinement-format SFT batch
     # (problem, planted wrong solution, rule critique -> correct solution) every that many steps.
+    # sft_refine_target: the target of those batches, "any" reference solution of the problem or
+    # the "source" one the error was planted in. format: what the policy reads of a step critique
+    # ("plain": the decisions; "explained": the decisions, with the worked note on the first wrong
+    # step, which needs longer refine_buckets).
     c.critique = dict(type="none", n_refine=1, critic_from="", prompt_buckets=(64,), refine_buckets=(112,),
-                      sft_refine_every=0)
+                      sft_refine_every=0, sft_refine_target="any", format="plain")
     # The critique model (python -m critique_jax.train_critic): size, supervised training on
     # step-level critiques of reference and planted-wrong solutions, held-out evaluation.
     c.critic = dict(preset="mini", family="qwen2", steps=3000, batch_size=32, lr=2e-3, warmup_steps=20,
@@ -179,6 +184,13 @@ def validate(c: ml_collections.ConfigDict, n_devices: int) -> None:
     need(c.rl.loss.name != "critique_grpo" or c.critique.type != "none",
          "rl.loss.name='critique_grpo' needs refinements: set critique.type (e.g. 'rule_step')")
     need(c.critique.sft_refine_every >= 0, f"critique.sft_refine_every={c.critique.sft_refine_every}: expected >= 0")
+    need(c.critique.sft_refine_target in ("any", "source"),
+         f"critique.sft_refine_target={c.critique.sft_refine_target!r}: expected 'any' or 'source'")
+    need(c.critique.format in POLICY_FORMATS,
+         f"critique.format={c.critique.format!r}: expected one of {list(POLICY_FORMATS)}")
+    need(c.critique.format == "plain" or get_task(c.task.name).has_step_notes,
+         f"critique.format={c.critique.format!r} explains a step with the task's step notes; task.name="
+         f"{c.task.name!r} has none: use 'plain'")
     loss = loss_config(c)
     need(not (loss.ref_kl_coef > 0 and c.sft.steps == 0 and not c.init_from),
          "rl.loss.ref_kl_coef > 0 needs a reference policy: set sft.steps > 0 or init_from")

@@ -364,6 +364,9 @@ def test_a_trained_critic_writes_the_critiques_of_a_critique_grpo_step(runs, sha
     train(cfg, run_dir)
     step = [m for m in read_metrics(run_dir) if "critique/verdict_acc" in m]
     assert len(step) == 1 and 0.0 <= step[0]["critique/verdict_acc"] <= 1.0
+    perf = step[0]
+    assert perf["perf/critique_tokens_per_s"] > 0 and 0 < perf["perf/critique_s"] <= perf["perf/sample_s"]
+    assert 0 < perf["perf/critique_share"] < 1
     critic = load_critic(setup(cfg, run_dir))
     _, _, meta = _final_params(tiny_config(shared), whole)
     assert critic.sampler.max_new_tokens == meta["response_len"] > cfg.sampling.max_new_tokens // 2

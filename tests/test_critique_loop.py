@@ -18,9 +18,10 @@ from critique_jax.parallel.mesh import batch_sharding, make_mesh
 from critique_jax.parallel.sharding import param_shardings
 from critique_jax.rl.losses import make_loss_config
 from critique_jax.rl.train_step import SequenceBatch, TrainState, rl_update
-from critique_jax.rl.trainer import setup, train
-from critique_jax.tasks import get_task, make_problem
+from critique_jax.rl.trainer import refine_sft_arrays, setup, train
+from critique_jax.tasks import get_task, make_problem, split_steps
 from critique_jax.text import parse_critique
+from critique_jax.text.templates import condense_critique, format_worked_critique
 
 from test_trainer import _random_batch, tiny_config
 
@@ -37,6 +38,70 @@ def test_rule_critiques_carry_the_checker(task_name, np_rng):
         assert parse_critique(rule_critique("indicative", task, p, bad.solution)) == (False, None)
         gt = rule_critique("ground_truth", task, p, bad.solution)
         assert gt.endswith(f"reference answer: {p.answer}")
+
+
+@pytest.mark.parametrize("task_name", ["countdown", "arithmetic"])
+def test_explained_critiques_add_the_first_wrong_steps_note(task_name, np_rng):
+    task = get_task(task_name)
+    n_wrong = 0
+    for i in range(20):
+        p = make_problem(task, "test", 0, i, task.default_difficulty)
+        good = task.solutions(p, np_rng, 1)[0]
+        for text in (good, task.perturb(p, good, np_rng).solution):
+            plain = rule_critique("rule_step", task, p, text)
+            explained = rule_critique("rule_step", task, p, text, "explained")
+            check = task.check_steps(p, text)
+            assert parse_critique(explained) == parse_critique(plain) and condense_critique(explained) == plain
+            if check.ok:
+                assert explained == plain
+                continue
+            n_wrong += 1
+            worked = format_worked_critique(check, task.step_notes(p, text)).splitlines()
+            lines = explained.splitlines()
+            k = check.first_wrong
+            assert lines[:k] == plain.splitlines()[:k] and lines[k] == worked[k] != plain.splitlines()[k]
+    assert n_wrong == 20
+    with pytest.raises(ValueError, match="critique format 'fancy'"):
+        rule_critique("rule_step", task, p, good, "fancy")
+
+
+def _refine_sft_pairs(run, examples):
+    """(wrong solution, critique, target) of each example's refinement SFT row."""
+    arrays = refine_sft_arrays(run, examples, np.random.default_rng(0))
+    width = max(run.config.critique.refine_buckets)
+    out = []
+    for row in arrays["tokens"]:
+        prompt, target = run.tok.decode(row[:width]), run.tok.decode(row[width:])
+        wrong, critique = prompt.split("<solution>")[1].split("\n<critique>")
+        out.append((wrong, critique.removesuffix("\n<refine>"), target))
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["plain", "explained"])
+def test_refinement_sft_targets_a_solution_of_the_problem(tmp_path, fmt):
+    run = setup(tiny_config(tmp_path, **{"critique.sft_refine_every": 2, "critique.format": fmt,
+                                         "critique.sft_refine_target": "source",
+                                         "critique.refine_buckets": (160,)}), str(tmp_path / "run"))
+    examples = [run.train[i] for i in range(32)]
+    kept_prefix = {}
+    for target_mode in ("source", "any"):
+        run.config.unlock()
+        run.config.critique.sft_refine_target = target_mode
+        kept, explained = 0, 0
+        for ex, (wrong, critique, target) in zip(examples, _refine_sft_pairs(run, examples)):
+            assert target in ex.solutions
+            check = run.task.check_steps(ex.problem, wrong)
+            assert not check.ok and critique == rule_critique("rule_step", run.task, ex.problem, wrong, fmt)
+            # a planted error keeps every line before it: so does the solution it came from
+            kept += split_steps(target)[0][:check.first_wrong] == split_steps(wrong)[0][:check.first_wrong]
+            explained += critique != condense_critique(critique)  # the wrong step's note is there
+        assert explained == (32 if fmt == "explained" else 0)
+        kept_prefix[target_mode] = kept
+    assert kept_prefix["source"] == 32 > kept_prefix["any"]  # 'any' often picks another solution
+    run.config.critique.refine_buckets = (40,)
+    with pytest.raises(ValueError, match=r"prompt of \d+ tokens exceeds the largest prompt bucket 40 "
+                                         r"\(config critique.refine_buckets\)"):
+        refine_sft_arrays(run, examples, np.random.default_rng(0))
 
 
 def test_ground_truth_shortcut_is_rejected():
@@ -117,8 +182,9 @@ def test_tiny_rule_step_critique_run(tmp_path):
     rl = [r for r in rows if "train/reward" in r]
     assert len(rl) == 2
     for key in ("critique/refine_success_on_failed", "critique/groups_rescued", "critique/refinement_entropy",
-                "train/refinement_frac"):
+                "train/refinement_frac", "perf/critique_s", "perf/critique_share"):
         assert key in rl[-1], key
+    assert "perf/critique_tokens_per_s" not in rl[-1]  # rule critiques are written on the host
     assert rl[-1]["train/refinement_frac"] == pytest.approx(1 / cfg.rl.group_size, rel=0.5)
 
 
@@ -129,6 +195,10 @@ def test_tiny_rule_step_critique_run(tmp_path):
     ({"critique.type": "model", "rl.loss.name": "critique_grpo"}, r"critique.type='model' needs critique.critic_from"),
     ({"rl.loss.name": "critique_grpo"}, r"rl.loss.name='critique_grpo' needs refinements"),
     ({"critique.type": "oracle"}, r"critique.type='oracle': expected one of"),
+    ({"critique.format": "fancy"}, r"critique.format='fancy': expected one of \['plain', 'explained'\]"),
+    ({"critique.sft_refine_target": "best"}, r"critique.sft_refine_target='best': expected 'any' or 'source'"),
+    ({"critique.format": "explained", "task.name": "gsm8k"},
+     r"critique.format='explained' explains a step with the task's step notes; task.name='gsm8k' has none"),
     ({"critique.type": "rule_step", "rl.loss.name": "critique_grpo", "rl.loss.critique_grpo.base": "critique_grpo"},
      r"rl.loss.critique_grpo.base='critique_grpo': expected another registered loss, one of \['ppo', "),
     ({"critique.type": "rule_step", "rl.loss.name": "critique_grpo", "task.name": "gsm8k"},

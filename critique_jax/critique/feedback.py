@@ -3,7 +3,9 @@
 Types (``critique.type`` in the config):
 
 * ``rule_step``: the task's step checker, written in the step-level format — the oracle
-  upper bound of what a critique model could say;
+  upper bound of what a critique model could say; in the ``explained`` policy format
+  (``critique.format``) with the worked note on the first wrong step (the true value next to
+  the written one, the numbers left);
 * ``ground_truth``: the verdict plus the reference answer (``verdict: wrong`` +
   ``reference answer: 19``);
 * ``indicative``: the verdict alone;
@@ -21,7 +23,8 @@ from typing import Sequence
 import numpy as np
 
 from critique_jax.tasks import Problem, StepCheck, Task
-from critique_jax.text.templates import CORRECT, WRONG, condense_critique, format_step_critique, parse_critique
+from critique_jax.text.templates import (CORRECT, POLICY_FORMATS, WRONG, condense_critique, format_step_critique,
+                                         format_worked_critique, parse_critique)
 
 CRITIQUE_TYPES = ("none", "indicative", "ground_truth", "rule_step", "self", "model")
 RULE_TYPES = ("indicative", "ground_truth", "rule_step")  # built on the host from the verifier
@@ -32,22 +35,29 @@ def verdict_line(correct: bool) -> str:
     return f"verdict: {CORRECT if correct else WRONG}"
 
 
-def rule_critique(kind: str, task: Task, problem: Problem, response: str) -> str:
-    """The critique of ``response`` for one of :data:`RULE_TYPES`."""
+def rule_critique(kind: str, task: Task, problem: Problem, response: str, fmt: str = "plain") -> str:
+    """The critique of ``response`` for one of :data:`RULE_TYPES`; ``rule_step`` critiques in
+    the policy format ``fmt`` (:data:`~critique_jax.text.templates.POLICY_FORMATS`)."""
     correct = task.reward(problem, response) >= 1.0
     if kind == "indicative":
         return verdict_line(correct)
     if kind == "ground_truth":
         return f"{verdict_line(correct)}\nreference answer: {problem.answer}"
     if kind == "rule_step":
-        return format_step_critique(task.check_steps(problem, response), correct=correct)
+        check = task.check_steps(problem, response)
+        if fmt == "plain":
+            return format_step_critique(check, correct=correct)
+        if fmt == "explained":
+            worked = format_worked_critique(check, task.step_notes(problem, response), correct=correct)
+            return condense_critique(worked, explain_first_wrong=True)
+        raise ValueError(f"critique format {fmt!r}: expected one of {POLICY_FORMATS}")
     raise ValueError(f"critique type {kind!r} is not built by rules; rule types: {RULE_TYPES}")
 
 
 def rule_critiques(kind: str, task: Task, problems: Sequence[Problem], responses: Sequence[str],
-                   per_problem: int) -> list[str]:
+                   per_problem: int, fmt: str = "plain") -> list[str]:
     """Critiques of ``responses``; response ``i`` answers ``problems[i // per_problem]``."""
-    return [rule_critique(kind, task, problems[i // per_problem], r) for i, r in enumerate(responses)]
+    return [rule_critique(kind, task, problems[i // per_problem], r, fmt) for i, r in enumerate(responses)]
 
 
 def refinement_reward(task: Task, problem: Problem, refinement: str, critique_type: str) -> float:

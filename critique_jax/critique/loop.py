@@ -61,7 +61,9 @@ def critique_batch(run, params: Any, problems: Sequence[Problem], step: int, cri
 
     Returns ``tokens``, ``valid`` [B·G, P + L], ``response_mask`` [B·G, L], ``rewards`` [B·G],
     ``is_refinement`` [B·G] (group-major: each prompt's initial responses, then its
-    refinements) and metrics under ``critique/``.
+    refinements) and metrics under ``critique/``, plus ``perf/critique_s`` (seconds spent
+    writing critiques, inside ``perf/sample_s`` for generated ones and ``perf/score_s`` for
+    rule ones) and, for generated critiques, ``perf/critique_tokens_per_s``.
     """
     c, task = run.config, run.task
     kind, g, r = c.critique.type, c.rl.group_size, c.critique.n_refine
@@ -76,17 +78,23 @@ def critique_batch(run, params: Any, problems: Sequence[Problem], step: int, cri
         init_rewards = rollout_lib.score(task, problems, initial.texts, n0)
     owners = [problems[i // n0] for i in range(b * n0)]
 
+    critique_perf: dict[str, float] = {}
     if kind in RULE_TYPES:
-        with timed(times, "perf/score_s"):
-            critiques = rule_critiques(kind, task, problems, initial.texts, n0)
+        with timed(times, "perf/score_s"), timed(critique_perf, "perf/critique_s"):
+            critiques = rule_critiques(kind, task, problems, initial.texts, n0, c.critique.format)
     else:
         if kind == "model" and critic is None:
             raise ValueError(f"critique.type={kind!r} needs a critique model (critique.critic_from)")
         model, sampler = (policy, None) if kind == "self" else (critic.model, critic.sampler)
-        critiques = sample_texts(run, model, [critique_prompt(p.question, t) for p, t in zip(owners, initial.texts)],
-                                 c.critique.prompt_buckets, seed + 1, 1, 0.0, times, sampler).texts  # greedy
-        # The policy's refinement format has plain step critiques: drop a worked critique's notes.
-        critiques = [condense_critique(t) for t in critiques]
+        with timed(critique_perf, "perf/critique_s"):
+            prompts = [critique_prompt(p.question, t) for p, t in zip(owners, initial.texts)]
+            generated = sample_texts(run, model, prompts, c.critique.prompt_buckets, seed + 1, 1, 0.0, times,
+                                     sampler)  # greedy
+        critique_perf["perf/critique_tokens_per_s"] = float(generated.mask.sum()) / max(
+            critique_perf["perf/critique_s"], 1e-9)
+        # The policy reads step critiques in critique.format: a worked critique's notes are dropped
+        # (all of them, or all but the first wrong step's).
+        critiques = [condense_critique(t, c.critique.format == "explained") for t in generated.texts]
     refined = sample_texts(run, policy, [refine_prompt(p.question, t, k) for p, t, k in
                                          zip(owners, initial.texts, critiques)],
                            c.critique.refine_buckets, seed + 2, 1, temp, times)
@@ -114,7 +122,7 @@ def critique_batch(run, params: Any, problems: Sequence[Problem], step: int, cri
         "critique/pass1_on_failed_prompts": pass1_on_failed(init_rewards.reshape(b, n0)),
         "critique/initial_entropy": masked_mean(initial.entropy, initial.mask),
         "critique/refinement_entropy": masked_mean(refined.entropy, refined.mask),
-    }
+    } | critique_perf
     if kind not in RULE_TYPES:
         metrics |= critique_accuracy(task, owners, initial.texts, critiques)
     return dict(tokens=tokens, valid=valid, response_mask=resp_mask.reshape(b * g, -1),

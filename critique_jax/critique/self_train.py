@@ -370,7 +370,8 @@ def refine_wrong(run: trainer.Run, params: nnx.State, critic: trainer.CritiqueMo
     policy = (run.graphdef, params)
     idx = np.asarray(wrong, np.int64)
     if kind in RULE_TYPES:
-        crits = rule_critiques(kind, run.task, [owners[i] for i in idx], [texts[i] for i in idx], 1)
+        crits = rule_critiques(kind, run.task, [owners[i] for i in idx], [texts[i] for i in idx], 1,
+                               c.critique.format)
     else:
         if kind == "model" and critic is None:
             raise ValueError(f"critique.type={kind!r} needs a critique model (critique.critic_from)")
@@ -380,7 +381,8 @@ def refine_wrong(run: trainer.Run, params: nnx.State, critic: trainer.CritiqueMo
         idx = idx[ok]
         crits = sample_chunked(run, model, [p for p, o in zip(prompts, ok) if o], c.critique.prompt_buckets, 1, 0.0,
                                chunk, functools.partial(_seed, c.seed, _CRITIQUE, iteration), sampler).texts  # greedy
-        crits = [condense_critique(t) for t in crits]  # plain format for the policy, as in RL
+        # The policy's critique.format, as in RL.
+        crits = [condense_critique(t, c.critique.format == "explained") for t in crits]
     prompts = [refine_prompt(owners[i].question, texts[i], t) for i, t in zip(idx, crits)]
     ok = fits(run.tok, prompts, max(c.critique.refine_buckets))
     idx, crits = idx[ok], [t for t, o in zip(crits, ok) if o]

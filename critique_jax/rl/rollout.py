@@ -93,12 +93,14 @@ def sequence_arrays(prompts: PromptBatch, group_size: int, response_tokens: np.n
 
 
 def pack_pairs(tok: Tokenizer, prompts: Sequence[str], targets: Sequence[str], prompt_width: int,
-               response_len: int, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+               response_len: int, names: Sequence[str] | None = None,
+               width_key: str = "sampling.prompt_buckets") -> dict[str, np.ndarray]:
     """Supervised batch from (prompt text, target text) pairs; the target gets the end token.
 
     Returns ``tokens``, ``valid`` [N, P + L] (prompt left-padded to P, target right-padded to
     L) and ``response_mask`` [N, L]. A prompt or target that does not fit is an error naming
-    the example (``names[i]``, e.g. a problem uid) and the config key to raise.
+    the example (``names[i]``, e.g. a problem uid) and the config key to raise (``width_key``
+    for the prompt width).
     """
     n = len(prompts)
     if len(targets) != n:
@@ -110,7 +112,7 @@ def pack_pairs(tok: Tokenizer, prompts: Sequence[str], targets: Sequence[str], p
         name = names[i] if names is not None else f"example {i}"
         if len(prompt) > prompt_width:
             raise ValueError(f"{name}: prompt of {len(prompt)} tokens exceeds the largest prompt bucket "
-                             f"{prompt_width} (config sampling.prompt_buckets)")
+                             f"{prompt_width} (config {width_key})")
         if len(resp) > response_len:
             raise ValueError(f"{name}: target of {len(resp)} tokens exceeds sampling.max_new_tokens={response_len}")
         tokens[i, prompt_width - len(prompt):prompt_width] = prompt

@@ -32,6 +32,7 @@ from critique_jax import config as config_lib
 from critique_jax.analysis.diversity import distinct_correct_solutions
 from critique_jax.analysis.passk import pass_at_k
 from critique_jax.checkpoint import Checkpointer
+from critique_jax.critique.feedback import rule_critique
 from critique_jax.critique.loop import critique_batch
 from critique_jax.data import BatchIterator, TaskSource, build_task_dataset
 from critique_jax.metrics import MetricsWriter, Progress
@@ -46,8 +47,7 @@ from critique_jax.rl.train_step import (SequenceBatch, TrainState, _all_finite, 
                                         sft_update, token_stats_fn)
 from critique_jax.sampling import SamplerConfig, generate, sample_keys
 from critique_jax.tasks import Problem, Task, get_task
-from critique_jax.text import (Tokenizer, default_cache_dir, format_step_critique, refine_prompt, solve_prompt,
-                               tokenizer_for_task)
+from critique_jax.text import Tokenizer, default_cache_dir, refine_prompt, solve_prompt, tokenizer_for_task
 
 log = logging.getLogger("critique_jax")
 
@@ -276,17 +276,23 @@ def run_sft(run: Run, ckpt: Checkpointer, progress: Progress) -> nnx.State:
 
 
 def refine_sft_arrays(run: Run, examples: list, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """A refinement-format SFT batch: (question, planted wrong solution, its step critique) -> a
-    correct reference solution, so the policy learns to use critiques before RL asks it to."""
+    """A refinement-format SFT batch: (question, planted wrong solution, its step critique in
+    ``critique.format``) -> a correct solution, so the policy learns to use critiques before RL
+    asks it to. ``critique.sft_refine_target``: ``any`` = a random reference solution of the
+    problem (write a correct solution), ``source`` = the one the error was planted in (keep the
+    steps the critique accepts, repair the one it flags)."""
+    c = run.config.critique
     prompts, targets = [], []
     for ex in examples:
         p = ex.problem
-        wrong = run.task.perturb(p, ex.solutions[int(rng.integers(len(ex.solutions)))], rng).solution
-        critique = format_step_critique(run.task.check_steps(p, wrong), correct=False)
-        prompts.append(refine_prompt(p.question, wrong, critique))
-        targets.append(ex.solutions[int(rng.integers(len(ex.solutions)))])
+        source = ex.solutions[int(rng.integers(len(ex.solutions)))]
+        wrong = run.task.perturb(p, source, rng).solution
+        prompts.append(refine_prompt(p.question, wrong, rule_critique("rule_step", run.task, p, wrong, c.format)))
+        target = source if c.sft_refine_target == "source" else ex.solutions[int(rng.integers(len(ex.solutions)))]
+        targets.append(target)
     return rollout_lib.pack_pairs(run.tok, prompts, targets, max(run.config.critique.refine_buckets),
-                                  run.config.sampling.max_new_tokens, [ex.problem.uid for ex in examples])
+                                  run.config.sampling.max_new_tokens, [ex.problem.uid for ex in examples],
+                                  width_key="critique.refine_buckets")
 
 
 # ----------------------------------------------------------------------------- RL
@@ -387,6 +393,8 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, progress: Progre
                 m = jax.device_get(m)
         metrics |= _scalars(m, "train") | times | {"train/lr": lr, "perf/step_s": time.perf_counter() - t0,
                                                    "perf/compiles": float(compiles.count)}
+        if "perf/critique_s" in metrics:
+            metrics["perf/critique_share"] = metrics["perf/critique_s"] / metrics["perf/step_s"]
         if m["skipped"] > 0:
             bad_steps += 1
             log.warning("step %d: %d update(s) with a non-finite loss, gradient or update were skipped", step, int(m["skipped"]))

@@ -153,6 +153,11 @@ class Task(abc.ABC):
     def perturb(self, problem: Problem, solution: str, rng: np.random.Generator) -> Perturbation:
         """Plants one plausible error in a correct ``solution``; the result must fail."""
 
+    @property
+    def has_step_notes(self) -> bool:
+        """Whether the task writes :meth:`step_notes` (the worked critique format needs them)."""
+        return type(self).step_notes is not Task.step_notes
+
     def step_notes(self, problem: Problem, text: str) -> list[str]:
         """What a careful checker writes down on each step before deciding on it: one note per
         step up to and including the first wrong one (every step when none is), the answer

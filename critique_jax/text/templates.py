@@ -170,16 +170,30 @@ def parse_critique(text: str) -> tuple[bool | None, int | None]:
     return verdict, first_wrong
 
 
-def condense_critique(text: str) -> str:
+#: What the policy reads of a step critique in a refinement prompt (``critique.format``):
+#: ``plain`` the decisions alone; ``explained`` the decisions, with the worked note kept on the
+#: first wrong step (``step 2: 24 - 4 is 20 vs 21, left 20, wrong, arithmetic``).
+POLICY_FORMATS = ("plain", "explained")
+
+
+def condense_critique(text: str, explain_first_wrong: bool = False) -> str:
     """The plain step format of a critique: each step line reduced to its decision (and error
     kind), each verdict line to the verdict; other lines and the notes of the worked format
     are dropped. ``condense_critique(format_worked_critique(c, notes)) ==
-    format_step_critique(c)``, and a plain critique is its own condensed form."""
-    out = []
+    format_step_critique(c)``, and a plain critique is its own condensed form.
+
+    explain_first_wrong: keep the first step line marked wrong as it is, worked note included
+    (the ``explained`` policy format: what is wrong there, and what it should be).
+    """
+    out, keep_note = [], explain_first_wrong
     for line in text.splitlines():
         if m := _STEP.match(line):
             decision = m.group(2).lower()
             kind = m.group(3) if decision == WRONG else ""
+            if decision == WRONG and keep_note:
+                out.append(line.strip())
+                keep_note = False
+                continue
             out.append(f"step {int(m.group(1))}: {decision}" + (f", {kind}" if kind else ""))
         elif m := _VERDICT.match(line):
             out.append(f"verdict: {m.group(1).lower()}")

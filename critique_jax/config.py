@@ -87,7 +87,9 @@ def default_config() -> ml_collections.ConfigDict:
                     prompt_width=0, max_new_tokens=0,  # 0 = the longest prompt / target in the data
                     log_every=20, eval_every=0,  # eval_every 0 = evaluate after the last step only
                     checkpoint_every=100, eval_n_problems=128, eval_batch=32, n_logged_samples=8,
-                    init_from="")                # a {"params"} checkpoint dir (e.g. a policy's sft_policy/)
+                    init_from="",                # a {"params"} checkpoint dir (e.g. a policy's sft_policy/)
+                    policy_from="",              # a train run whose SFT policy's samples join the data
+                    policy_samples=0)            # its samples per train problem (held out: 1 per problem)
     # Critique-in-the-loop self-training (python -m critique_jax.self_train).
     c.self_train = dict(iterations=4,
                         pool_size=0,             # the first pool_size train problems (cycling levels); 0 = all

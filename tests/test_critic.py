@@ -320,6 +320,42 @@ def test_init_from_restores_a_checkpoint_and_checks_its_architecture(runs, share
         initial_params(missing, 0)
 
 
+def test_policy_samples_join_the_training_data_and_the_evaluation(shared):
+    """critic.policy_from: the SFT policy of a train run samples responses (real mistakes) for the
+    critic's training set and one per held-out problem for critic/policy/*; critic/* stays the
+    reference-and-planted benchmark."""
+    from critique_jax.critique.critic import evaluate_critic
+    from critique_jax.rl.trainer import train
+
+    policy = shared / "policy"
+    pc = tiny_config(shared)
+    pc.unlock()
+    pc.sft.update(steps=2, batch_size=8, warmup_steps=0)
+    pc.rl.steps = 0
+    pc.eval.update(n_problems=8, batch_prompts=8, group_size=2)
+    pc.lock()
+    train(pc, str(policy))
+    cfg = tiny_config(shared, policy_from=str(policy), policy_samples=2)
+    critic = setup_critic(cfg, str(shared / "with_policy"))
+    sampled = [e for e in critic.train if e.source == "policy"]
+    held = [e for e in critic.held_out if e.source == "policy"]
+    assert sampled and len(held) == cfg.critic.eval_n_problems  # countdown's checker labels every sample
+    assert {e.problem.uid for e in held} == {e.problem.uid for e in critic.held_out if e.source == "reference"}
+    for e in sampled + held:
+        assert e.check == TASK.check_steps(e.problem, e.solution) and e.target == make_example(
+            TASK, e.problem, e.solution, "policy", "worked").target
+    again = setup_critic(cfg, str(shared / "with_policy_again"))  # the same samples: a resumed run rebuilds them
+    assert [e.solution for e in again.train] == [e.solution for e in critic.train]
+    metrics = evaluate_critic(critic, initial_params(critic, 0), 0)
+    assert metrics["critic/n"] == 2 * cfg.critic.eval_n_problems and metrics["critic/policy/n"] == len(held)
+    only_held = setup_critic(tiny_config(shared, policy_from=str(policy)), str(shared / "held_only"))
+    assert not any(e.source == "policy" for e in only_held.train) and len(only_held.held_out) == len(critic.held_out)
+    with pytest.raises(ValueError, match=r"critic.policy_samples=2 needs critic.policy_from"):
+        setup_critic(tiny_config(shared, policy_samples=2), str(shared / "bad"))
+    with pytest.raises(FileNotFoundError, match=r"critic.policy_from='.*nowhere': .*config.json is missing"):
+        setup_critic(tiny_config(shared, policy_from=str(shared / "nowhere")), str(shared / "bad"))
+
+
 # ----------------------------------------------------------------------------- errors
 
 

@@ -4,7 +4,9 @@ The critic is a second decoder with its own size (``critic.preset``/``critic.fam
 task tokenizer's vocabulary; it lives on the policy's mesh and is trained with the policy's
 supervised step (:func:`~critique_jax.rl.train_step.sft_update`) on
 :mod:`critique_jax.critique.data` examples: reference solutions and planted errors of the
-train split (plus labelled policy samples when given), balanced to ``critic.wrong_fraction``.
+train split, plus, with ``critic.policy_from``, ``critic.policy_samples`` responses per train
+problem sampled from that run's SFT policy and labelled by the step checker (real mistakes, not
+only planted ones), balanced to ``critic.wrong_fraction``.
 It starts from fresh parameters or, with ``critic.init_from``, from a checkpoint of the same
 architecture (e.g. the SFT policy, which already computes the task's arithmetic).
 
@@ -33,8 +35,9 @@ Run directory (a critic run has its own ``--workdir``; ``config.json`` is the wh
                        its meta holds the model and width settings (:func:`critic_model_config`)
 
 Evaluation (:func:`evaluate_critic`): greedy critiques of the first ``critic.eval_n_problems``
-test problems, one reference solution and one planted error of it per problem (plus labelled
-policy samples when given), scored by :func:`score_critiques` against the step checker.
+test problems, one reference solution and one planted error of it per problem (``critic/*``),
+plus one response per problem of the ``critic.policy_from`` policy when set
+(``critic/policy/*``), scored by :func:`score_critiques` against the step checker.
 """
 
 from __future__ import annotations
@@ -61,16 +64,18 @@ from critique_jax.parallel.distributed import is_main_process, to_host
 from critique_jax.parallel.mesh import batch_shards
 from critique_jax.parallel.sharding import param_shardings
 from critique_jax.rl import trainer
+from critique_jax.rl import rollout as rollout_lib
 from critique_jax.rl.rollout import decode_responses, pack_pairs
 from critique_jax.rl.train_step import SequenceBatch, TrainState, make_optimizer
 from critique_jax.sampling import SamplerConfig, generate, pad_prompts, sample_keys
 from critique_jax.tasks import Problem
-from critique_jax.text import Tokenizer
+from critique_jax.text import Tokenizer, solve_prompt
 
 log = logging.getLogger("critique_jax")
 
-#: Offsets of the critic's random streams from ``config.seed`` (the policy uses the seed itself).
-_INIT_SEED, _EVAL_DATA_SEED = 1_000, 1_001
+#: Offsets of the critic's random streams from ``config.seed`` (the policy uses the seed itself);
+#: the policy-sample streams are 10k apart, so their per-call seeds (``+ i``) never meet.
+_INIT_SEED, _EVAL_DATA_SEED, _POLICY_SEED, _EVAL_POLICY_SEED = 1_000, 1_001, 10_000, 20_000
 
 
 def validate_critic(config: ml_collections.ConfigDict, shards: int) -> None:
@@ -100,6 +105,10 @@ def validate_critic(config: ml_collections.ConfigDict, shards: int) -> None:
          f"target_format={c.target_format!r}: expected one of {data_lib.TARGET_FORMATS}")
     for key in ("prompt_width", "max_new_tokens"):
         need(c[key] >= 0, f"{key}={c[key]}: expected >= 0 (0 = from the data)")
+    need(c.policy_samples >= 0,
+         f"policy_samples={c.policy_samples}: expected >= 0 (0 = policy samples in the held-out set only)")
+    need(c.policy_samples == 0 or bool(c.policy_from),
+         f"policy_samples={c.policy_samples} needs critic.policy_from (the train run whose SFT policy samples them)")
     for key in ("log_every", "checkpoint_every", "eval_n_problems"):
         need(c[key] >= 1, f"{key}={c[key]}: expected >= 1")
     for key in ("eval_every", "n_logged_samples"):
@@ -154,15 +163,26 @@ def resolve_widths(tok: Tokenizer, examples: Sequence[CritiqueExample], prompt_w
     return width, length
 
 
-def setup_critic(config: ml_collections.ConfigDict, workdir: str, *,
-                 policy_samples: Sequence[tuple[Problem, str]] = (),
-                 eval_policy_samples: Sequence[tuple[Problem, str]] = ()) -> Critic:
+def sample_policy(run: trainer.Run, params: nnx.State, problems: Sequence[Problem], k: int,
+                  seed: int) -> list[tuple[Problem, str]]:
+    """``k`` responses per problem (problem-major) from the policy ``params`` of ``run``, sampled
+    as in RL (``sampling.temperature``, the solve prompt buckets), ``eval.batch_prompts`` prompts
+    per call; call ``i`` uses seed ``seed + i``."""
+    c = run.config
+    gen = rollout_lib.sample_chunked(run, (run.graphdef, params), [solve_prompt(p.question) for p in problems],
+                                     c.sampling.prompt_buckets, k, c.sampling.temperature, c.eval.batch_prompts,
+                                     lambda i: seed + i)
+    return [(problems[i // k], text) for i, text in enumerate(gen.texts)]
+
+
+def setup_critic(config: ml_collections.ConfigDict, workdir: str) -> Critic:
     """Task data, tokenizer and mesh (``trainer.setup``), critique examples, widths and the
     critic's model definition.
 
-    policy_samples: (train problem, response) pairs added to the training examples;
-    eval_policy_samples: (test problem, response) pairs added to the evaluation examples.
-    Both are labelled by the step checker (:func:`critique_jax.critique.data.policy_examples`).
+    With ``critic.policy_from`` (a train run of this task's policy), its SFT policy samples
+    ``critic.policy_samples`` responses per train problem for the training examples and one per
+    held-out problem for the evaluation, each labelled by the step checker
+    (:func:`critique_jax.critique.data.policy_examples`).
     """
     run = trainer.setup(config, workdir)
     cc = config.critic
@@ -170,8 +190,17 @@ def setup_critic(config: ml_collections.ConfigDict, workdir: str, *,
     if cc.eval_n_problems > len(run.test):
         raise ValueError(f"config critic.eval_n_problems={cc.eval_n_problems} exceeds the {len(run.test)} test "
                          "problems (task.n_test)")
+    train_examples = run.train.__getitems__(range(len(run.train)))
+    eval_problems = [run.test[i].problem for i in range(cc.eval_n_problems)]
+    policy_samples, eval_policy_samples = [], []
+    if cc.policy_from:
+        params = trainer.restore_policy(run, trainer.check_policy_run(config, cc.policy_from, "critic.policy_from"))
+        if cc.policy_samples:
+            policy_samples = sample_policy(run, params, [e.problem for e in train_examples], cc.policy_samples,
+                                           config.seed + _POLICY_SEED)
+        eval_policy_samples = sample_policy(run, params, eval_problems, 1, config.seed + _EVAL_POLICY_SEED)
     try:
-        train = data_lib.build_examples(run.task, run.train.__getitems__(range(len(run.train))), config.seed,
+        train = data_lib.build_examples(run.task, train_examples, config.seed,
                                         wrong_fraction=cc.wrong_fraction, wrong_per_solution=cc.wrong_per_solution,
                                         policy_samples=policy_samples, target_format=cc.target_format)
         held_out = data_lib.build_examples(run.task, run.test.__getitems__(range(cc.eval_n_problems)),
@@ -216,19 +245,20 @@ def generate_critiques(critic: Critic, params: nnx.State, examples: Sequence[Cri
 def evaluate_critic(critic: Critic, params: nnx.State, step: int) -> dict[str, float]:
     """Greedy critiques of the held-out examples scored by :func:`score_critiques`.
 
-    Metrics ``critic/<name>`` over all held-out examples and, when policy samples are among
-    them, ``critic/policy/<name>`` over those, and ``critic/target_match`` (the critique is the
-    target, notes included); logs ``critic.n_logged_samples`` critiques.
+    Metrics ``critic/<name>`` over the reference solutions and planted errors (the benchmark,
+    the same whether or not policy samples are held out too) and, when policy samples are among
+    the examples, ``critic/policy/<name>`` over those; ``critic/target_match`` (the critique is
+    the target, notes included, over all). Logs ``critic.n_logged_samples`` critiques.
     """
     t0 = time.perf_counter()
     examples = critic.held_out
     texts = generate_critiques(critic, params, examples, seed=critic.run.config.seed)
-    metrics = {f"critic/{k}": v for k, v in score_critiques(texts, [e.check for e in examples]).items()}
-    metrics["critic/target_match"] = float(np.mean([t.strip() == e.target for t, e in zip(texts, examples)]))
-    policy = [i for i, e in enumerate(examples) if e.source == "policy"]
-    if policy:
-        scores = score_critiques([texts[i] for i in policy], [examples[i].check for i in policy])
-        metrics |= {f"critic/policy/{k}": v for k, v in scores.items()}
+    metrics = {"critic/target_match": float(np.mean([t.strip() == e.target for t, e in zip(texts, examples)]))}
+    for prefix, keep in (("critic", lambda e: e.source != "policy"), ("critic/policy", lambda e: e.source == "policy")):
+        chosen = [i for i, e in enumerate(examples) if keep(e)]
+        if chosen:
+            scores = score_critiques([texts[i] for i in chosen], [examples[i].check for i in chosen])
+            metrics |= {f"{prefix}/{k}": v for k, v in scores.items()}
     n_logged = critic.run.config.critic.n_logged_samples
     samples = [dict(e.meta, solution=e.solution, target=e.target, critique=t)
                for e, t in zip(examples[:n_logged], texts[:n_logged])]
@@ -311,14 +341,13 @@ def run_critic_sft(critic: Critic, ckpt: Checkpointer, progress: Progress,
     return state.params
 
 
-def train_critic(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = True, stop_at: int | None = None,
-                 policy_samples: Sequence[tuple[Problem, str]] = (),
-                 eval_policy_samples: Sequence[tuple[Problem, str]] = ()) -> str:
+def train_critic(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = True,
+                 stop_at: int | None = None) -> str:
     """Trains the critic in ``workdir`` (layout in the module docstring); returns ``workdir``.
 
     Re-running resumes from the latest checkpoint; a run whose ``critic_policy/`` exists is
     done and returns at once. ``stop_at``: checkpoint and return after that step, as a
-    preemption would. ``policy_samples`` / ``eval_policy_samples``: see :func:`setup_critic`.
+    preemption would.
     """
     if os.path.isdir(os.path.join(workdir, "sft_policy")):
         raise FileExistsError(f"{workdir} holds a policy run (sft_policy/): give the critic its own --workdir")
@@ -327,7 +356,7 @@ def train_critic(config: ml_collections.ConfigDict, workdir: str, *, resume: boo
         for d in (ckpt_dir, final_dir):
             if os.path.isdir(d) and os.listdir(d):
                 raise FileExistsError(f"{d} holds checkpoints and resume is off: use a new --workdir or --resume")
-    critic = setup_critic(config, workdir, policy_samples=policy_samples, eval_policy_samples=eval_policy_samples)
+    critic = setup_critic(config, workdir)
     c, cc = config, config.critic
     final = Checkpointer(final_dir, keep_last=1, keep_best=0, best_metric=None, async_save=False)
     if final.latest_step() is not None:

@@ -48,10 +48,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import ml_collections
@@ -67,7 +66,6 @@ from critique_jax.parallel.mesh import batch_shards
 from critique_jax.perf import timed
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.rl import trainer
-from critique_jax.sampling import SamplerConfig
 from critique_jax.rl.train_step import SequenceBatch, make_optimizer
 from critique_jax.tasks import Problem
 from critique_jax.text import Tokenizer
@@ -77,10 +75,6 @@ log = logging.getLogger("critique_jax")
 
 #: Random streams (first part of every sampling seed after ``config.seed``).
 _POOL, _CRITIQUE, _REFINE, _EVAL, _SFT = range(5)
-#: Fields of the ``init_from`` run that must equal this config's (the policy's shapes and vocabulary).
-_MATCHING_KEYS = ("task.name", "model.preset", "model.family", "tokenizer.vocab_size", "tokenizer.seed")
-
-
 # ----------------------------------------------------------------------------- config
 
 
@@ -111,24 +105,11 @@ def validate_self_train(config: ml_collections.ConfigDict, shards: int, n_train:
 
 def check_init_run(config: ml_collections.ConfigDict) -> str:
     """The ``sft_policy`` directory of ``init_from``, after checking that the run's policy fields
-    (:data:`_MATCHING_KEYS`) equal this config's; errors name the key and both values."""
-    path = config.init_from
-    if not path:
+    (:data:`~critique_jax.rl.trainer.POLICY_MATCHING_KEYS`) equal this config's."""
+    if not config.init_from:
         raise ValueError("config init_from is empty: self-training starts from an SFT policy; set it to a train run "
                          "directory holding sft_policy/ (python -m critique_jax.train ... with rl.steps=0)")
-    cfg_file, policy_dir = os.path.join(path, "config.json"), trainer.init_from_dir(path)
-    for f in (cfg_file, policy_dir):
-        if not os.path.exists(f):
-            raise FileNotFoundError(f"init_from={path!r}: {f} is missing; expected a train run directory "
-                                    "(python -m critique_jax.train) with its config.json and sft_policy/")
-    with open(cfg_file) as f:
-        theirs = json.load(f)
-    for key in _MATCHING_KEYS:
-        section, field = key.split(".")
-        mine, other = config[section][field], theirs.get(section, {}).get(field)
-        if mine != other:
-            raise ValueError(f"config {key}={mine!r} differs from the init_from run's {key}={other!r} ({cfg_file})")
-    return policy_dir
+    return trainer.check_policy_run(config, config.init_from, "init_from")
 
 
 # ----------------------------------------------------------------------------- pure selection and metrics
@@ -294,37 +275,6 @@ def _seed(*parts: int) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class Generated:
-    """Texts of one batched sampling pass: texts / finished [N·G]; entropy: mean response-token
-    entropy (nats)."""
-
-    texts: list[str]
-    finished: np.ndarray
-    entropy: float
-
-
-def sample_chunked(run: trainer.Run, model: tuple[nnx.GraphDef, Any], prompts: Sequence[str],
-                   buckets: Sequence[int], group_size: int, temperature: float, chunk: int,
-                   seed: Callable[[int], int], sampler: SamplerConfig | None = None) -> Generated:
-    """:func:`~critique_jax.rl.rollout.sample_texts` over ``chunk`` prompts per call (the last
-    call padded by repeating its last prompt, so every call has one shape); call ``i`` uses
-    ``seed(i)``. No prompts: nothing sampled."""
-    texts: list[str] = []
-    finished = [np.zeros(0, bool)]
-    entropy_sum, n_tokens = 0.0, 0.0
-    for i, start in enumerate(range(0, len(prompts), chunk)):
-        part = list(prompts[start:start + chunk])
-        n = len(part) * group_size
-        s = rollout_lib.sample_texts(run, model, part + [part[-1]] * (chunk - len(part)), buckets, seed(i),
-                                     group_size, temperature, sampler=sampler)
-        texts += s.texts[:n]
-        finished.append(s.finished[:n].astype(bool))
-        entropy_sum += float((s.entropy[:n] * s.mask[:n]).sum())
-        n_tokens += float(s.mask[:n].sum())
-    return Generated(texts, np.concatenate(finished), entropy_sum / max(n_tokens, 1.0))
-
-
-@dataclasses.dataclass(frozen=True)
 class PoolRound:
     """One iteration's samples of the pool (host); P problems x K samples, problem-major.
 
@@ -379,14 +329,14 @@ def refine_wrong(run: trainer.Run, params: nnx.State, critic: trainer.CritiqueMo
         prompts = [critique_prompt(owners[i].question, texts[i]) for i in idx]
         ok = fits(run.tok, prompts, max(c.critique.prompt_buckets))
         idx = idx[ok]
-        crits = sample_chunked(run, model, [p for p, o in zip(prompts, ok) if o], c.critique.prompt_buckets, 1, 0.0,
+        crits = rollout_lib.sample_chunked(run, model, [p for p, o in zip(prompts, ok) if o], c.critique.prompt_buckets, 1, 0.0,
                                chunk, functools.partial(_seed, c.seed, _CRITIQUE, iteration), sampler).texts  # greedy
         # The policy's critique.format, as in RL.
         crits = [condense_critique(t, c.critique.format == "explained") for t in crits]
     prompts = [refine_prompt(owners[i].question, texts[i], t) for i, t in zip(idx, crits)]
     ok = fits(run.tok, prompts, max(c.critique.refine_buckets))
     idx, crits = idx[ok], [t for t, o in zip(crits, ok) if o]
-    ref = sample_chunked(run, policy, [p for p, o in zip(prompts, ok) if o], c.critique.refine_buckets, 1,
+    ref = rollout_lib.sample_chunked(run, policy, [p for p, o in zip(prompts, ok) if o], c.critique.refine_buckets, 1,
                          c.sampling.temperature, chunk, functools.partial(_seed, c.seed, _REFINE, iteration))
     correct = np.asarray([refinement_reward(run.task, owners[i], t, kind) >= 1 for i, t in zip(idx, ref.texts)], bool)
     usable = correct & ref.finished & fits(run.tok, ref.texts, c.sampling.max_new_tokens, eos=True)
@@ -399,7 +349,7 @@ def sample_pool(run: trainer.Run, params: nnx.State, critic: trainer.CritiqueMod
     ones (steps 1-3)."""
     c, st = run.config, run.config.self_train
     k = st.samples_per_problem
-    gen = sample_chunked(run, (run.graphdef, params), [solve_prompt(p.question) for p in problems],
+    gen = rollout_lib.sample_chunked(run, (run.graphdef, params), [solve_prompt(p.question) for p in problems],
                          c.sampling.prompt_buckets, k, c.sampling.temperature, st.batch_prompts,
                          functools.partial(_seed, c.seed, _POOL, iteration))
     n, shape = len(problems) * k, (len(problems), k)
@@ -451,7 +401,7 @@ def evaluate_levels(run: trainer.Run, params: nnx.State) -> dict[str, float]:
     c = run.config
     n, g = min(c.eval.n_problems, len(run.test)), c.eval.group_size
     problems = [run.test[i].problem for i in range(n)]
-    gen = sample_chunked(run, (run.graphdef, params), [solve_prompt(p.question) for p in problems],
+    gen = rollout_lib.sample_chunked(run, (run.graphdef, params), [solve_prompt(p.question) for p in problems],
                          c.sampling.prompt_buckets, g, c.sampling.temperature, c.eval.batch_prompts,
                          functools.partial(_seed, c.seed, _EVAL, 0))
     counts = (rollout_lib.score(run.task, problems, gen.texts, g) >= 1).reshape(n, g).sum(1)
@@ -527,8 +477,7 @@ def self_train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool 
     like = {"params": trainer.init_params_abstract(run)}
     latest = ckpt.latest_step()
     if latest is None:
-        with Checkpointer(policy_dir, keep_last=1, keep_best=0, best_metric=None, async_save=False) as init:
-            params = init.restore(like=like)[0]["params"]
+        params = trainer.restore_policy(run, policy_dir)
     else:
         params = ckpt.restore(latest, like=like)[0]["params"]
         log.info("resumed self-training after iteration %d", latest)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from flax import nnx
@@ -66,6 +66,37 @@ def sample_texts(run: Any, model: tuple[nnx.GraphDef, Any], prompts: Sequence[st
         times["perf/sample_s"] = times.get("perf/sample_s", 0.0) + time.perf_counter() - t0
     return Sampled(prompts=pb, tokens=tokens, mask=mask, logp=to_host(ro.logp), entropy=to_host(ro.entropy),
                    finished=to_host(ro.finished), texts=decode_responses(run.tok, tokens, mask))
+
+
+@dataclasses.dataclass(frozen=True)
+class Generated:
+    """Texts of one batched sampling pass: texts / finished [N·G]; entropy: mean response-token
+    entropy (nats)."""
+
+    texts: list[str]
+    finished: np.ndarray
+    entropy: float
+
+
+def sample_chunked(run: Any, model: tuple[nnx.GraphDef, Any], prompts: Sequence[str],
+                   buckets: Sequence[int], group_size: int, temperature: float, chunk: int,
+                   seed: Callable[[int], int], sampler: SamplerConfig | None = None) -> Generated:
+    """:func:`sample_texts` over ``chunk`` prompts per call (the last call padded by repeating its
+    last prompt, so every call has one shape); call ``i`` uses ``seed(i)``. No prompts: nothing
+    sampled."""
+    texts: list[str] = []
+    finished = [np.zeros(0, bool)]
+    entropy_sum, n_tokens = 0.0, 0.0
+    for i, start in enumerate(range(0, len(prompts), chunk)):
+        part = list(prompts[start:start + chunk])
+        n = len(part) * group_size
+        s = sample_texts(run, model, part + [part[-1]] * (chunk - len(part)), buckets, seed(i), group_size,
+                         temperature, sampler=sampler)
+        texts += s.texts[:n]
+        finished.append(s.finished[:n].astype(bool))
+        entropy_sum += float((s.entropy[:n] * s.mask[:n]).sum())
+        n_tokens += float(s.mask[:n].sum())
+    return Generated(texts, np.concatenate(finished), entropy_sum / max(n_tokens, 1.0))
 
 
 def masked_mean(x: np.ndarray, mask: np.ndarray) -> float:

@@ -525,6 +525,37 @@ def init_from_dir(path: str) -> str:
     return os.path.join(path, "sft_policy")
 
 
+#: Fields a policy run (``init_from``, ``critic.policy_from``) must share with the config that loads
+#: its policy: the policy's shapes and vocabulary.
+POLICY_MATCHING_KEYS = ("task.name", "model.preset", "model.family", "tokenizer.vocab_size", "tokenizer.seed")
+
+
+def check_policy_run(config: ml_collections.ConfigDict, path: str, key: str) -> str:
+    """The ``sft_policy`` directory of the train run ``path`` (the value of config ``key``), after
+    checking that the run's :data:`POLICY_MATCHING_KEYS` equal this config's; errors name ``key``,
+    the field and both values."""
+    cfg_file, policy_dir = os.path.join(path, "config.json"), init_from_dir(path)
+    for f in (cfg_file, policy_dir):
+        if not os.path.exists(f):
+            raise FileNotFoundError(f"{key}={path!r}: {f} is missing; expected a train run directory "
+                                    "(python -m critique_jax.train) with its config.json and sft_policy/")
+    with open(cfg_file) as f:
+        theirs = json.load(f)
+    for field_key in POLICY_MATCHING_KEYS:
+        section, field = field_key.split(".")
+        mine, other = config[section][field], theirs.get(section, {}).get(field)
+        if mine != other:
+            raise ValueError(f"config {field_key}={mine!r} differs from the {key} run's {field_key}={other!r} "
+                             f"({cfg_file})")
+    return policy_dir
+
+
+def restore_policy(run: Run, policy_dir: str) -> nnx.State:
+    """The ``{"params"}`` checkpoint of ``policy_dir`` (an ``sft_policy/``) in the run's shardings."""
+    with Checkpointer(policy_dir, keep_last=1, keep_best=0, best_metric=None, async_save=False) as ckpt:
+        return ckpt.restore(like={"params": init_params_abstract(run)})[0]["params"]
+
+
 def init_params_abstract(run: Run) -> Any:
     """Shape/dtype/sharding structs of the policy parameters (restore targets)."""
     abstract = nnx.split(nnx.eval_shape(lambda: Transformer(run.model_cfg, rngs=nnx.Rngs(0))))[1]

@@ -1,6 +1,7 @@
 """Critique-GRPO in the loop: rule critiques, shortcut check, refinement selection, sharded step, a tiny run."""
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ from flax import nnx
 
 from critique_jax import config as config_lib
 from critique_jax.critique.feedback import refinement_reward, rule_critique
-from critique_jax.critique.loop import critique_accuracy, pass1_on_failed, select_refinements
+from critique_jax.critique.loop import critique_accuracy, pass1_on_failed, refinement_metrics, select_refinements
 from critique_jax.metrics import read_metrics
 from critique_jax.models import Transformer, model_config
 from critique_jax.parallel.mesh import batch_sharding, make_mesh
@@ -174,11 +175,23 @@ def test_critique_grpo_sharded_step_equals_single_device(base, np_rng):
 
 
 def test_tiny_rule_step_critique_run(tmp_path):
+    # 5 held-out problems: the refinement evaluation pads its one chunk of rl.prompts_per_step = 8
     cfg = tiny_config(tmp_path, **{"critique.type": "rule_step", "critique.sft_refine_every": 2,
                                    "rl.loss.name": "critique_grpo", "rl.advantage": "drgrpo", "rl.steps": 2,
-                                   "rl.loss.ref_kl_coef": 0.0, "checkpoint.every": 2, "eval.every": 2})
+                                   "rl.loss.ref_kl_coef": 0.0, "checkpoint.every": 2, "eval.every": 2,
+                                   "eval.n_problems": 5})
     train(cfg, str(tmp_path / "run"))
     rows = read_metrics(tmp_path / "run")
+    evals = [r for r in rows if "eval/pass@1" in r]
+    assert evals[0]["step"] == cfg.sft.steps and evals[-1]["step"] == cfg.sft.steps + 2  # after SFT, after RL
+    n0 = cfg.rl.group_size - cfg.critique.n_refine
+    for r in evals:
+        n_failed = r["eval/critique/n_failed"]
+        assert n_failed == int(n_failed) and 0 <= n_failed <= 5 * n0  # the padding is not counted
+        assert n_failed == pytest.approx(5 * n0 * (1 - r["eval/critique/initial_reward"]))
+        for key in ("refine_success_on_failed", "pass1_on_failed_prompts"):
+            v = r[f"eval/critique/{key}"]
+            assert (0 <= v <= 1) if n_failed else math.isnan(v), key
     rl = [r for r in rows if "train/reward" in r]
     assert len(rl) == 2
     for key in ("critique/refine_success_on_failed", "critique/groups_rescued", "critique/refinement_entropy",
@@ -235,3 +248,15 @@ def test_pass1_on_failed_is_the_leave_one_out_accuracy_of_failed_responses(np_rn
     assert pass1_on_failed(r) == pytest.approx(float(np.mean(ref)), rel=1e-12)
     assert np.isnan(pass1_on_failed(np.ones((3, 4))))
     assert np.isnan(pass1_on_failed(np.zeros((3, 1))))
+
+
+def test_refinement_metrics_compare_refinements_of_failed_responses_with_fresh_samples(np_rng):
+    r = (np_rng.random((6, 5)) < 0.5).astype(np.float64)
+    rr = (np_rng.random((6, 5)) < 0.5).astype(np.float64)
+    m = refinement_metrics(r, rr)
+    failed = [(i, j) for i in range(6) for j in range(5) if r[i, j] < 1]
+    assert m["refine_success_on_failed"] == pytest.approx(np.mean([rr[i, j] for i, j in failed]), rel=1e-12)
+    assert m["refine_success_on_correct"] == pytest.approx(
+        np.mean([rr[i, j] for i in range(6) for j in range(5) if r[i, j] >= 1]), rel=1e-12)
+    assert m["pass1_on_failed_prompts"] == pass1_on_failed(r)
+    assert math.isnan(refinement_metrics(np.ones((2, 3)), rr[:2, :3])["refine_success_on_failed"])

@@ -15,6 +15,7 @@ Only token ids and texts cross to the host.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import numpy as np
@@ -22,7 +23,7 @@ import numpy as np
 from critique_jax.critique.feedback import RULE_TYPES, refinement_reward, rule_critiques, score_critiques
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.perf import timed
-from critique_jax.rl.rollout import masked_mean, sample_texts
+from critique_jax.rl.rollout import Sampled, masked_mean, sample_texts
 from critique_jax.tasks import Problem
 from critique_jax.text.templates import condense_critique, critique_prompt, refine_prompt, solve_prompt
 
@@ -55,21 +56,28 @@ def pass1_on_failed(initial_rewards: np.ndarray) -> float:
     return float(others[failed].mean())
 
 
-def critique_batch(run, params: Any, problems: Sequence[Problem], step: int, critic: Any | None,
-                   times: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Host arrays of one Critique-GRPO batch and its critique metrics.
+@dataclasses.dataclass(frozen=True)
+class Refinements:
+    """``n0`` initial responses to each of ``B`` prompts, their critiques and one refinement of
+    each (rows prompt-major: response ``j`` of prompt ``i`` is row ``i * n0 + j``)."""
 
-    Returns ``tokens``, ``valid`` [B·G, P + L], ``response_mask`` [B·G, L], ``rewards`` [B·G],
-    ``is_refinement`` [B·G] (group-major: each prompt's initial responses, then its
-    refinements) and metrics under ``critique/``, plus ``perf/critique_s`` (seconds spent
-    writing critiques, inside ``perf/sample_s`` for generated ones and ``perf/score_s`` for
-    rule ones) and, for generated critiques, ``perf/critique_tokens_per_s``.
-    """
+    initial: Sampled              # B·n0 initial responses
+    rewards: np.ndarray           # [B, n0] their 0/1 rewards
+    critiques: list[str]          # B·n0 critiques, as the policy reads them
+    refined: Sampled              # B·n0 refinements
+    refine_rewards: np.ndarray    # [B, n0] their rewards (``refinement_reward``: no shortcut answers)
+    metrics: dict[str, float]     # perf/critique_* and, for generated critiques, critique accuracy
+
+
+def critique_and_refine(run, params: Any, problems: Sequence[Problem], n0: int, seed: int, critic: Any | None,
+                        times: dict[str, float]) -> Refinements:
+    """Samples ``n0`` responses per problem, critiques each with ``critique.type`` and has the
+    policy refine each once. Sampling calls use seeds ``seed``, ``seed + 1`` (critiques) and
+    ``seed + 2`` (refinements); their wall time is added to ``times`` (``perf/sample_s``,
+    ``perf/score_s``)."""
     c, task = run.config, run.task
-    kind, g, r = c.critique.type, c.rl.group_size, c.critique.n_refine
-    n0, b = g - r, len(problems)
+    kind, b = c.critique.type, len(problems)
     policy = (run.graphdef, params)
-    seed = c.seed * 1_000_003 + step
     temp = c.sampling.temperature
 
     initial = sample_texts(run, policy, [solve_prompt(p.question) for p in problems], c.sampling.prompt_buckets,
@@ -78,55 +86,105 @@ def critique_batch(run, params: Any, problems: Sequence[Problem], step: int, cri
         init_rewards = rollout_lib.score(task, problems, initial.texts, n0)
     owners = [problems[i // n0] for i in range(b * n0)]
 
-    critique_perf: dict[str, float] = {}
+    metrics: dict[str, float] = {}
     if kind in RULE_TYPES:
-        with timed(times, "perf/score_s"), timed(critique_perf, "perf/critique_s"):
+        with timed(times, "perf/score_s"), timed(metrics, "perf/critique_s"):
             critiques = rule_critiques(kind, task, problems, initial.texts, n0, c.critique.format)
     else:
         if kind == "model" and critic is None:
             raise ValueError(f"critique.type={kind!r} needs a critique model (critique.critic_from)")
         model, sampler = (policy, None) if kind == "self" else (critic.model, critic.sampler)
-        with timed(critique_perf, "perf/critique_s"):
+        with timed(metrics, "perf/critique_s"):
             prompts = [critique_prompt(p.question, t) for p, t in zip(owners, initial.texts)]
             generated = sample_texts(run, model, prompts, c.critique.prompt_buckets, seed + 1, 1, 0.0, times,
                                      sampler)  # greedy
-        critique_perf["perf/critique_tokens_per_s"] = float(generated.mask.sum()) / max(
-            critique_perf["perf/critique_s"], 1e-9)
+        metrics["perf/critique_tokens_per_s"] = float(generated.mask.sum()) / max(metrics["perf/critique_s"], 1e-9)
         # The policy reads step critiques in critique.format: a worked critique's notes are dropped
         # (all of them, or all but the first wrong step's).
         critiques = [condense_critique(t, c.critique.format == "explained") for t in generated.texts]
+        metrics |= critique_accuracy(task, owners, initial.texts, critiques)
     refined = sample_texts(run, policy, [refine_prompt(p.question, t, k) for p, t, k in
                                          zip(owners, initial.texts, critiques)],
                            c.critique.refine_buckets, seed + 2, 1, temp, times)
     with timed(times, "perf/score_s"):
         ref_rewards = np.asarray([refinement_reward(task, p, t, kind) for p, t in zip(owners, refined.texts)],
                                  np.float32)
+    return Refinements(initial=initial, rewards=init_rewards.reshape(b, n0), critiques=critiques, refined=refined,
+                       refine_rewards=ref_rewards.reshape(b, n0), metrics=metrics)
 
-    chosen = select_refinements(init_rewards.reshape(b, n0), ref_rewards.reshape(b, n0), r)  # [B, r]
+
+def refinement_metrics(rewards: np.ndarray, refine_rewards: np.ndarray) -> dict[str, float]:
+    """How refinements compare with fresh samples, from [B, n0] rewards of initial responses and
+    of their refinements: ``refine_success_on_failed`` (mean refinement reward over failed
+    responses), ``refine_success_on_correct``, and the baseline ``pass1_on_failed_prompts``
+    (see ``pass1_on_failed``). NaN where a mean has no terms."""
+    failed = rewards < 1
+    return {"refine_success_on_failed": float(refine_rewards[failed].mean()) if failed.any() else float("nan"),
+            "refine_success_on_correct": float(refine_rewards[~failed].mean()) if (~failed).any() else float("nan"),
+            "pass1_on_failed_prompts": pass1_on_failed(rewards)}
+
+
+def critique_batch(run, params: Any, problems: Sequence[Problem], seed: int, critic: Any | None,
+                   times: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Host arrays of one Critique-GRPO batch and its critique metrics (sampling seeds from ``seed``).
+
+    Returns ``tokens``, ``valid`` [B·G, P + L], ``response_mask`` [B·G, L], ``rewards`` [B·G],
+    ``is_refinement`` [B·G] (group-major: each prompt's initial responses, then its
+    refinements) and metrics under ``critique/``, plus ``perf/critique_s`` (seconds spent
+    writing critiques, inside ``perf/sample_s`` for generated ones and ``perf/score_s`` for
+    rule ones) and, for generated critiques, ``perf/critique_tokens_per_s``.
+    """
+    g, r = run.config.rl.group_size, run.config.critique.n_refine
+    n0, b = g - r, len(problems)
+    out = critique_and_refine(run, params, problems, n0, seed, critic, times)
+    initial, refined = out.initial, out.refined
+
+    chosen = select_refinements(out.rewards, out.refine_rewards, r)  # [B, r]
     flat_chosen = (np.arange(b)[:, None] * n0 + chosen).reshape(-1)
     # Group-major layout: rows [i*g, i*g + n0) initial, [i*g + n0, (i+1)*g) refinements.
     resp_tokens = np.concatenate([initial.tokens.reshape(b, n0, -1), refined.tokens[flat_chosen].reshape(b, r, -1)], 1)
     resp_mask = np.concatenate([initial.mask.reshape(b, n0, -1), refined.mask[flat_chosen].reshape(b, r, -1)], 1)
-    rewards = np.concatenate([init_rewards.reshape(b, n0), ref_rewards[flat_chosen].reshape(b, r)], 1)
+    rewards = np.concatenate([out.rewards, out.refine_rewards.reshape(-1)[flat_chosen].reshape(b, r)], 1)
     is_ref = np.concatenate([np.zeros((b, n0), bool), np.ones((b, r), bool)], 1)
     tokens, valid = rollout_lib.sequence_arrays(initial.prompts, g, resp_tokens.reshape(b * g, -1),
                                                 resp_mask.reshape(b * g, -1))
 
-    failed = init_rewards < 1
-    metrics = {
-        "critique/refine_success_on_failed": float(ref_rewards[failed].mean()) if failed.any() else float("nan"),
-        "critique/refine_success_on_correct": float(ref_rewards[~failed].mean()) if (~failed).any() else float("nan"),
-        "critique/groups_rescued": float(((init_rewards.reshape(b, n0) < 1).all(1)
-                                          & (rewards[:, n0:] >= 1).any(1)).mean()),
-        "critique/initial_reward": float(init_rewards.mean()),
-        "critique/pass1_on_failed_prompts": pass1_on_failed(init_rewards.reshape(b, n0)),
+    metrics = {f"critique/{k}": v for k, v in refinement_metrics(out.rewards, out.refine_rewards).items()}
+    metrics |= {
+        "critique/groups_rescued": float(((out.rewards < 1).all(1) & (rewards[:, n0:] >= 1).any(1)).mean()),
+        "critique/initial_reward": float(out.rewards.mean()),
         "critique/initial_entropy": masked_mean(initial.entropy, initial.mask),
         "critique/refinement_entropy": masked_mean(refined.entropy, refined.mask),
-    } | critique_perf
-    if kind not in RULE_TYPES:
-        metrics |= critique_accuracy(task, owners, initial.texts, critiques)
+    } | out.metrics
     return dict(tokens=tokens, valid=valid, response_mask=resp_mask.reshape(b * g, -1),
                 rewards=rewards.reshape(-1).astype(np.float32), is_refinement=is_ref.reshape(-1)), metrics
+
+
+#: Seed offset of the held-out refinement evaluation's sampling, apart from the RL steps'.
+EVAL_SEED = 1 << 30
+
+
+def evaluate_refinement(run, params: Any, critic: Any | None, problems: Sequence[Problem],
+                        step: int) -> dict[str, float]:
+    """Refinement against resampling on held-out problems: per problem ``G - n_refine`` samples,
+    each failed one critiqued and refined once, as in an RL step (chunks of
+    ``rl.prompts_per_step`` problems, the last padded and the padding dropped, so the shapes are
+    the RL step's and nothing new compiles). Returns ``eval/critique/refine_success_on_failed``,
+    ``.../refine_success_on_correct``, ``.../pass1_on_failed_prompts``, ``.../initial_reward``
+    (the initial samples' mean reward) and ``.../n_failed`` (the failed responses behind the
+    first)."""
+    c = run.config
+    n0, bp = c.rl.group_size - c.critique.n_refine, c.rl.prompts_per_step
+    rewards, refine_rewards = [], []
+    for start in range(0, len(problems), bp):
+        chunk = list(problems[start:start + bp])
+        padded = chunk + [chunk[-1]] * (bp - len(chunk))
+        out = critique_and_refine(run, params, padded, n0, EVAL_SEED + step * 1000 + start // bp, critic, {})
+        rewards.append(out.rewards[:len(chunk)])
+        refine_rewards.append(out.refine_rewards[:len(chunk)])
+    r, rr = np.concatenate(rewards), np.concatenate(refine_rewards)
+    metrics = refinement_metrics(r, rr) | {"initial_reward": float(r.mean()), "n_failed": float((r < 1).sum())}
+    return {f"eval/critique/{k}": v for k, v in metrics.items()}
 
 
 def critique_accuracy(task, problems: Sequence[Problem], responses: Sequence[str],

@@ -33,7 +33,7 @@ from critique_jax.analysis.diversity import distinct_correct_solutions
 from critique_jax.analysis.passk import pass_at_k
 from critique_jax.checkpoint import Checkpointer
 from critique_jax.critique.feedback import rule_critique
-from critique_jax.critique.loop import critique_batch
+from critique_jax.critique.loop import critique_batch, evaluate_refinement
 from critique_jax.data import BatchIterator, TaskSource, build_task_dataset
 from critique_jax.metrics import MetricsWriter, Progress
 from critique_jax.models import ModelConfig, Transformer, model_config
@@ -185,8 +185,11 @@ def _scalars(metrics: dict, prefix: str) -> dict[str, float]:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate(run: Run, params: nnx.State, step: int) -> dict[str, float]:
-    """Greedy and sampled pass@k on the first ``eval.n_problems`` test problems; logs samples."""
+def evaluate(run: Run, params: nnx.State, step: int, critic: CritiqueModel | None = None) -> dict[str, float]:
+    """Greedy and sampled pass@k on the first ``eval.n_problems`` test problems; logs samples.
+    With a critique type, also refinement against resampling on the same problems
+    (``eval/critique/*``, see ``evaluate_refinement``; ``critic``: the loaded critique model
+    for ``critique.type = "model"``)."""
     c = run.config
     n = min(c.eval.n_problems, len(run.test))
     problems = [run.test[i].problem for i in range(n)]
@@ -226,6 +229,8 @@ def evaluate(run: Run, params: nnx.State, step: int) -> dict[str, float]:
     metrics["eval/distinct_correct"] = float(np.mean(distinct))
     for k in range(2, g + 1):  # pass@k for every k = 1..G (pass@1 above)
         metrics[f"eval/pass@k/{k}"] = float(pass_at_k(g, correct_arr, k).mean())
+    if c.critique.type != "none":
+        metrics |= evaluate_refinement(run, params, critic, problems, step)
     run.writer.write_samples(step, samples)
     return metrics
 
@@ -323,7 +328,7 @@ def rl_batch(run: Run, params: nnx.State, critic, problems: list[Problem], step:
     if c.critique.type == "none":
         arrays, metrics = plain_batch(run, params, problems, step, times)
     else:
-        arrays, metrics = critique_batch(run, params, problems, step, critic, times)
+        arrays, metrics = critique_batch(run, params, problems, c.seed * 1_000_003 + step, critic, times)
         metrics["train/entropy"] = metrics["critique/initial_entropy"]
     rewards = arrays["rewards"]
     groups = np.repeat(np.arange(len(problems)), g)
@@ -345,8 +350,10 @@ def rl_batch(run: Run, params: nnx.State, critic, problems: list[Problem], step:
     return batch, metrics
 
 
-def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, progress: Progress, stop_at: int | None = None) -> None:
-    """The RL loop, from the SFT policy or from the latest RL checkpoint."""
+def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, critic: CritiqueModel | None, progress: Progress,
+           stop_at: int | None = None) -> None:
+    """The RL loop, from the SFT policy or from the latest RL checkpoint (``critic``: the
+    critique model of ``critique.type = "model"``, else None)."""
     c = run.config
     s = c.sft.steps if not c.init_from else 0
     loss_cfg = config_lib.loss_config(c)
@@ -368,13 +375,12 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, progress: Progre
         start = latest
         log.info("resumed RL at step %d", start)
     elif c.init_from:  # the SFT run evaluated this policy in its own directory; log it here too
-        run.writer.write(s, evaluate(run, state.params, s))
+        run.writer.write(s, evaluate(run, state.params, s, critic))
     update = jax.jit(functools.partial(rl_update, run.graphdef, optimizer, loss_cfg, epochs=c.rl.epochs,
                                        minibatches=c.rl.minibatches, temperature=c.sampling.temperature,
                                        mesh=run.mesh), donate_argnums=0,
                      out_shardings=(state_shardings(run, state.params, optimizer), None))
     stats_fn = jax.jit(functools.partial(token_stats_fn, run.graphdef, temperature=c.sampling.temperature))
-    critic = load_critic(run) if c.critique.type == "model" else None
     bad_steps = 0
     for step in range(start + 1, s + c.rl.steps + 1):
         t0 = time.perf_counter()
@@ -405,7 +411,7 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, progress: Progre
         else:
             bad_steps = 0
         if step % c.eval.every == 0 or step == s + c.rl.steps:
-            metrics |= evaluate(run, state.params, step)
+            metrics |= evaluate(run, state.params, step, critic)
         run.writer.write(step, metrics)
         progress.update(step, metrics)
         if step % c.checkpoint.every == 0 or step == s + c.rl.steps:
@@ -449,18 +455,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, resume: bool = True, 
     progress = Progress(total=total, initial=latest or 0, enabled=c.log.progress,
                         keys=("sft/nll", "train/reward", "train/entropy", "eval/pass@1"))
     like = {"params": init_params_abstract(run)}
+    critic = load_critic(run) if c.critique.type == "model" else None
     if sft_ckpt.latest_step() is not None:
         sft_params = sft_ckpt.restore(like=like)[0]["params"]
     elif c.init_from:
         raise FileNotFoundError(f"init_from={c.init_from!r}: no SFT policy checkpoint in {init_from_dir(c.init_from)}")
     else:
         sft_params = run_sft(run, ckpt, progress)
-        metrics = evaluate(run, sft_params, c.sft.steps)
+        metrics = evaluate(run, sft_params, c.sft.steps, critic)
         run.writer.write(c.sft.steps, metrics)
         sft_ckpt.save(c.sft.steps, {"params": sft_params}, {"phase": "sft_final"}, force=True)
         sft_ckpt.wait()
     if c.rl.steps:
-        run_rl(run, ckpt, sft_params, progress, stop_at)
+        run_rl(run, ckpt, sft_params, critic, progress, stop_at)
     ckpt.wait()
     ckpt.close()
     sft_ckpt.close()

@@ -19,14 +19,20 @@ step "SFT policy -> $ROOT/sft"
 python -m critique_jax.train --config=configs/quickstart.py --workdir="$ROOT/sft" --config.rl.steps=0 \
   --config.sft.steps=600 --config.critique.sft_refine_every=3 --config.log.progress=False
 
-# 2. Entropy control and Critique-GRPO sweeps from that policy.
-for sweep in entropy critique; do
-  step "sweep $sweep -> $ROOT/$sweep"
-  python scripts/sweep.py --config "configs/sweeps/$sweep.py" --out "$ROOT/$sweep" --parallel "$PARALLEL" \
-    --set "init_from=$ROOT/sft"
-done
+# 2. The critique model on countdown level 1 (the quickstart's task), scored on held-out problems.
+step "critic -> $ROOT/critic"
+python -m critique_jax.train_critic --config=configs/critic_countdown.py --workdir="$ROOT/critic" \
+  --config.log.progress=False
 
-# 3. Self-training with and without critique (levels 1-3, its own SFT policy).
+# 3. Entropy control and Critique-GRPO sweeps from that policy (cg_model critiques with the critic).
+step "sweep entropy -> $ROOT/entropy"
+python scripts/sweep.py --config configs/sweeps/entropy.py --out "$ROOT/entropy" --parallel "$PARALLEL" \
+  --set "init_from=$ROOT/sft"
+step "sweep critique -> $ROOT/critique"
+python scripts/sweep.py --config configs/sweeps/critique.py --out "$ROOT/critique" --parallel "$PARALLEL" \
+  --set "init_from=$ROOT/sft" --set "critique.critic_from=$ROOT/critic"
+
+# 4. Self-training with and without critique (levels 1-3, its own SFT policy).
 step "self-training SFT policy -> $ROOT/st_sft"
 python -m critique_jax.train --config=configs/self_train_countdown.py --workdir="$ROOT/st_sft" \
   --config.sft.steps=400 --config.log.progress=False
@@ -34,7 +40,16 @@ step "sweep self_train -> $ROOT/self_train"
 python scripts/sweep.py --config configs/sweeps/self_train.py --out "$ROOT/self_train" --parallel "$PARALLEL" \
   --set "init_from=$ROOT/st_sft"
 
-# 4. The notebooks, executed against these runs.
+# 5. Critique-GRPO on arithmetic (a failure there is a slip a step critique can name): its own SFT
+# policy (every second batch a repair of an explained step critique), then one run per critique type.
+step "arithmetic SFT policy -> $ROOT/ar_sft"
+python -m critique_jax.train --config=configs/arithmetic_critique_grpo.py --workdir="$ROOT/ar_sft" --config.rl.steps=0 \
+  --config.log.progress=False
+step "sweep critique_arithmetic -> $ROOT/critique_arithmetic"
+python scripts/sweep.py --config configs/sweeps/critique_arithmetic.py --out "$ROOT/critique_arithmetic" \
+  --parallel "$PARALLEL" --set "init_from=$ROOT/ar_sft"
+
+# 6. The notebooks, executed against these runs.
 step "notebooks"
 python scripts/run_notebooks.py --root "$ROOT" --out notebooks
 step "done: notebooks/*.ipynb and notebooks/figures/*.png"

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from critique_jax import config as config_lib
 from critique_jax.analysis import (covariance_by_accuracy, fork_share_by_token, notebooks, plots, sweeps,
                                    token_entropy, top_entropy_positions)
+from critique_jax.critique.critic import train_critic
 from critique_jax.critique.self_train import self_train
 from critique_jax.metrics import MetricsWriter
 from critique_jax.rl.trainer import train
@@ -30,6 +31,7 @@ FIGURES = {
     "04_critique_diversity": ["curves", "critique", "passk"],
     "05_tail_narrowing": ["eval_solved", "pool_contributed", "data_share", "passk"],
     "06_forking_tokens": ["entropy_hist", "training"],
+    "07_critique_information": ["critic", "refinement", "refinement_curves"],
 }
 #: Empty panels the tiny root is expected to have: its 3-step SFT policy solves nothing, so
 #: self-training keeps no data and the data-share panel has nothing to draw.
@@ -53,6 +55,9 @@ _SWEEPS = {
     "critique": [("cg_rule_step", 0, "train", _CRITIQUE)],
     "self_train": [("st_none", 0, "self_train", {}), ("st_rule_step", 0, "self_train", _CRITIQUE)],
 }
+#: A tiny critic (``root/critic``), evaluated twice.
+_CRITIC = {"critic.preset": "tiny", "critic.steps": 4, "critic.batch_size": 8, "critic.warmup_steps": 0,
+           "critic.log_every": 1, "critic.eval_every": 2, "critic.eval_n_problems": 4, "critic.eval_batch": 8}
 _SELF_TRAIN = dict(iterations=2, pool_size=16, samples_per_problem=2, batch_prompts=8, sft_steps=2, sft_batch_size=8,
                    lr=1e-2, warmup_steps=0)
 #: Notebook parameters for the tiny root: sampling shapes equal to the evaluation's (compiled once).
@@ -68,9 +73,10 @@ def _config(tmp, overrides):
 
 
 def build_tiny_root(root: Path) -> None:
-    """``root/sft`` (SFT only) and the sweeps ``entropy``, ``critique``, ``self_train`` from it, each
-    with the ``manifest.json`` and ``done.json`` files scripts/sweep.py writes."""
+    """``root/sft`` (SFT only), ``root/critic`` and the sweeps ``entropy``, ``critique``, ``self_train``
+    from the SFT policy, each with the ``manifest.json`` and ``done.json`` files scripts/sweep.py writes."""
     train(_config(root, _BASE | {"rl.steps": 0}), str(root / "sft"))
+    train_critic(_config(root, _BASE | _CRITIC), str(root / "critic"))
     for sweep, runs in _SWEEPS.items():
         listed = []
         for label, seed, entry, extra in runs:

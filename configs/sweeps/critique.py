@@ -6,8 +6,9 @@ same RL settings as the entropy sweep (its ``grpo`` runs are the baseline).
 Every group of G = 8 responses holds 7 initial samples and ``n_refine = 1`` refinement (the
 first correct one, else the best), written after the critique of a failed response.
 ``rule_step`` (the step checker's critique, an oracle) has 3 seeds for the headline comparison,
-``indicative`` (verdict only) one. Other types run the same way from
-``configs/countdown_critique_grpo.py:<type>`` (``ground_truth``, ``self``, ``model``).
+``indicative`` (verdict only) one, ``model`` (the trained critic of ``runs/repro/critic``, frozen,
+its worked critiques condensed for the policy) one. Other types run the same way from
+``configs/countdown_critique_grpo.py:<type>`` (``ground_truth``, ``self``).
 """
 
 import runpy
@@ -28,5 +29,7 @@ def get_sweep():
         runs=[
             dict(label="cg_rule_step", set=critique("rule_step"), seeds=(0, 1, 2)),
             dict(label="cg_indicative", set=critique("indicative")),
+            # scripts/reproduce.sh trains it; --set critique.critic_from=... for another
+            dict(label="cg_model", set={**critique("model"), "critique.critic_from": "runs/repro/critic"}),
         ],
     )

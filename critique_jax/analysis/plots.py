@@ -30,7 +30,8 @@ class NoDataWarning(UserWarning):
 #: compared, a light shade of the same hue for a variant (grpo_sym, forking_bottom80).
 LABEL_COLORS = {"grpo": 0, "grpo_sym": 1, "clip_cov": 2, "kl_cov": 4, "entropy_bonus": 6, "gppo": 8,
                 "forking_top20": 10, "forking_bottom80": 11, "cg_rule_step": 12, "cg_indicative": 13,
-                "cg_ground_truth": 16, "cg_model": 18, "st_none": 0, "st_rule_step": 12, "sft": 14}
+                "cg_ground_truth": 16, "cg_model": 18, "st_none": 0, "st_rule_step": 12, "sft": 14,
+                "ar_grpo": 0, "ar_rule_step": 12, "ar_indicative": 13, "ar_rule_step_clip_cov": 2, "critic": 6}
 
 
 def color(label: str) -> tuple[float, float, float, float]:
@@ -217,6 +218,30 @@ def pass_at_k(curves_by_label: Mapping[str, Mapping[int, Stat]], *, title: str =
     ax.grid(alpha=0.3)
     if curves_by_label:
         ax.legend(fontsize=7)
+    return fig
+
+
+def grouped_bars(values: Mapping[str, Mapping[str, Stat]], *, ylabel: str, title: str,
+                 error: str = "± 1 sd") -> Figure:
+    """One group of bars per label (``values[label][series]``: mean with ``sd`` as the error
+    bar, whatever spread the caller put there, named by ``error``), one colour per series."""
+    series = list(dict.fromkeys(k for per in values.values() for k in per))
+    fig = Figure(figsize=(max(4.5, 1.6 * len(values) + 2.0), 4.2), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(len(series), 1)
+    for j, name in enumerate(series):
+        xs = [i for i, per in enumerate(values.values()) if name in per]
+        stats = [per[name] for per in values.values() if name in per]
+        ax.bar([x + (j - (len(series) - 1) / 2) * width for x in xs], [st.mean for st in stats], width,
+               yerr=[st.sd if st.n > 1 else 0.0 for st in stats], capsize=3, label=name,
+               color=colormaps["tab10"](j))
+    if not values:
+        _no_data(ax, title)
+    ax.set_xticks(range(len(values)), list(values), rotation=15)
+    ax.set(ylabel=ylabel, title=f"{title} ({error})")
+    ax.grid(alpha=0.3, axis="y")
+    if values:
+        ax.legend(fontsize=8)
     return fig
 
 

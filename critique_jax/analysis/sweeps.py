@@ -145,6 +145,19 @@ def read_sweep(path: str | Path, *, skip_missing: bool = False) -> SweepData:
     return SweepData(name=name, path=path, runs=tuple(runs), missing=tuple(missing))
 
 
+def read_run(path: str | Path, label: str | None = None) -> RunRecord:
+    """One run directory outside a sweep (a ``train_critic`` run, say) as a :class:`RunRecord`
+    labelled ``label`` (default: the directory name), seed 0. FileNotFoundError names a missing
+    or empty ``metrics.jsonl``."""
+    path = Path(path).resolve()
+    metrics = path / METRICS_FILE
+    rows = tuple(read_metrics(metrics)) if metrics.is_file() else ()
+    if not rows:
+        raise FileNotFoundError(f"{metrics} is missing or empty: not a run directory with metrics")
+    return RunRecord(name=path.name, label=label or path.name, seed=0, entry="run", overrides={}, workdir=path,
+                     rows=rows, done=(path / DONE_FILE).is_file())
+
+
 # ----------------------------------------------------------------------------- seed statistics
 
 

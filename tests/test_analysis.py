@@ -232,6 +232,11 @@ def test_distinct_correct_solutions_arithmetic():
     assert distinct_correct_solutions(task, problem, [left_first, styled]) == 1
     assert distinct_correct_solutions(task, problem, [left_first, right_first, styled, wrong]) == 2
     assert distinct_correct_solutions(task, problem, [wrong]) == 0
+    # The reward reads the answer alone: lines that are not one reduction are compared as text.
+    malformed = "3 + 5 = 8\n8 * (2 + 4) = 48\nanswer: 48"
+    garbled = "3 + 5 = 8\n2 +  4 = six\nanswer: 48"
+    assert distinct_correct_solutions(task, problem, [malformed, garbled, garbled.replace("  ", " ")]) == 2
+    assert distinct_correct_solutions(task, problem, [malformed, left_first]) == 2
 
 
 def test_solved_share_by_difficulty():

@@ -35,10 +35,15 @@ def _countdown_key(lines: list[str]) -> Hashable:
 def _arithmetic_key(lines: list[str]) -> Hashable:
     """The sequence of reductions ``(op, a, b, value)`` (``+``/``*`` operands sorted): every
     correct solution reduces the same nodes, so solutions differ only in their order; the
-    written style (the ``, so <rest>`` tail) is ignored."""
-    key = []
+    written style (the ``, so <rest>`` tail) is ignored. The reward reads only the answer, so a
+    correct solution may hold a line that is not one reduction of two numbers (malformed, or
+    several operations at once): that line enters the key as its text."""
+    key: list[Hashable] = []
     for line in lines:
         step = ex.parse_step(line)
+        if step is None or not ex.is_node(step.lhs) or any(ex.is_node(v) for v in step.lhs[1:]):
+            key.append(" ".join(line.split()))
+            continue
         op, a, b = step.lhs
         if op in ex.COMMUTATIVE:
             a, b = sorted((a, b))

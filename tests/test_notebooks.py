@@ -31,7 +31,7 @@ FIGURES = {
     "04_critique_diversity": ["curves", "critique", "passk"],
     "05_tail_narrowing": ["eval_solved", "pool_contributed", "data_share", "passk"],
     "06_forking_tokens": ["entropy_hist", "training"],
-    "07_critique_information": ["critic", "refinement", "refinement_curves"],
+    "07_critique_information": ["critic", "refinement", "refinement_curves", "compare_passk"],
 }
 #: Empty panels the tiny root is expected to have: its 3-step SFT policy solves nothing, so
 #: self-training keeps no data and the data-share panel has nothing to draw.
@@ -61,7 +61,8 @@ _CRITIC = {"critic.preset": "tiny", "critic.steps": 4, "critic.batch_size": 8, "
 _SELF_TRAIN = dict(iterations=2, pool_size=16, samples_per_problem=2, batch_prompts=8, sft_steps=2, sft_batch_size=8,
                    lr=1e-2, warmup_steps=0)
 #: Notebook parameters for the tiny root: sampling shapes equal to the evaluation's (compiled once).
-NOTEBOOK_PARAMS = {"COV_PROMPTS": 8, "N_PROBLEMS": 8, "GROUP": 2, "MIN_COUNT": 2, "WINDOW": 2}
+NOTEBOOK_PARAMS = {"COV_PROMPTS": 8, "N_PROBLEMS": 8, "GROUP": 2, "MIN_COUNT": 2, "WINDOW": 2,
+                   "COMPARE_SWEEP": "critique", "BASELINE": "cg_rule_step"}
 
 
 def _config(tmp, overrides):
@@ -304,6 +305,13 @@ def test_run_values_pairs_and_metric_families():
            "self_train/eval/pass@k/1": 0.1, "self_train/eval/pass@k/2/level_1": 0.9}
     assert sweeps.pass_at_k_of_row(row) == {1: 0.2, 2: 0.4, 4: 0.5}
     assert sweeps.pass_at_k_of_row(row, "self_train/eval") == {1: 0.1}
+    # the last evaluation of each run; only the k both logged
+    a = _record("a", [{"step": 1, "eval/pass@1": 0.0}, {"step": 2, "eval/pass@1": 0.2, "eval/pass@k/2": 0.4,
+                                                         "eval/pass@k/4": 0.6}, {"step": 3, "h": 1.0}])
+    b = _record("b", [{"step": 2, "eval/pass@1": 0.4, "eval/pass@k/2": 0.5}])
+    final = sweeps.final_pass_at_k([a, b, run])
+    assert list(final) == [1, 2] and final[1].mean == pytest.approx(0.3) and final[2].n == 2
+    assert final[2].sd == pytest.approx(np.std([0.4, 0.5], ddof=1))
     level_run = _record("s", [{"step": 0, "p/solved/level_3": 0.1, "p/solved/level_1": 0.5, "p/solved": 0.3,
                                "p/solved/level_2/x": 1.0}])
     assert sweeps.level_keys([level_run], "p/solved") == {1: "p/solved/level_1", 3: "p/solved/level_3"}

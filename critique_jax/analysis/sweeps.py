@@ -256,6 +256,14 @@ def pass_at_k_of_row(row: Mapping[str, Any], prefix: str = "eval") -> dict[int, 
     return dict(sorted(out.items()))
 
 
+def final_pass_at_k(runs: Sequence[RunRecord], prefix: str = "eval") -> dict[int, Stat]:
+    """``{k: seed Stat}`` of pass@k at each run's last evaluation (the last row with
+    ``<prefix>/pass@1``), for the k every run logged."""
+    curves = [pass_at_k_of_row(r.last_row(f"{prefix}/pass@1"), prefix) for r in runs if r.has(f"{prefix}/pass@1")]
+    ks = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return {k: seed_stat(c[k] for c in curves) for k in ks}
+
+
 def level_keys(runs: Iterable[RunRecord], prefix: str) -> dict[int, str]:
     """``{level: key}`` for the keys ``<prefix>/level_<d>`` logged by any of ``runs``, by level
     (e.g. ``prefix="self_train/eval/solved"``)."""

@@ -226,7 +226,7 @@ def grouped_bars(values: Mapping[str, Mapping[str, Stat]], *, ylabel: str, title
     """One group of bars per label (``values[label][series]``: mean with ``sd`` as the error
     bar, whatever spread the caller put there, named by ``error``), one colour per series."""
     series = list(dict.fromkeys(k for per in values.values() for k in per))
-    fig = Figure(figsize=(max(4.5, 1.6 * len(values) + 2.0), 4.2), layout="constrained")
+    fig = Figure(figsize=(max(4.5, 1.6 * len(values) + 2.0) + 2.2, 4.2), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / max(len(series), 1)
     for j, name in enumerate(series):
@@ -241,7 +241,7 @@ def grouped_bars(values: Mapping[str, Mapping[str, Stat]], *, ylabel: str, title
     ax.set(ylabel=ylabel, title=f"{title} ({error})")
     ax.grid(alpha=0.3, axis="y")
     if values:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars stay visible
     return fig
 
 

@@ -187,9 +187,10 @@ def _scalars(metrics: dict, prefix: str) -> dict[str, float]:
 
 def evaluate(run: Run, params: nnx.State, step: int, critic: CritiqueModel | None = None) -> dict[str, float]:
     """Greedy and sampled pass@k on the first ``eval.n_problems`` test problems; logs samples.
-    With a critique type, also refinement against resampling on the same problems
+    In a run with Critique-GRPO steps, also refinement against resampling on the same problems
     (``eval/critique/*``, see ``evaluate_refinement``; ``critic``: the loaded critique model
-    for ``critique.type = "model"``)."""
+    for ``critique.type = "model"``). An SFT-only run (``rl.steps = 0``) skips it: its
+    critique settings may be sized for self-training, which leaves over-long prompts out."""
     c = run.config
     n = min(c.eval.n_problems, len(run.test))
     problems = [run.test[i].problem for i in range(n)]
@@ -229,7 +230,7 @@ def evaluate(run: Run, params: nnx.State, step: int, critic: CritiqueModel | Non
     metrics["eval/distinct_correct"] = float(np.mean(distinct))
     for k in range(2, g + 1):  # pass@k for every k = 1..G (pass@1 above)
         metrics[f"eval/pass@k/{k}"] = float(pass_at_k(g, correct_arr, k).mean())
-    if c.critique.type != "none":
+    if c.critique.type != "none" and c.rl.steps > 0:
         metrics |= evaluate_refinement(run, params, critic, problems, step)
     run.writer.write_samples(step, samples)
     return metrics

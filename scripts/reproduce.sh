@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces every run the notebooks read, then executes the notebooks (outputs and PNGs under
-# notebooks/). About 75 minutes on a quiet 2-core CPU; re-running skips finished steps and resumes the
+# notebooks/). About 3 hours on a quiet 2-core CPU; re-running skips finished steps and resumes the
 # rest. ROOT (default runs/repro) is where the runs go; PARALLEL (default 1) runs that many
 # sweep runs at a time (worth it only with more than 2 cores).
 #

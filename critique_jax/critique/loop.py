@@ -56,6 +56,24 @@ def pass1_on_failed(initial_rewards: np.ndarray) -> float:
     return float(others[failed].mean())
 
 
+def critique_writer(run, params: Any, critic: Any | None) -> tuple[tuple[Any, Any], Any]:
+    """(model, sampler) that writes generated critiques: the policy ``params`` with the run's
+    sampler for ``critique.type = "self"``, the loaded critique model for ``"model"``."""
+    kind = run.config.critique.type
+    if kind == "self":
+        return (run.graphdef, params), None
+    if critic is None:
+        raise ValueError(f"critique.type={kind!r} needs a critique model (critique.critic_from)")
+    return critic.model, critic.sampler
+
+
+def policy_view(run, critiques: Sequence[str]) -> list[str]:
+    """Generated critiques as the policy reads them (``critique.format``): a worked critique's
+    notes are dropped, all of them or all but the first wrong step's."""
+    explain = run.config.critique.format == "explained"
+    return [condense_critique(t, explain) for t in critiques]
+
+
 @dataclasses.dataclass(frozen=True)
 class Refinements:
     """``n0`` initial responses to each of ``B`` prompts, their critiques and one refinement of
@@ -91,17 +109,13 @@ def critique_and_refine(run, params: Any, problems: Sequence[Problem], n0: int, 
         with timed(times, "perf/score_s"), timed(metrics, "perf/critique_s"):
             critiques = rule_critiques(kind, task, problems, initial.texts, n0, c.critique.format)
     else:
-        if kind == "model" and critic is None:
-            raise ValueError(f"critique.type={kind!r} needs a critique model (critique.critic_from)")
-        model, sampler = (policy, None) if kind == "self" else (critic.model, critic.sampler)
+        model, sampler = critique_writer(run, params, critic)
         with timed(metrics, "perf/critique_s"):
             prompts = [critique_prompt(p.question, t) for p, t in zip(owners, initial.texts)]
             generated = sample_texts(run, model, prompts, c.critique.prompt_buckets, seed + 1, 1, 0.0, times,
                                      sampler)  # greedy
         metrics["perf/critique_tokens_per_s"] = float(generated.mask.sum()) / max(metrics["perf/critique_s"], 1e-9)
-        # The policy reads step critiques in critique.format: a worked critique's notes are dropped
-        # (all of them, or all but the first wrong step's).
-        critiques = [condense_critique(t, c.critique.format == "explained") for t in generated.texts]
+        critiques = policy_view(run, generated.texts)
         metrics |= critique_accuracy(task, owners, initial.texts, critiques)
     refined = sample_texts(run, policy, [refine_prompt(p.question, t, k) for p, t, k in
                                          zip(owners, initial.texts, critiques)],

@@ -60,6 +60,7 @@ from flax import nnx
 from critique_jax.analysis.diversity import distinct_correct_solutions, pass_at_k_curve, solved_share_by_difficulty
 from critique_jax.checkpoint import Checkpointer
 from critique_jax.critique.feedback import RULE_TYPES, refinement_reward, rule_critiques
+from critique_jax.critique.loop import critique_writer, policy_view
 from critique_jax.metrics import MetricsWriter, Progress
 from critique_jax.parallel.distributed import is_main_process
 from critique_jax.parallel.mesh import batch_shards
@@ -69,7 +70,7 @@ from critique_jax.rl import trainer
 from critique_jax.rl.train_step import SequenceBatch, make_optimizer
 from critique_jax.tasks import Problem
 from critique_jax.text import Tokenizer
-from critique_jax.text.templates import condense_critique, critique_prompt, refine_prompt, solve_prompt
+from critique_jax.text.templates import critique_prompt, refine_prompt, solve_prompt
 
 log = logging.getLogger("critique_jax")
 
@@ -323,16 +324,13 @@ def refine_wrong(run: trainer.Run, params: nnx.State, critic: trainer.CritiqueMo
         crits = rule_critiques(kind, run.task, [owners[i] for i in idx], [texts[i] for i in idx], 1,
                                c.critique.format)
     else:
-        if kind == "model" and critic is None:
-            raise ValueError(f"critique.type={kind!r} needs a critique model (critique.critic_from)")
-        model, sampler = (policy, None) if kind == "self" else (critic.model, critic.sampler)
+        model, sampler = critique_writer(run, params, critic)
         prompts = [critique_prompt(owners[i].question, texts[i]) for i in idx]
         ok = fits(run.tok, prompts, max(c.critique.prompt_buckets))
         idx = idx[ok]
         crits = rollout_lib.sample_chunked(run, model, [p for p, o in zip(prompts, ok) if o], c.critique.prompt_buckets, 1, 0.0,
                                chunk, functools.partial(_seed, c.seed, _CRITIQUE, iteration), sampler).texts  # greedy
-        # The policy's critique.format, as in RL.
-        crits = [condense_critique(t, c.critique.format == "explained") for t in crits]
+        crits = policy_view(run, crits)  # as in RL
     prompts = [refine_prompt(owners[i].question, texts[i], t) for i, t in zip(idx, crits)]
     ok = fits(run.tok, prompts, max(c.critique.refine_buckets))
     idx, crits = idx[ok], [t for t, o in zip(crits, ok) if o]

@@ -45,6 +45,7 @@ def get_config(critique: str = "rule_step"):
     c.critique.prompt_buckets = (96,)  # question + a response of up to 72 tokens
     c.critique.refine_buckets = (192,)  # + its explained critique
     c.rl.loss.name = "ppo" if critique == "none" else "critique_grpo"
+    c.rl.advantage = "drgrpo"  # the Critique-GRPO reference script (no std division), in every arm
     c.rl.steps = 40
     c.rl.prompts_per_step = 16
     c.rl.group_size = 8

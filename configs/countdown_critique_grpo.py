@@ -16,7 +16,8 @@ as in the paper; ``clip_cov`` / ``kl_cov`` / ``gppo`` add entropy control to the
 ``none`` is the GRPO baseline with everything else equal (including the refinement-format SFT
 batches, so both arms start from the same kind of policy). Every group holds G - n_refine
 initial responses and n_refine = 1 refinement; refinement tokens get the shaped objective
-``-A * p / (p + 0.1)``. With ``none``, the loss after the comma is the whole loss.
+``-A * p / (p + 0.1)``. With ``none``, the loss after the comma is the whole loss. Advantages are
+Dr.GRPO's (group mean subtracted, no std division), as in the paper's script, in every arm.
 """
 
 from critique_jax.config import default_config
@@ -31,6 +32,7 @@ def get_config(arg: str = "rule_step"):
     c = default_config()
     c.critique.type = critique
     c.critique.sft_refine_every = 3  # teaches the small policy the refinement format during SFT
+    c.rl.advantage = "drgrpo"  # the Critique-GRPO reference script: no division by the group's std
     base = base or "ppo"
     c.rl.loss.name = base if critique == "none" else "critique_grpo"
     c.rl.loss.critique_grpo.base = base

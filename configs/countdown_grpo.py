@@ -1,4 +1,5 @@
-"""Countdown, small preset: GRPO: group-normalised advantages with the clip-higher PPO surrogate (the entropy-collapse baseline)."""
+"""Countdown, small preset: GRPO: group-normalised advantages with the symmetric PPO surrogate (clip 0.2), the
+entropy-collapse baseline of the papers; clip-higher is a separate method (``rl.loss.ppo.clip_high=0.28``)."""
 
 from critique_jax.config import default_config
 

@@ -21,6 +21,7 @@ from critique_jax.rl.losses import get_loss, make_loss_config, registered_losses
 from critique_jax.critique.feedback import CRITIQUE_TYPES
 from critique_jax.text.templates import POLICY_FORMATS
 from critique_jax.rl.advantages import ESTIMATORS
+from critique_jax.rl.train_step import SCHEDULES
 from critique_jax.tasks import get_task
 
 _SHARED_LOSS_FIELDS = tuple(f.name for f in dataclasses.fields(LossConfig))
@@ -63,9 +64,14 @@ def default_config() -> ml_collections.ConfigDict:
     c.distributed = dict(coordinator_address="", num_processes=0, process_id=-1)
     c.sampling = dict(prompt_buckets=(24,), max_new_tokens=48, temperature=1.0, top_p=1.0, top_k=0)
     c.sft = dict(steps=400, batch_size=64, lr=2e-3, warmup_steps=20, weight_decay=0.0, log_every=20)
+    # RL: lr_schedule "constant" (the papers') or "cosine" (decays to lr x end_lr_ratio at the last
+    # step); warmup_steps counts RL steps; the schedule advances once per optimiser update
+    # (epochs x minibatches per step). entropy_change: re-measure the batch's initial-response
+    # entropy after each update (one more forward pass) and log train/entropy_change.
     c.rl = dict(steps=100, prompts_per_step=16, group_size=8, epochs=1, minibatches=2, lr=1e-4,
+                lr_schedule="constant", end_lr_ratio=0.1,
                 warmup_steps=0, weight_decay=0.0, grad_clip=1.0, advantage="grpo",
-                recompute_old_logp=True, max_bad_steps=3)
+                recompute_old_logp=True, max_bad_steps=3, entropy_change=True)
     c.rl.loss = _loss_defaults()
     # Critique in the loop (Critique-GRPO): critique type, refinements kept per group, where a
     # trained critique model lives (a train_critic run directory), and the prompt buckets of
@@ -164,6 +170,8 @@ def validate(c: ml_collections.ConfigDict, n_devices: int) -> None:
         p = c[phase]
         need(0 <= p.warmup_steps <= max(p.steps, 1),
              f"{phase}.warmup_steps={p.warmup_steps}: expected between 0 and {phase}.steps={p.steps}")
+    need(c.rl.lr_schedule in SCHEDULES, f"rl.lr_schedule={c.rl.lr_schedule!r}: expected one of {list(SCHEDULES)}")
+    need(0 <= c.rl.end_lr_ratio <= 1, f"rl.end_lr_ratio={c.rl.end_lr_ratio}: expected a value in [0, 1]")
     need(c.sampling.temperature > 0, f"sampling.temperature={c.sampling.temperature}: RL sampling needs > 0")
     need(0 < c.sampling.top_p <= 1, f"sampling.top_p={c.sampling.top_p}: expected a value in (0, 1]")
     need(c.sampling.top_k >= 0, f"sampling.top_k={c.sampling.top_k}: expected >= 0 (0 = off)")

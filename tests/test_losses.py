@@ -178,8 +178,11 @@ def ref_objective(cfg, x, selected=None, shards=1):
     info = {k: np.concatenate([p[3][k] for p in parts]) for k in parts[0][3]}
     valid = x["mask"]
     w = agg_weights(valid, cfg.agg, cfg.agg_constant)
-    terms = w * loss_t * keep
-    loss, grad, scale = terms.sum(), w * grad_t * keep, np.abs(terms).sum()
+    # The policy term is normalised over the kept tokens (the forking paper's code) unless "all".
+    kept_only = cfg.forking_rho is not None and cfg.forking_normalizer == "kept"
+    w_pg = agg_weights(keep, cfg.agg, cfg.agg_constant) if kept_only else w
+    terms = w_pg * loss_t * keep
+    loss, grad, scale = terms.sum(), w_pg * grad_t * keep, np.abs(terms).sum()
     h = np.where(valid, x["entropy"], 0.0)
     if cfg.entropy_coef:
         loss -= cfg.entropy_coef * (w * h).sum()
@@ -242,6 +245,7 @@ CASES = {
     "ppo": ("ppo", dict(entropy_coef=0.01, ref_kl_coef=0.05)),
     "ppo_nodual_forking": ("ppo", dict(agg="seq-mean-token-mean", dual_clip_c=None, forking_rho=0.3)),
     "ppo_forking_bottom": ("ppo", dict(forking_rho=0.2, forking_complement=True)),
+    "ppo_forking_all_tokens": ("ppo", dict(forking_rho=0.2, forking_normalizer="all")),
     "clip_cov": ("clip_cov", dict(agg="seq-mean-token-sum", ratio=0.05, cov_lb=0.05, cov_ub=2.0,
                                   forking_rho=0.5)),
     "clip_cov_k1": ("clip_cov", dict(ratio=2e-4, cov_lb=0.0, cov_ub=10.0)),
@@ -434,7 +438,8 @@ def test_kl_cov_penalty_has_zero_gradient_at_ratio_one(np_rng):
 
 def test_gppo_forward_is_ppo_and_clipped_tokens_keep_gradient(np_rng):
     inputs = to_inputs(make_batch(np_rng))
-    ppo, _, ppo_grad = loss_and_grad(rl.PPOConfig())(inputs, None)
+    # GPPO's forward is clip-higher PPO: compare with PPO at the same clips (0.2 / 0.28).
+    ppo, _, ppo_grad = loss_and_grad(rl.PPOConfig(clip_high=rl.GPPOConfig().clip_high))(inputs, None)
     gppo, metrics, gppo_grad = loss_and_grad(rl.GPPOConfig(beta_low=0.5))(inputs, None)
     assert abs(float(gppo) - float(ppo)) <= 1e-6 * max(1.0, abs(float(ppo)))
     clipped_ppo_zero = (np.asarray(ppo_grad) == 0) & np.asarray(inputs.mask)

@@ -17,8 +17,9 @@ from critique_jax.models import Transformer, model_config
 from critique_jax.parallel.mesh import batch_sharding, make_mesh
 from critique_jax.parallel.sharding import param_shardings
 from critique_jax.rl.losses import make_loss_config
-from critique_jax.rl.train_step import SequenceBatch, TrainState, make_optimizer, rl_update
-from critique_jax.rl.trainer import train
+from critique_jax.rl.train_step import (SequenceBatch, TrainState, make_optimizer, make_schedule, response_stats,
+                                        rl_update)
+from critique_jax.rl.trainer import rl_optimizer, train
 
 
 def tiny_config(tmp_path, **overrides):
@@ -184,3 +185,57 @@ def test_unknown_config_key_is_rejected():
     c = config_lib.default_config()
     with pytest.raises(AttributeError, match='Key "grop_size" does not exist'):
         c.rl.grop_size = 4
+
+
+# ----------------------------------------------------------------------------- schedules and entropy metrics
+
+
+def test_rl_schedule_counts_optimizer_updates(tmp_path):
+    """A cosine schedule spans all rl.steps x epochs x minibatches updates (it used to end at
+    the floor halfway through a run with 2 updates per step); the default is constant."""
+    cfg = tiny_config(tmp_path, **{"rl.lr_schedule": "cosine", "rl.steps": 40, "rl.epochs": 2, "rl.minibatches": 2})
+    _, schedule = rl_optimizer(cfg)
+    updates = 40 * 2 * 2
+    lr, end = cfg.rl.lr, cfg.rl.lr * cfg.rl.end_lr_ratio
+    assert float(schedule(updates // 2)) == pytest.approx((lr + end) / 2, rel=1e-5)  # mid-run: halfway down
+    assert float(schedule(updates - 1)) == pytest.approx(end, rel=1e-3)  # the last update: at the floor
+    assert float(schedule(updates - 1)) > end
+    _, constant = rl_optimizer(tiny_config(tmp_path, **{"rl.steps": 40}))
+    assert [float(constant(i)) for i in (0, 79, 159)] == pytest.approx([cfg.rl.lr] * 3, rel=1e-6)
+    _, warm = rl_optimizer(tiny_config(tmp_path, **{"rl.steps": 40, "rl.warmup_steps": 4}))  # 4 steps = 8 updates
+    assert [float(warm(i)) for i in (0, 4, 8, 159)] == pytest.approx([0.0, cfg.rl.lr / 2, cfg.rl.lr, cfg.rl.lr], rel=1e-6)
+
+
+def test_rl_update_logs_applied_lr_and_same_batch_entropy(np_rng):
+    cfg = model_config("tiny", 64)
+    graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
+    optimizer, schedule = make_optimizer(1e-2, 0, 8)  # cosine over 8 updates
+    arrays = _random_batch(np_rng, 8, 4, 6, 64)
+    arrays["is_refinement"] = np.arange(8) % 4 == 3  # refinement rows are left out of the entropy
+    batch = SequenceBatch(**{k: jnp.asarray(v) for k, v in arrays.items()})
+    state = TrainState(params, optimizer.init(params), jnp.asarray(2, jnp.int32))  # 2 updates already taken
+    loss_cfg = config_lib.loss_config(config_lib.default_config())
+    new, m = rl_update(graphdef, optimizer, loss_cfg, state, batch, jax.random.key(0), minibatches=2,
+                       lr_schedule=schedule, entropy_after=True)
+    assert float(m["lr"]) == pytest.approx((float(schedule(2)) + float(schedule(3))) / 2, rel=1e-6)
+    model = nnx.merge(graphdef, new.params)
+    _, ent = response_stats(model, batch)
+    mask = arrays["response_mask"] & ~arrays["is_refinement"][:, None]
+    want = float((np.asarray(ent, np.float64) * mask).sum() / mask.sum())
+    assert float(m["entropy_after"]) == pytest.approx(want, rel=1e-5)
+
+
+def test_run_logs_rollout_entropy_lr_and_entropy_change(straight_run):
+    """train/entropy is the rollouts' (not overwritten by the update's), the update's entropy has
+    its own name, the same-batch change is logged, and the logged lr is the configured one."""
+    cfg = tiny_config(straight_run)
+    rows = read_metrics(straight_run / "run")
+    rl_rows = [r for r in rows if "train/reward" in r]
+    assert len(rl_rows) == cfg.rl.steps
+    for r in rl_rows:
+        assert r["train/lr"] == pytest.approx(cfg.rl.lr, rel=1e-6)  # constant by default
+        assert np.isfinite([r["train/entropy"], r["train/update_entropy"], r["train/entropy_change"]]).all()
+    assert any(r["train/entropy"] != r["train/update_entropy"] for r in rl_rows)
+    sft_last = [r for r in rows if r["step"] == cfg.sft.steps and "sft/lr" in r][0]
+    want = make_schedule(cfg.sft.lr, cfg.sft.warmup_steps, cfg.sft.steps)(cfg.sft.steps - 1)
+    assert sft_last["sft/lr"] == pytest.approx(float(want), rel=1e-6)

@@ -72,6 +72,15 @@ def distinct_correct_solutions(task: Task, problem: Problem, texts: Iterable[str
     return len(keys)
 
 
+def distinct_per_solved(correct_counts: Sequence[int] | np.ndarray, distinct_counts: Sequence[int] | np.ndarray) -> float:
+    """Mean distinct correct solutions over the *solved* problems (``correct_counts > 0``),
+    reported next to pass@k: a problem no sample solved has no solutions to be diverse in, so
+    counting it as 0 would mix coverage into diversity. NaN when no problem was solved."""
+    counts, distinct = np.asarray(correct_counts), np.asarray(distinct_counts, np.float64)
+    solved = counts > 0
+    return float(distinct[solved].mean()) if solved.any() else float("nan")
+
+
 def solved_share_by_difficulty(
     problems: Sequence[Problem], correct_counts: Sequence[int] | np.ndarray
 ) -> dict[int, float]:

@@ -9,7 +9,8 @@ Pairing with ``metrics.jsonl`` (DESIGN §6, rows as returned by
 :func:`critique_jax.metrics.read_metrics`): the trainer logs ``train/entropy`` at RL step t
 for the rollouts sampled *before* update t (by the parameters after step t-1), and
 ``eval/pass@1`` at step t *after* update t. See :func:`law_points_from_metrics` and
-:func:`covariance_vs_entropy_change` for how each pairs the two.
+:func:`covariance_vs_entropy_change` for how each pairs the two, and
+:func:`covariance_vs_same_batch_entropy_change` for the change measured on one batch.
 """
 
 from __future__ import annotations
@@ -244,6 +245,25 @@ def covariance_vs_entropy_change(
         np.array([cov[t] for t in steps], np.float64),
         np.array([h[t] - h[t + 1] for t in steps], np.float64),
     )
+
+
+def covariance_vs_same_batch_entropy_change(
+    rows: Rows, cov_key: str = "train/cov_mean", change_key: str = "train/entropy_change"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(steps, cov, minus_dH)`` with ``minus_dH[i] = -ΔH_t`` measured on the *same* batch:
+    the mean entropy of the initial-response tokens update t trained on, after the update minus
+    before it (the trainer's ``train/entropy_change``, ``rl.entropy_change=True``). Unlike
+    :func:`covariance_vs_entropy_change`, whose ``H_t`` and ``H_{t+1}`` come from different
+    prompts (so batch-to-batch noise and regression to the mean enter ``-ΔH``), this isolates
+    the change the update made. ValueError when no step has both values.
+    """
+    cov, dh = _series(rows, cov_key), _series(rows, change_key)
+    steps = [t for t in sorted(cov) if t in dh]
+    if not steps:
+        raise ValueError(f"no step has a finite {cov_key!r} and a finite {change_key!r} ({len(rows)} rows; "
+                         "train/entropy_change is logged with rl.entropy_change=True)")
+    return (np.array(steps, np.int64), np.array([cov[t] for t in steps], np.float64),
+            np.array([-dh[t] for t in steps], np.float64))
 
 
 def pearson_r(x: Any, y: Any) -> float:

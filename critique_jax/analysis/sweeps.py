@@ -226,6 +226,29 @@ def difference(a: Stat, b: Stat) -> Stat:
     return Stat(a.mean - b.mean, se, min(a.n, b.n))
 
 
+def clustered_mean(values: Sequence[float], clusters: Sequence[Any]) -> Stat:
+    """Mean of the finite ``values`` with a cluster-robust standard error in ``sd``.
+
+    Points in one cluster (e.g. the repeated evaluations of one run, which score the same
+    held-out problems with a slowly changing policy) are not independent, so the SE is the
+    CR1 sandwich ``sqrt(G/(G-1) * sum_g (sum_{i in g} (x_i - mean))^2) / N`` over the G clusters
+    (N points), not ``sd / sqrt(N)``. NaN with fewer than 2 clusters; ``n`` is G."""
+    x = np.asarray(values, np.float64)
+    if x.shape != (len(clusters),):
+        raise ValueError(f"clustered_mean: {x.shape} values for {len(clusters)} cluster labels")
+    keep = np.isfinite(x)
+    x, labels = x[keep], [c for c, k in zip(clusters, keep) if k]
+    if x.size == 0:
+        return Stat(math.nan, math.nan, 0)
+    mean = float(x.mean())
+    sums: dict[Any, float] = {}
+    for v, c in zip(x, labels):
+        sums[c] = sums.get(c, 0.0) + (v - mean)
+    g = len(sums)
+    se = math.sqrt(g / (g - 1) * sum(u * u for u in sums.values())) / x.size if g > 1 else math.nan
+    return Stat(mean, se, g)
+
+
 def pooled_pairs(runs: Sequence[RunRecord], x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:meth:`RunRecord.paired` of every run, concatenated (e.g. all seeds' per-step points of a label)."""
     parts = [r.paired(x_key, y_key) for r in runs]

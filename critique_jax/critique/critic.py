@@ -314,7 +314,7 @@ def run_critic_sft(critic: Critic, ckpt: Checkpointer, progress: Progress,
         it.set_state(meta["iterator"])
         start = latest
         log.info("resumed critic training at step %d", start)
-    step_fn = trainer.sft_step_fn(run, state.params, optimizer)
+    step_fn = trainer.sft_step_fn(run, state.params, optimizer, schedule)
     t_log, steps_since, eval_s = time.perf_counter(), 0, 0.0
     for step in range(start + 1, cc.steps + 1):
         state, m = step_fn(state, critic.batch(next(it)))
@@ -324,7 +324,7 @@ def run_critic_sft(critic: Critic, ckpt: Checkpointer, progress: Progress,
             metrics = {f"critic/{k}": float(v) for k, v in jax.device_get(m).items()}
             now = time.perf_counter()
             step_s = (now - t_log - eval_s) / steps_since  # wall time per step, evaluations excluded
-            metrics |= {"critic/lr": float(schedule(step - 1)), "perf/critic_step_s": step_s}
+            metrics |= {"perf/critic_step_s": step_s}
             t_log, steps_since, eval_s = now, 0, 0.0
         if step == cc.steps or (cc.eval_every and step % cc.eval_every == 0):
             metrics |= evaluate_critic(critic, state.params, step)

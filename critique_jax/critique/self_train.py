@@ -57,7 +57,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from critique_jax.analysis.diversity import distinct_correct_solutions, pass_at_k_curve, solved_share_by_difficulty
+from critique_jax.analysis.diversity import (distinct_correct_solutions, distinct_per_solved, pass_at_k_curve,
+                                             solved_share_by_difficulty)
 from critique_jax.checkpoint import Checkpointer
 from critique_jax.critique.feedback import RULE_TYPES, refinement_reward, rule_critiques
 from critique_jax.critique.loop import critique_writer, policy_view
@@ -233,7 +234,7 @@ def eval_metrics(problems: Sequence[Problem], correct_counts: np.ndarray, distin
     correct_counts / distinct_counts [P]: correct and distinct correct samples per problem.
     Per level (``/level_<d>``) and over all problems: ``solved`` (share with >= 1 correct),
     ``pass@k/<k>`` for k in :func:`pass_ks` (unbiased estimator) and ``distinct_correct``
-    (mean distinct correct solutions per problem).
+    (mean distinct correct solutions per solved problem, NaN when none is solved).
     """
     counts, distinct = np.asarray(correct_counts), np.asarray(distinct_counts, np.float64)
     if counts.shape != (len(problems),) or distinct.shape != counts.shape:
@@ -245,7 +246,7 @@ def eval_metrics(problems: Sequence[Problem], correct_counts: np.ndarray, distin
     out: dict[str, float] = {}
     for suffix, at in groups:
         out[f"self_train/eval/solved{suffix}"] = float(np.mean(counts[at] > 0))
-        out[f"self_train/eval/distinct_correct{suffix}"] = float(distinct[at].mean())
+        out[f"self_train/eval/distinct_correct{suffix}"] = distinct_per_solved(counts[at], distinct[at])
         for k, v in pass_at_k_curve(n_samples, counts[at], pass_ks(n_samples)).items():
             out[f"self_train/eval/pass@k/{k}{suffix}"] = v
     return out
@@ -488,8 +489,8 @@ def self_train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool 
         run.writer.write(0, evaluate_levels(run, params))
     problems = [run.train[i].problem for i in range(st.pool_size or len(run.train))]
     critic = trainer.load_critic(run) if config.critique.type == "model" else None
-    optimizer, _ = make_optimizer(st.lr, st.warmup_steps, st.sft_steps, weight_decay=st.weight_decay)
-    step_fn = trainer.sft_step_fn(run, params, optimizer)
+    optimizer, schedule = make_optimizer(st.lr, st.warmup_steps, st.sft_steps, weight_decay=st.weight_decay)
+    step_fn = trainer.sft_step_fn(run, params, optimizer, schedule)
     for iteration in range((latest or 0) + 1, st.iterations + 1):
         params, metrics = run_iteration(run, params, critic, problems, iteration, step_fn, optimizer)
         run.writer.write(iteration, metrics)

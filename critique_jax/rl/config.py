@@ -17,6 +17,7 @@ from typing import ClassVar
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "constant")
 SCOPES = ("global", "per_shard")
 REF_KL_TYPES = ("k1", "k3")
+FORKING_NORMALIZERS = ("kept", "all")
 
 
 def _number(cfg, field: str, *, lo: float | None = None, hi: float | None = None,
@@ -65,8 +66,11 @@ class LossConfig:
       ref_kl_type: ``k1`` = lp - ref, ``k3`` = exp(ref - lp) - (ref - lp) - 1 (verl low_var_kl:
         ref - lp clamped to [-20, 20], the value to [-10, 10]).
       forking_rho: keep only tokens with entropy >= the batch's top-rho quantile (Wang et al.,
-        arXiv:2506.01939; 0.2 there). The 0/1 mask multiplies the policy loss; masked tokens
-        still count in the denominator. None = off.
+        arXiv:2506.01939; 0.2 there). The 0/1 mask multiplies the policy loss. None = off.
+      forking_normalizer: what the policy loss is aggregated over when the mask is on: ``kept``
+        = the kept tokens only (the paper's code: verl's ``agg_loss`` with ``loss_mask =
+        response_mask * entropy_top_mask``), ``all`` = every valid token (dropped tokens count
+        in the denominator, which scales the gradient by about rho).
       forking_complement: keep the other tokens instead (entropy below the top-rho threshold:
         the paper's "bottom 80%" ablation with rho = 0.2); needs forking_rho.
       scope: where batch statistics (covariance means, top-k, Clip-Cov band, forking
@@ -85,6 +89,7 @@ class LossConfig:
     ref_kl_type: str = "k3"
     forking_rho: float | None = None
     forking_complement: bool = False
+    forking_normalizer: str = "kept"
     scope: str = "global"
 
     def __post_init__(self) -> None:
@@ -96,12 +101,14 @@ class LossConfig:
         _number(self, "forking_rho", lo=0.0, hi=1.0, lo_open=True, optional=True)
         if self.forking_complement and self.forking_rho is None:
             raise ValueError("forking_complement=True needs forking_rho (the share of high-entropy tokens left out)")
+        _choice(self, "forking_normalizer", FORKING_NORMALIZERS)
         _choice(self, "scope", SCOPES)
 
 
 @dataclasses.dataclass(frozen=True)
 class PPOConfig(LossConfig):
-    """PPO clipped surrogate with clip-higher (DAPO) and dual-clip.
+    """PPO clipped surrogate, symmetric by default (clip 0.2: the GRPO baseline of the papers),
+    clip-higher (DAPO: ``clip_high=0.28``) and dual-clip.
 
     ``max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))``; for A < 0 additionally capped at
     ``-A * dual_clip_c`` (None = no dual clip). clip_low = 1 disables the lower clip.
@@ -110,7 +117,7 @@ class PPOConfig(LossConfig):
     name: ClassVar[str] = "ppo"
 
     clip_low: float = 0.2
-    clip_high: float = 0.28
+    clip_high: float = 0.2
     dual_clip_c: float | None = 3.0
 
     def __post_init__(self) -> None:
@@ -181,6 +188,7 @@ class GPPOConfig(PPOConfig):
 
     name: ClassVar[str] = "gppo"
 
+    clip_high: float = 0.28
     beta_low: float = 0.25
     beta_high: float = 1.0
 

@@ -118,7 +118,8 @@ def compute_loss(
     """The scalar objective to minimise and its metrics.
 
     ``loss = agg(policy_loss * forking_keep) - entropy_coef * agg(H) + ref_kl_coef * agg(KL)``,
-    ``agg`` the config's aggregation over valid tokens.
+    ``agg`` the config's aggregation over valid tokens (the policy term's over the kept tokens
+    when the forking mask is on with ``forking_normalizer="kept"``).
 
     Metrics (scalars, no gradient): ``loss``, ``pg_loss``, ``clipfrac`` (PPO-clipped share of
     valid tokens), ``clipfrac_dual``, ``selected_frac`` (share detached by Clip-Cov /
@@ -142,7 +143,10 @@ def compute_loss(
     clean = lambda x: jnp.where(valid, jnp.asarray(x, jnp.float32), 0.0)  # noqa: E731
     logp = clean(inputs.logp)
 
-    pg_loss = agg(terms.loss)
+    # The forking mask's normaliser: the kept tokens (the paper's code) or every valid token.
+    kept_only = config.forking_rho is not None and config.forking_normalizer == "kept"
+    pg_loss = aggregate(terms.loss, valid=terms.keep if kept_only else valid, mode=config.agg,
+                        constant=config.agg_constant)
     loss = pg_loss
     metrics = {"pg_loss": pg_loss}
     if inputs.entropy is not None:

@@ -75,22 +75,45 @@ def response_stats(
                                         chunk_size=chunk_size, softcap=model.cfg.final_logit_softcap)
 
 
-def make_optimizer(lr: float, warmup_steps: int, total_steps: int, *, weight_decay: float = 0.0,
-                   b1: float = 0.9, b2: float = 0.999, grad_clip: float = 1.0,
-                   end_lr_ratio: float = 0.1) -> tuple[optax.GradientTransformation, Callable]:
-    """AdamW with linear warm-up then cosine decay, after global-norm gradient clipping.
+SCHEDULES = ("constant", "cosine")
 
-    Returns ``(optimizer, schedule)``; ``schedule(step)`` is the learning rate (for metrics).
+
+def make_schedule(lr: float, warmup_steps: int, total_steps: int, kind: str = "cosine",
+                  end_lr_ratio: float = 0.1) -> optax.Schedule:
+    """The learning rate as a function of the optimiser-update count.
+
+    ``cosine``: linear warm-up from 0 over ``warmup_steps`` updates, then cosine decay to
+    ``lr * end_lr_ratio`` at ``total_steps`` (no warm-up: starts at ``lr``). ``constant``: the
+    same warm-up, then ``lr`` (the RL papers' setting). Counts are optimiser updates, not
+    trainer steps: an RL step takes ``epochs x minibatches`` of them.
     """
     if total_steps < 1 or warmup_steps < 0 or warmup_steps > total_steps:
         raise ValueError(f"optimizer schedule: warmup_steps={warmup_steps}, total_steps={total_steps}: "
                          "expected 0 <= warmup_steps <= total_steps and total_steps >= 1")
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup_steps else lr, peak_value=lr, warmup_steps=warmup_steps,
-        decay_steps=total_steps, end_value=lr * end_lr_ratio)
+    if kind == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0 if warmup_steps else lr, peak_value=lr, warmup_steps=warmup_steps,
+            decay_steps=total_steps, end_value=lr * end_lr_ratio)
+    if kind == "constant":
+        if not warmup_steps:
+            return optax.constant_schedule(lr)
+        return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), optax.constant_schedule(lr)],
+                                    [warmup_steps])
+    raise ValueError(f"optimizer schedule {kind!r}: expected one of {list(SCHEDULES)}")
+
+
+def make_optimizer(lr: float, warmup_steps: int, total_steps: int, *, weight_decay: float = 0.0,
+                   b1: float = 0.9, b2: float = 0.999, grad_clip: float = 1.0,
+                   end_lr_ratio: float = 0.1, schedule: str = "cosine") -> tuple[optax.GradientTransformation, Callable]:
+    """AdamW on :func:`make_schedule`'s learning rate, after global-norm gradient clipping.
+
+    ``warmup_steps`` and ``total_steps`` count optimiser updates. Returns ``(optimizer,
+    schedule)``; ``schedule(count)`` is the learning rate of update ``count`` (0-based).
+    """
+    lr_schedule = make_schedule(lr, warmup_steps, total_steps, schedule, end_lr_ratio)
     opt = optax.chain(optax.clip_by_global_norm(grad_clip),
-                      optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay))
-    return opt, schedule
+                      optax.adamw(lr_schedule, b1=b1, b2=b2, weight_decay=weight_decay))
+    return opt, lr_schedule
 
 
 def _all_finite(tree) -> jax.Array:
@@ -112,8 +135,9 @@ def _apply(optimizer, state: TrainState, grads, loss) -> tuple[TrainState, jax.A
 
 
 def sft_update(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, state: TrainState,
-               batch: SequenceBatch) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One supervised step: minimise the mean negative log-likelihood of response tokens."""
+               batch: SequenceBatch, lr_schedule: Callable | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One supervised step: minimise the mean negative log-likelihood of response tokens.
+    ``lr_schedule`` (the optimiser's schedule): adds ``lr``, the learning rate this update applied."""
 
     def loss_fn(params):
         logp, entropy = response_stats(nnx.merge(graphdef, params), batch)
@@ -123,8 +147,18 @@ def sft_update(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, 
                      "token_acc_proxy": masked_mean(jnp.exp(logp), mask)}
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if lr_schedule is not None:
+        metrics = {**metrics, "lr": jnp.asarray(lr_schedule(state.step), jnp.float32)}
     state, grad_norm, skipped = _apply(optimizer, state, grads, loss)
     return state, {**jax.lax.stop_gradient(metrics), "grad_norm": grad_norm, "skipped": skipped.astype(jnp.float32)}
+
+
+def initial_response_mask(batch: SequenceBatch) -> jax.Array:
+    """[N, L] bool: the response tokens of initial responses (refinement rows excluded)."""
+    mask = batch.response_mask > 0
+    if batch.is_refinement is not None:
+        mask = mask & ~batch.is_refinement.astype(bool)[:, None]
+    return mask
 
 
 def rl_update(
@@ -139,11 +173,17 @@ def rl_update(
     minibatches: int = 1,
     temperature: float = 1.0,
     mesh: Mesh | None = None,
+    lr_schedule: Callable | None = None,
+    entropy_after: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """``epochs x minibatches`` policy-loss steps on one rollout batch; metrics are step means.
 
     ``temperature`` must equal the sampling temperature, so that log-probs, the old log-probs
-    and entropies describe the same distribution.
+    and entropies describe the same distribution. ``lr_schedule`` (the optimiser's schedule):
+    adds ``lr``, the mean learning rate the updates applied. ``entropy_after``: adds
+    ``entropy_after``, the mean token entropy of the batch's initial responses under the updated
+    parameters (one more forward pass, minibatch by minibatch): with the entropy of the same
+    tokens before the update it gives the same-batch entropy change the covariance predicts.
     """
     n = batch.tokens.shape[0]
     if n % minibatches:
@@ -164,13 +204,34 @@ def rl_update(
         mb = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), batch)
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, mb, jax.random.fold_in(key, 1_000_003 + i))
+        if lr_schedule is not None:  # the rate optax applies to this update (its count = state.step)
+            metrics = {**metrics, "lr": jnp.asarray(lr_schedule(state.step), jnp.float32)}
         state, grad_norm, skipped = _apply(optimizer, state, grads, loss)
         return state, {**metrics, "grad_norm": grad_norm, "skipped": skipped.astype(jnp.float32)}
 
     state, per_step = jax.lax.scan(one, state, jnp.arange(epochs * minibatches))
     metrics = jax.tree.map(jnp.mean, per_step)
     metrics["skipped"] = per_step["skipped"].sum()
+    if entropy_after:
+        metrics["entropy_after"] = initial_entropy(graphdef, state.params, batch, temperature, minibatches)
     return state, metrics
+
+
+def initial_entropy(graphdef: nnx.GraphDef, params: nnx.State, batch: SequenceBatch, temperature: float,
+                    chunks: int = 1) -> jax.Array:
+    """Mean token entropy (nats) of the batch's initial-response tokens under ``params``,
+    computed ``chunks`` rows-blocks at a time (the memory of one minibatch forward)."""
+    model = nnx.merge(graphdef, params)
+    n = batch.tokens.shape[0]
+    blocks = jax.tree.map(lambda x: x.reshape(chunks, n // chunks, *x.shape[1:]), batch)
+
+    def block(b: SequenceBatch) -> tuple[jax.Array, jax.Array]:
+        _, ent = response_stats(model, b, temperature)
+        mask = initial_response_mask(b)
+        return jnp.sum(jnp.where(mask, ent, 0.0)), jnp.sum(mask)
+
+    total, count = jax.lax.map(block, blocks)
+    return jnp.sum(total) / jnp.maximum(jnp.sum(count), 1)
 
 
 def token_stats_fn(graphdef: nnx.GraphDef, params: nnx.State, batch: SequenceBatch,

@@ -29,7 +29,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from critique_jax import config as config_lib
-from critique_jax.analysis.diversity import distinct_correct_solutions
+from critique_jax.analysis.diversity import distinct_correct_solutions, distinct_per_solved
 from critique_jax.analysis.passk import pass_at_k
 from critique_jax.checkpoint import Checkpointer
 from critique_jax.critique.feedback import rule_critique
@@ -43,8 +43,9 @@ from critique_jax.parallel.sharding import param_shardings, tree_shardings_like
 from critique_jax.perf import CompileCounter, timed
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.rl.advantages import compute_advantages
-from critique_jax.rl.train_step import (SequenceBatch, TrainState, _all_finite, make_optimizer, rl_update,
-                                        sft_update, token_stats_fn)
+from critique_jax.ops.masked import masked_mean
+from critique_jax.rl.train_step import (SequenceBatch, TrainState, _all_finite, initial_response_mask, make_optimizer,
+                                        rl_update, sft_update, token_stats_fn)
 from critique_jax.sampling import SamplerConfig, generate, sample_keys
 from critique_jax.tasks import Problem, Task, get_task
 from critique_jax.text import Tokenizer, default_cache_dir, refine_prompt, solve_prompt, tokenizer_for_task
@@ -160,10 +161,11 @@ def init_state(run: Run, params: nnx.State, optimizer: optax.GradientTransformat
     return TrainState(params=params, opt_state=opt_state, step=jax.device_put(jnp.zeros((), jnp.int32), sh.step))
 
 
-def sft_step_fn(run: Run, params: nnx.State, optimizer: optax.GradientTransformation):
+def sft_step_fn(run: Run, params: nnx.State, optimizer: optax.GradientTransformation, schedule=None):
     """The jitted supervised step ``(state, batch) -> (state, metrics)``: donates the state and
-    keeps it in its shardings (policy SFT, critic training and self-training all use it)."""
-    return jax.jit(functools.partial(sft_update, run.graphdef, optimizer), donate_argnums=0,
+    keeps it in its shardings (policy SFT, critic training and self-training all use it).
+    ``schedule``: the optimiser's learning-rate schedule, logged as the metric ``lr``."""
+    return jax.jit(functools.partial(sft_update, run.graphdef, optimizer, lr_schedule=schedule), donate_argnums=0,
                    out_shardings=(state_shardings(run, params, optimizer), None))
 
 
@@ -227,7 +229,7 @@ def evaluate(run: Run, params: nnx.State, step: int, critic: CritiqueModel | Non
                "eval/pass@1": float(pass_at_k(g, correct_arr, 1).mean()),
                "eval/entropy": entropy_sum / max(token_count, 1.0),
                "eval/response_len": token_count / (n * g)}
-    metrics["eval/distinct_correct"] = float(np.mean(distinct))
+    metrics["eval/distinct_correct"] = distinct_per_solved(correct_arr, distinct)
     for k in range(2, g + 1):  # pass@k for every k = 1..G (pass@1 above)
         metrics[f"eval/pass@k/{k}"] = float(pass_at_k(g, correct_arr, k).mean())
     if c.critique.type != "none" and c.rl.steps > 0:
@@ -262,7 +264,7 @@ def run_sft(run: Run, ckpt: Checkpointer, progress: Progress) -> nnx.State:
         it.set_state(meta["iterator"])
         start = latest
         log.info("resumed SFT at step %d", start)
-    step_fn = sft_step_fn(run, state.params, optimizer)
+    step_fn = sft_step_fn(run, state.params, optimizer, schedule)
     for step in range(start + 1, c.sft.steps + 1):
         examples = next(it)
         rng = np.random.default_rng([c.seed, 1, step])
@@ -273,7 +275,7 @@ def run_sft(run: Run, ckpt: Checkpointer, progress: Progress) -> nnx.State:
         batch = SequenceBatch(**{k: run.shard(v) for k, v in arrays.items()})
         state, m = step_fn(state, batch)
         if step % c.sft.log_every == 0 or step == c.sft.steps:
-            metrics = _scalars(m, "sft") | {"sft/lr": float(schedule(step - 1))}
+            metrics = _scalars(m, "sft")
             run.writer.write(step, metrics)
             progress.update(step, metrics)
         if step % c.checkpoint.every == 0 and step < c.sft.steps:
@@ -351,6 +353,15 @@ def rl_batch(run: Run, params: nnx.State, critic, problems: list[Problem], step:
     return batch, metrics
 
 
+def rl_optimizer(c: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, Any]:
+    """RL's optimiser and schedule. The schedule counts optimiser updates, ``rl.epochs x
+    rl.minibatches`` per RL step, so warm-up and decay span the configured RL steps."""
+    updates = c.rl.epochs * c.rl.minibatches
+    return make_optimizer(c.rl.lr, c.rl.warmup_steps * updates, max(c.rl.steps, 1) * updates,
+                          weight_decay=c.rl.weight_decay, grad_clip=c.rl.grad_clip,
+                          schedule=c.rl.lr_schedule, end_lr_ratio=c.rl.end_lr_ratio)
+
+
 def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, critic: CritiqueModel | None, progress: Progress,
            stop_at: int | None = None) -> None:
     """The RL loop, from the SFT policy or from the latest RL checkpoint (``critic``: the
@@ -358,8 +369,7 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, critic: Critique
     c = run.config
     s = c.sft.steps if not c.init_from else 0
     loss_cfg = config_lib.loss_config(c)
-    optimizer, schedule = make_optimizer(c.rl.lr, c.rl.warmup_steps, max(c.rl.steps, 1),
-                                         weight_decay=c.rl.weight_decay, grad_clip=c.rl.grad_clip)
+    optimizer, schedule = rl_optimizer(c)
     # The update donates the train state's buffers, so the reference policy gets its own copy.
     ref_params = _copy(sft_params) if loss_cfg.ref_kl_coef > 0 else None
     state = init_state(run, sft_params, optimizer)
@@ -379,9 +389,11 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, critic: Critique
         run.writer.write(s, evaluate(run, state.params, s, critic))
     update = jax.jit(functools.partial(rl_update, run.graphdef, optimizer, loss_cfg, epochs=c.rl.epochs,
                                        minibatches=c.rl.minibatches, temperature=c.sampling.temperature,
-                                       mesh=run.mesh), donate_argnums=0,
+                                       mesh=run.mesh, lr_schedule=schedule, entropy_after=c.rl.entropy_change),
+                     donate_argnums=0,
                      out_shardings=(state_shardings(run, state.params, optimizer), None))
     stats_fn = jax.jit(functools.partial(token_stats_fn, run.graphdef, temperature=c.sampling.temperature))
+    initial_mean = jax.jit(lambda ent, b: masked_mean(ent, initial_response_mask(b)))
     bad_steps = 0
     for step in range(start + 1, s + c.rl.steps + 1):
         t0 = time.perf_counter()
@@ -390,15 +402,22 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, critic: Critique
             batch, metrics = rl_batch(run, state.params, critic, problems, step)
             times: dict[str, float] = {}
             with timed(times, "perf/update_s"):
+                # The entropy of the batch's initial responses before the update: the recompute's
+                # (critique runs: always recomputed), else the rollouts' own (train/entropy).
+                h_before = metrics["train/entropy"]
                 if batch.old_logp is None or c.rl.recompute_old_logp:
-                    batch = dataclasses.replace(batch, old_logp=stats_fn(state.params, batch)[0])
+                    old_logp, old_entropy = stats_fn(state.params, batch)
+                    batch = dataclasses.replace(batch, old_logp=old_logp)
+                    h_before = initial_mean(old_entropy, batch)
                 if ref_params is not None:
                     batch = dataclasses.replace(batch, ref_logp=stats_fn(ref_params, batch)[0])
                 key, sub = jax.random.split(key)
-                lr = float(schedule(int(state.step)))
                 state, m = update(state, batch, sub)
                 m = jax.device_get(m)
-        metrics |= _scalars(m, "train") | times | {"train/lr": lr, "perf/step_s": time.perf_counter() - t0,
+        m["update_entropy"] = m.pop("entropy")  # over the update's rows (refinements included)
+        if "entropy_after" in m:  # same batch, same tokens: the change update t made (Cov vs -dH)
+            m["entropy_change"] = m.pop("entropy_after") - float(h_before)
+        metrics |= _scalars(m, "train") | times | {"perf/step_s": time.perf_counter() - t0,
                                                    "perf/compiles": float(compiles.count)}
         if "perf/critique_s" in metrics:
             metrics["perf/critique_share"] = metrics["perf/critique_s"] / metrics["perf/step_s"]

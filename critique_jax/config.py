@@ -71,7 +71,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.rl = dict(steps=100, prompts_per_step=16, group_size=8, epochs=1, minibatches=2, lr=1e-4,
                 lr_schedule="constant", end_lr_ratio=0.1,
                 warmup_steps=0, weight_decay=0.0, grad_clip=1.0, advantage="grpo",
-                recompute_old_logp=True, max_bad_steps=3, entropy_change=True)
+                recompute_old_logp=True, max_bad_steps=3, entropy_change=True,
+                pool_size=0)  # RL prompts from the first pool_size train problems only; 0 = all
     c.rl.loss = _loss_defaults()
     # Critique in the loop (Critique-GRPO): critique type, refinements kept per group, where a
     # trained critique model lives (a train_critic run directory), and the prompt buckets of
@@ -170,6 +171,9 @@ def validate(c: ml_collections.ConfigDict, n_devices: int) -> None:
         p = c[phase]
         need(0 <= p.warmup_steps <= max(p.steps, 1),
              f"{phase}.warmup_steps={p.warmup_steps}: expected between 0 and {phase}.steps={p.steps}")
+    need(c.rl.pool_size == 0 or c.rl.prompts_per_step <= c.rl.pool_size <= c.task.n_train,
+         f"rl.pool_size={c.rl.pool_size}: expected 0 (all) or rl.prompts_per_step={c.rl.prompts_per_step} to "
+         f"task.n_train={c.task.n_train}")
     need(c.rl.lr_schedule in SCHEDULES, f"rl.lr_schedule={c.rl.lr_schedule!r}: expected one of {list(SCHEDULES)}")
     need(0 <= c.rl.end_lr_ratio <= 1, f"rl.end_lr_ratio={c.rl.end_lr_ratio}: expected a value in [0, 1]")
     need(c.sampling.temperature > 0, f"sampling.temperature={c.sampling.temperature}: RL sampling needs > 0")

@@ -182,6 +182,19 @@ def test_iterator_reads_task_source_and_stops_after_num_epochs(built):
         next(it)
 
 
+def test_head_is_a_fixed_pool_of_the_first_records(built):
+    _, sources = built
+    train = sources["train"]
+    pool = train.head(32)
+    assert len(pool) == 32
+    uids = {ex.problem.uid for batch in BatchIterator(pool, 16, seed=3, num_epochs=3) for ex in batch}
+    assert uids == {train[i].problem.uid for i in range(32)}  # every epoch revisits the same 32
+    with pytest.raises(IndexError, match="out of range"):
+        pool.__getitems__([31, 32])
+    with pytest.raises(ValueError, match=f"a pool of 0 records, expected 1 to {len(train)}"):
+        train.head(0)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

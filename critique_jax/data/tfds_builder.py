@@ -225,13 +225,20 @@ def decode_record(record: dict[str, Any]) -> Example:
 class TaskSource:
     """Random access to one split: ``len(src)``, ``src[i] -> Example``, ``__getitems__``."""
 
-    def __init__(self, data_source: Any, config: TaskDatasetConfig, split: str):
+    def __init__(self, data_source: Any, config: TaskDatasetConfig, split: str, limit: int | None = None):
         self._source = data_source
         self.config = config
         self.split = split
+        self._len = len(data_source) if limit is None else limit
+
+    def head(self, n: int) -> "TaskSource":
+        """The first ``n`` records of the split, e.g. a fixed RL prompt pool (``rl.pool_size``)."""
+        if not 0 < n <= len(self):
+            raise ValueError(f"{self.split} split: a pool of {n} records, expected 1 to {len(self)}")
+        return TaskSource(self._source, self.config, self.split, limit=n)
 
     def __len__(self) -> int:
-        return len(self._source)
+        return self._len
 
     def __getitem__(self, index: int) -> Example:
         n = len(self)
@@ -240,7 +247,10 @@ class TaskSource:
         return decode_record(self._source[index % n])
 
     def __getitems__(self, indices: Sequence[int]) -> list[Example]:
-        return [decode_record(r) for r in self._source.__getitems__(list(indices))]
+        indices = list(indices)
+        if indices and not 0 <= min(indices) <= max(indices) < len(self):
+            raise IndexError(f"{self.split} records {min(indices)}..{max(indices)} out of range [0, {len(self)})")
+        return [decode_record(r) for r in self._source.__getitems__(indices)]
 
     def __repr__(self) -> str:
         return f"TaskSource({self.config.name}, split={self.split!r}, n={len(self)})"

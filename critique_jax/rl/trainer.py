@@ -374,7 +374,8 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, critic: Critique
     ref_params = _copy(sft_params) if loss_cfg.ref_kl_coef > 0 else None
     state = init_state(run, sft_params, optimizer)
     key = _replicated_key(run, c.seed + 7)
-    it = BatchIterator(run.train, c.rl.prompts_per_step, seed=c.seed + 1)
+    pool = run.train.head(c.rl.pool_size) if c.rl.pool_size else run.train  # a fixed pool, revisited
+    it = BatchIterator(pool, c.rl.prompts_per_step, seed=c.seed + 1)
     latest = ckpt.latest_step()
     start = s
     if latest is not None and latest > s:

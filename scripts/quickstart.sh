@@ -11,4 +11,4 @@ WORKDIR="${WORKDIR:-runs/quickstart}"
 python -m critique_jax.train --config=configs/quickstart.py --workdir="$WORKDIR" "$@"
 python -m critique_jax.train_critic --config=configs/critic_countdown.py --workdir="$WORKDIR/critic" \
   --config.critic.steps=1000 --config.critic.eval_every=0
-python -m critique_jax.analysis.report "$WORKDIR" "$WORKDIR/critic"
+python -m critique_jax.analysis.report "$WORKDIR" --critic "$WORKDIR/critic"

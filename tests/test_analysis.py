@@ -296,3 +296,19 @@ def test_report_prints_the_last_critic_evaluation(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")
     with pytest.raises(ValueError, match="no critic evaluation"):
         critic_summary(str(tmp_path))
+
+
+def test_report_compares_runs_side_by_side(tmp_path, capsys):
+    from critique_jax.analysis.report import main
+
+    for name, h in (("grpo", 0.4), ("clip_cov", 0.8)):
+        rows = [{"step": s, "train/entropy": h / s, "train/reward": 0.1 * s} for s in range(1, 5)]
+        rows += [{"step": s, "eval/pass@1": 0.1 * s, "eval/entropy": h / s} for s in (1, 4)]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    main(["report", str(tmp_path / "grpo"), str(tmp_path / "clip_cov")])
+    out = capsys.readouterr().out
+    assert "grpo (" in out and "clip_cov (" in out and "| eval/pass@1 | 0.1000 | 0.4000 | +0.3000 |" in out
+    assert (tmp_path / "grpo" / "curves.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="--critic needs"):
+        main(["report", str(tmp_path / "grpo"), "--critic"])

@@ -2,9 +2,11 @@
 
     python -m critique_jax.analysis.report runs/quickstart
 
-prints the evaluation at the start of RL (after SFT) next to the last evaluation, and writes
-``<run>/curves.png`` (train entropy, train reward and eval pass@1 against step). With a second
-directory (a ``train_critic`` run) it also prints the critic's last held-out evaluation.
+    python -m critique_jax.analysis.report runs/quickstart runs/quickstart/clip_cov --critic runs/quickstart/critic
+
+prints, per run, the evaluation at the start of RL (after SFT) next to the last evaluation, and
+writes ``<first run>/curves.png`` (train entropy, train reward and eval pass@1 against step, the
+runs overlaid). ``--critic`` (a ``train_critic`` run) adds the critic's last held-out evaluation.
 """
 
 from __future__ import annotations
@@ -41,25 +43,36 @@ def before_after(workdir: str) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(workdir: str, out: str | None = None) -> str:
-    """Train entropy, train reward and eval pass@1 vs step; returns the PNG path."""
-    rows = read_metrics(workdir)
-    train = [r for r in rows if "train/entropy" in r]
-    evals = eval_rows(rows)
-    if not train:
-        raise ValueError(f"{workdir}/metrics.jsonl has no RL steps (train/entropy) to plot")
+def run_label(workdir: str) -> str:
+    """A run's name in legends and tables: its directory name."""
+    return os.path.basename(os.path.normpath(workdir))
+
+
+def plot_curves(workdirs: str | list[str], out: str | None = None) -> str:
+    """Train entropy, train reward and eval pass@1 vs step of one or more runs, overlaid (one
+    colour per run); returns the PNG path (default ``<first run>/curves.png``)."""
+    workdirs = [workdirs] if isinstance(workdirs, str) else list(workdirs)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    steps = [r["step"] for r in train]
-    axes[0].plot(steps, [r["train/entropy"] for r in train], color="tab:purple")
+    for i, workdir in enumerate(workdirs):
+        rows = read_metrics(workdir)
+        train = [r for r in rows if "train/entropy" in r]
+        evals = eval_rows(rows)
+        if not train:
+            raise ValueError(f"{workdir}/metrics.jsonl has no RL steps (train/entropy) to plot")
+        color, label = f"C{i}", run_label(workdir)
+        steps = [r["step"] for r in train]
+        axes[0].plot(steps, [r["train/entropy"] for r in train], color=color, label=label)
+        axes[1].plot(steps, [r["train/reward"] for r in train], color=color, alpha=0.35,
+                     label=f"{label}: train reward")
+        axes[1].plot([r["step"] for r in evals], [r["eval/pass@1"] for r in evals], "o-", color=color,
+                     label=f"{label}: eval pass@1")
     axes[0].set(xlabel="step", ylabel="mean token entropy (nats)", title="policy entropy (training rollouts)")
-    axes[1].plot(steps, [r["train/reward"] for r in train], color="tab:green", alpha=0.6, label="train reward")
-    axes[1].plot([r["step"] for r in evals], [r["eval/pass@1"] for r in evals], "o-", color="tab:blue",
-                 label="eval pass@1")
     axes[1].set(xlabel="step", ylabel="accuracy", title="reward and held-out pass@1", ylim=(0, 1))
-    axes[1].legend(loc="best")
-    fig.suptitle(os.path.basename(os.path.normpath(workdir)))
+    for ax in axes:
+        ax.legend(loc="best", fontsize="small")
+    fig.suptitle(" vs ".join(run_label(w) for w in workdirs))
     fig.tight_layout()
-    out = out or os.path.join(workdir, "curves.png")
+    out = out or os.path.join(workdirs[0], "curves.png")
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
@@ -79,12 +92,23 @@ def critic_summary(workdir: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) not in (2, 3):
-        raise SystemExit("usage: python -m critique_jax.analysis.report RUN_DIR [CRITIC_RUN_DIR]")
-    print(before_after(argv[1]))
-    print(f"curves: {plot_curves(argv[1])}")
-    if len(argv) == 3:
-        print(critic_summary(argv[2]))
+    """``report RUN [RUN ...] [--critic CRITIC_RUN]``: a before/after table per RL run, their
+    curves overlaid in ``<first run>/curves.png``, and the critic's last evaluation."""
+    args, critic = list(argv[1:]), None
+    if "--critic" in args:
+        i = args.index("--critic")
+        if i + 1 >= len(args):
+            raise SystemExit("--critic needs a train_critic run directory")
+        critic = args.pop(i + 1)
+        args.pop(i)
+    if not args:
+        raise SystemExit("usage: python -m critique_jax.analysis.report RUN_DIR [RUN_DIR ...] [--critic CRITIC_RUN_DIR]")
+    for workdir in args:
+        print(f"{run_label(workdir)} ({workdir}):")
+        print(before_after(workdir))
+    print(f"curves: {plot_curves(args)}")
+    if critic is not None:
+        print(critic_summary(critic))
 
 
 if __name__ == "__main__":

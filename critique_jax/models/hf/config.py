@@ -127,7 +127,7 @@ def hf_config(cfg: ModelConfig, **token_ids: Any) -> dict[str, Any]:
     if mt == "gemma2":
         out.update(hidden_activation="gelu_pytorch_tanh", final_logit_softcapping=cfg.final_logit_softcap,
                    attn_logit_softcapping=cfg.attn_logit_softcap, sliding_window=cfg.sliding_window,
-                   query_pre_attn_scalar=cfg.query_pre_attn_scalar or cfg.head_dim)
+                   query_pre_attn_scalar=_int_if_whole(cfg.query_pre_attn_scalar or cfg.head_dim))
     out.update({k: v for k, v in token_ids.items() if v is not None})
     back = config_from_hf(out, dtype=cfg.dtype, source=f"hf_config({mt})")
     back = dataclasses.replace(back, param_dtype=cfg.param_dtype)
@@ -136,3 +136,8 @@ def hf_config(cfg: ModelConfig, **token_ids: Any) -> dict[str, Any]:
         raise ValueError(f"ModelConfig is not a Hugging Face {mt} model: {', '.join(diff)} would differ "
                          f"({', '.join(f'{n}={getattr(cfg, n)!r}' for n in diff)})")
     return out
+
+
+def _int_if_whole(x: float) -> float | int:
+    """transformers' strict configs type some fields ``int``; keep whole numbers ints."""
+    return int(x) if float(x).is_integer() else x

@@ -1,0 +1,166 @@
+"""HF checkpoints: logits and greedy tokens equal transformers' own (goldens), export round
+trips, sharded loading, clear errors. Goldens: scripts/make_hf_goldens.py (torch is not needed here)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+
+from critique_jax.models import (FAMILIES, Transformer, config_from_hf, load_pretrained, model_config,
+                                 positions_from_valid, save_pretrained)
+from critique_jax.models.hf import hf_config
+from critique_jax.parallel.mesh import make_mesh
+from critique_jax.parallel.sharding import spec_for
+from critique_jax.sampling.sampler import SamplerConfig, generate, sample_keys
+
+GOLDENS = Path(__file__).parent / "goldens" / "hf"
+HF_FAMILIES = ["gemma", "gemma2", "llama", "qwen2", "qwen3"]
+BF16_TOL = 0.05  # max |logit diff| of a bfloat16 load, relative to max |logit|
+
+
+def _golden(family: str) -> dict[str, np.ndarray]:
+    return {k: np.load(GOLDENS / family / f"{k}.npy") for k in ("input_ids", "attention_mask", "logits", "generated")}
+
+
+def _logits(model: Transformer, g: dict[str, np.ndarray]) -> np.ndarray:
+    tokens, valid = jnp.asarray(g["input_ids"]), jnp.asarray(g["attention_mask"])
+    hidden, _ = model(tokens, positions_from_valid(valid), valid)
+    return np.asarray(model.logits(hidden))
+
+
+def _max_diff(got: np.ndarray, want: np.ndarray, valid: np.ndarray) -> float:
+    return float(np.abs(np.where(valid[..., None], got - want, 0.0)).max())
+
+
+@pytest.fixture(scope="module")
+def loaded() -> dict[str, Transformer]:
+    return {f: load_pretrained(GOLDENS / f) for f in HF_FAMILIES}
+
+
+@pytest.mark.parametrize("family", HF_FAMILIES)
+def test_logits_equal_transformers(family, loaded):
+    g = _golden(family)
+    diff = _max_diff(_logits(loaded[family], g), g["logits"], g["attention_mask"])
+    print(f"{family}: max |logits - transformers| = {diff:.2e}")
+    assert diff <= 1e-4
+
+
+@pytest.mark.parametrize("family", HF_FAMILIES)
+def test_bfloat16_load(family):
+    model = load_pretrained(GOLDENS / family, dtype="bfloat16")
+    assert model.embed.embedding[...].dtype == jnp.bfloat16
+    g = _golden(family)
+    diff = _max_diff(_logits(model, g), g["logits"], g["attention_mask"])
+    print(f"{family}: bfloat16 max |diff| = {diff:.3f} of max |logit| {np.abs(g['logits']).max():.2f}")
+    assert diff <= BF16_TOL * np.abs(g["logits"]).max()
+
+
+@pytest.mark.parametrize("family", HF_FAMILIES)
+def test_kv_cached_greedy_decode_equals_generate(family, loaded):
+    g = _golden(family)
+    n_new = g["generated"].shape[1]
+    out = generate(loaded[family], jnp.asarray(g["input_ids"]), jnp.asarray(g["attention_mask"]),
+                   sample_keys(0, range(len(g["input_ids"])), 1),
+                   SamplerConfig(max_new_tokens=n_new, eos_ids=(1,), pad_id=0), temperature=0.0)
+    np.testing.assert_array_equal(np.asarray(out.tokens), g["generated"])
+
+
+@pytest.mark.parametrize("family", HF_FAMILIES)
+def test_export_reload_same_logits(family, loaded, tmp_path):
+    save_pretrained(loaded[family], tmp_path)
+    src = GOLDENS / family
+    want_names = set().union(*(load_file(f).keys() for f in src.glob("*.safetensors")))
+    assert set(load_file(tmp_path / "model.safetensors")) == want_names
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == family
+    back = load_pretrained(tmp_path)
+    assert back.cfg == loaded[family].cfg
+    g = _golden(family)
+    np.testing.assert_array_equal(_logits(back, g), _logits(loaded[family], g))
+
+
+def test_sharded_files_on_a_mesh_equal_single_device(loaded):
+    """qwen3's goldens are 2 safetensors shards + index; placed on a 2x2x2 (data, fsdp, tensor) mesh."""
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    model = load_pretrained(GOLDENS / "qwen3", mesh=mesh)
+    q = model.layers[0].attn.q_proj.kernel[...]
+    assert q.sharding.spec == spec_for("layers/0/attn/q_proj/kernel", q.shape, mesh)
+    assert len(q.addressable_shards) == 8 and q.addressable_shards[0].data.shape == (24, 32)
+    g = _golden("qwen3")
+    np.testing.assert_allclose(_logits(model, g), _logits(loaded["qwen3"], g), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_presets_round_trip_through_hf_config(family):
+    cfg = model_config("tiny", 97, family=family)
+    assert config_from_hf(hf_config(cfg)) == cfg
+
+
+def _copy(family: str, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(GOLDENS / family, tmp_path / family))
+
+
+def _edit_config(directory: Path, **fields) -> None:
+    path = directory / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"config.json: missing file"):
+        load_pretrained(tmp_path)
+    d = _copy("llama", tmp_path)
+    (d / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"llama: missing file model.safetensors"):
+        load_pretrained(d)
+    d = _copy("qwen3", tmp_path)
+    (d / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"model-00002-of-00002.safetensors: missing file \(listed in"):
+        load_pretrained(d)
+
+
+def test_tensor_errors(tmp_path):
+    d = _copy("llama", tmp_path)
+    _edit_config(d, intermediate_size=100)
+    with pytest.raises(ValueError, match=r"model.safetensors: tensor model.layers.0.mlp.down_proj.weight has "
+                                         r"shape \(48, 96\), config.json implies \(48, 100\)"):
+        load_pretrained(d)
+    d = _copy("gemma", tmp_path)
+    tensors = load_file(d / "model.safetensors")
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, d / "model.safetensors")
+    with pytest.raises(ValueError, match=r"model.safetensors: missing tensor model.layers.1.mlp.up_proj.weight"):
+        load_pretrained(d)
+    tensors["model.layers.0.extra.weight"] = np.zeros(3, np.float32)
+    tensors["model.layers.1.mlp.up_proj.weight"] = np.zeros((128, 64), np.float32)
+    save_file(tensors, d / "model.safetensors")
+    with pytest.raises(ValueError, match=r"model.safetensors: unexpected tensor model.layers.0.extra.weight"):
+        load_pretrained(d)
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(model_type="gpt2"), r"model_type='gpt2' is not supported; supported: gemma, gemma2, llama, qwen2, qwen3"),
+    (dict(attention_bias=True), r"attention_bias=True: not supported \(changes the math\)"),
+    (dict(rope_parameters=dict(rope_type="yarn", factor=2.0)), r"rope_parameters=.*RoPE type 'yarn' is not supported"),
+    (dict(hidden_act="gelu"), r"hidden_act='gelu': expected silu"),
+    (dict(hidden_size=None), r"missing field 'hidden_size'"),
+])
+def test_config_errors(fields, message):
+    config = {**json.loads((GOLDENS / "llama" / "config.json").read_text()), **fields}
+    with pytest.raises(ValueError, match=r"^config.json: .*" + message):
+        config_from_hf(config)
+
+
+def test_qwen_sliding_window_is_an_error():
+    config = {**json.loads((GOLDENS / "qwen2" / "config.json").read_text()), "use_sliding_window": True}
+    with pytest.raises(ValueError, match=r"use_sliding_window=True: not supported"):
+        config_from_hf(config)
+
+
+def test_unrepresentable_config_is_an_error():
+    with pytest.raises(ValueError, match=r"not a Hugging Face gemma model: final_logit_softcap"):
+        hf_config(model_config("tiny", 97, family="gemma", final_logit_softcap=30.0))

@@ -28,10 +28,14 @@ def _golden(family: str) -> dict[str, np.ndarray]:
     return {k: np.load(GOLDENS / family / f"{k}.npy") for k in ("input_ids", "attention_mask", "logits", "generated")}
 
 
-def _logits(model: Transformer, g: dict[str, np.ndarray]) -> np.ndarray:
-    tokens, valid = jnp.asarray(g["input_ids"]), jnp.asarray(g["attention_mask"])
+@nnx.jit
+def _forward(model: Transformer, tokens: jax.Array, valid: jax.Array) -> jax.Array:
     hidden, _ = model(tokens, positions_from_valid(valid), valid)
-    return np.asarray(model.logits(hidden))
+    return model.logits(hidden)
+
+
+def _logits(model: Transformer, g: dict[str, np.ndarray]) -> np.ndarray:
+    return np.asarray(_forward(model, jnp.asarray(g["input_ids"]), jnp.asarray(g["attention_mask"])))
 
 
 def _max_diff(got: np.ndarray, want: np.ndarray, valid: np.ndarray) -> float:

@@ -14,6 +14,11 @@ shorter than the sequences): ``config.json`` + float32 safetensors (qwen3 as 2 s
 and ``generated.npy`` (greedy ``generate`` tokens, pad 0, eos 1). With ``--jax-python``, the
 checkpoint is also loaded by critique_jax, exported with ``save_pretrained``, loaded back into
 transformers, and its logits compared (the max difference is printed).
+
+tests/goldens/hf/tokenizer/: a small byte-level BPE ``tokenizer.json`` with a ChatML-style
+chat template (bos_token, namespace, raise_exception, whitespace control) and several end
+ids in ``generation_config.json``, saved by transformers, and ``cases.json``: transformers'
+``encode``/``decode`` and ``apply_chat_template`` outputs (text and ids).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 import torch
 import transformers
 from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "goldens" / "hf"
@@ -115,10 +121,69 @@ def check_export(family: str, directory: Path, jax_python: str, want: np.ndarray
     return float(np.abs(np.where(mask.numpy()[..., None] == 1, got - want, 0)).max())
 
 
+CHAT_TEMPLATE = """{{ bos_token }}
+{% set ns = namespace(turns=0) %}
+{% for message in messages %}
+    {% if message['role'] not in ['system', 'user', 'assistant'] %}
+        {{ raise_exception('unknown role: ' + message['role']) }}
+    {% endif %}
+    {% set ns.turns = ns.turns + 1 %}
+<|im_start|>{{ message['role'] }}
+{{ message['content'] | trim }}<|im_end|>
+{% endfor %}
+{% if add_generation_prompt %}
+<|im_start|>assistant
+{% endif %}"""
+CHATS = [
+    [{"role": "user", "content": "What is 12 + 7?"}],
+    [{"role": "system", "content": "You check arithmetic. "},
+     {"role": "user", "content": "Is 3 * 4 = 12 correct?"},
+     {"role": "assistant", "content": "Step 1: correct.\nverdict: correct"}],
+]
+TEXTS = ["What is 12 + 7?", "step 1: 3 * 4 = 12\nverdict: correct", "naïve café <|im_end|> 42"]
+
+
+def make_tokenizer_goldens() -> None:
+    """tests/goldens/hf/tokenizer/: transformers' tokenizer files and its outputs (cases.json)."""
+    specials = ["<pad>", "<s>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [t for chat in CHATS for m in chat for t in [m["content"]]] * 20 + TEXTS * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=320, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>",
+                                                pad_token="<pad>", chat_template=CHAT_TEMPLATE)
+    directory = OUT / "tokenizer"
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("*"):
+        old.unlink()
+    fast.save_pretrained(directory)
+    eos = [fast.convert_tokens_to_ids("<|im_end|>"), fast.convert_tokens_to_ids("<|endoftext|>")]
+    transformers.GenerationConfig(bos_token_id=fast.bos_token_id, eos_token_id=eos,
+                                  pad_token_id=fast.pad_token_id).save_pretrained(directory)
+    back = transformers.AutoTokenizer.from_pretrained(directory)
+    cases = dict(
+        bos_id=back.bos_token_id, eos_id=back.eos_token_id, pad_id=back.pad_token_id, eos_ids=eos,
+        vocab_size=len(back),
+        encode=[dict(text=t, ids=back.encode(t, add_special_tokens=False)) for t in TEXTS],
+        chats=[dict(messages=c, add_generation_prompt=g, text=back.apply_chat_template(c, tokenize=False,
+                                                                                        add_generation_prompt=g),
+                    ids=list(back.apply_chat_template(c, tokenize=True, add_generation_prompt=g,
+                                                      return_dict=False)))
+               for c in CHATS for g in (False, True)],
+    )
+    for case in cases["encode"]:
+        case["decoded"] = back.decode(case["ids"], skip_special_tokens=True)
+    (directory / "cases.json").write_text(json.dumps(cases, indent=1, ensure_ascii=False) + "\n")
+    print(f"tokenizer: vocab {len(back)}, chat 1: {cases['chats'][1]['text']!r}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--jax-python", help="a Python with critique_jax's dependencies, for the export check")
     args = ap.parse_args()
+    make_tokenizer_goldens()
     for seed, (family, config) in enumerate(CONFIGS.items()):
         torch.manual_seed(seed)
         config._attn_implementation = "eager"

@@ -1,5 +1,6 @@
 """HF checkpoints: logits and greedy tokens equal transformers' own (goldens), export round
-trips, sharded loading, clear errors. Goldens: scripts/make_hf_goldens.py (torch is not needed here)."""
+trips, sharded loading, clear errors; HF tokenizers and chat templates equal transformers'.
+Goldens: scripts/make_hf_goldens.py (torch is not needed here)."""
 
 import json
 import shutil
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import jinja2
 import numpy as np
 import pytest
 from flax import nnx
@@ -18,6 +20,7 @@ from critique_jax.models.hf import hf_config
 from critique_jax.parallel.mesh import make_mesh
 from critique_jax.parallel.sharding import spec_for
 from critique_jax.sampling.sampler import SamplerConfig, generate, sample_keys
+from critique_jax.text import HFTokenizer, load_tokenizer
 
 GOLDENS = Path(__file__).parent / "goldens" / "hf"
 HF_FAMILIES = ["gemma", "gemma2", "llama", "qwen2", "qwen3"]
@@ -168,3 +171,44 @@ def test_qwen_sliding_window_is_an_error():
 def test_unrepresentable_config_is_an_error():
     with pytest.raises(ValueError, match=r"not a Hugging Face gemma model: final_logit_softcap"):
         hf_config(model_config("tiny", 97, family="gemma", final_logit_softcap=30.0))
+
+
+@pytest.fixture(scope="module")
+def hf_tok():
+    return load_tokenizer(GOLDENS / "tokenizer")
+
+
+def _tokenizer_cases() -> dict:
+    return json.loads((GOLDENS / "tokenizer" / "cases.json").read_text())
+
+
+def test_hf_tokenizer_equals_transformers(hf_tok):
+    cases = _tokenizer_cases()
+    assert isinstance(hf_tok, HFTokenizer)
+    assert (hf_tok.bos_id, hf_tok.eos_id, hf_tok.pad_id, hf_tok.vocab_size) == (
+        cases["bos_id"], cases["eos_id"], cases["pad_id"], cases["vocab_size"])
+    assert hf_tok.eos_ids == tuple(cases["eos_ids"])  # from generation_config.json: several end tokens
+    for case in cases["encode"]:
+        assert hf_tok.encode(case["text"]) == case["ids"]
+        assert hf_tok.decode(case["ids"]) == case["decoded"]
+    for case in cases["chats"]:
+        kw = dict(add_generation_prompt=case["add_generation_prompt"])
+        assert hf_tok.apply_chat_template(case["messages"], **kw) == case["text"]
+        assert hf_tok.apply_chat_template(case["messages"], tokenize=True, **kw) == case["ids"]
+    with pytest.raises(jinja2.exceptions.TemplateError, match="unknown role: tool"):
+        hf_tok.apply_chat_template([{"role": "tool", "content": "x"}])
+
+
+def test_save_pretrained_with_tokenizer(hf_tok, loaded, tmp_path):
+    save_pretrained(loaded["qwen2"], tmp_path, tokenizer=hf_tok)
+    generation = json.loads((tmp_path / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == list(hf_tok.eos_ids)
+    back = load_tokenizer(tmp_path)
+    assert (back.bos_id, back.eos_ids, back.pad_id) == (hf_tok.bos_id, hf_tok.eos_ids, hf_tok.pad_id)
+    chat = _tokenizer_cases()["chats"][-1]
+    assert back.apply_chat_template(chat["messages"], add_generation_prompt=True) == chat["text"]
+
+
+def test_load_tokenizer_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing file tokenizer.json"):
+        load_tokenizer(tmp_path)

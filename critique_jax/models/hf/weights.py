@@ -121,16 +121,20 @@ def save_pretrained(model: Transformer, directory: str | Path, tokenizer: Any = 
     """Writes ``model`` as a HF checkpoint: config.json, generation_config.json, model.safetensors
     (HF names and layouts, in the parameter dtype) and, if given, the tokenizer's files.
 
-    ``tokenizer``: anything with ``bos_id``/``eos_id``/``pad_id`` (its ids go into the configs)
-    and ``save_pretrained(directory)`` or ``save(path)`` (the project's SentencePiece
-    tokenizer is written as ``tokenizer.model``).
+    ``tokenizer``: anything with ``bos_id``/``eos_id``/``pad_id`` (and optionally ``eos_ids``,
+    several end tokens) whose ids go into the configs, and ``save_pretrained(directory)``
+    (:class:`~critique_jax.text.HFTokenizer`) or ``save(path)`` (the project's SentencePiece
+    tokenizer, written as ``tokenizer.model``).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg
     ids = {}
     if tokenizer is not None:
-        ids = dict(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
+        eos = list(getattr(tokenizer, "eos_ids", [tokenizer.eos_id]))
+        ids = dict(bos_token_id=tokenizer.bos_id, eos_token_id=eos[0] if len(eos) == 1 else eos,
+                   pad_token_id=tokenizer.pad_id)
+        ids = {k: v for k, v in ids.items() if v is not None}
     config = hf_config(cfg, **ids)
     names = hf_names(cfg)
     tensors = {}

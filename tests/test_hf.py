@@ -9,6 +9,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import jinja2
+import ml_dtypes
 import numpy as np
 import pytest
 from flax import nnx
@@ -102,10 +103,30 @@ def test_sharded_files_on_a_mesh_equal_single_device(loaded):
     np.testing.assert_allclose(_logits(model, g), _logits(loaded["qwen3"], g), atol=1e-5)
 
 
+def test_bfloat16_export_stays_bfloat16(tmp_path):
+    model = load_pretrained(GOLDENS / "gemma2", dtype="bfloat16")
+    save_pretrained(model, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert load_file(tmp_path / "model.safetensors")["model.norm.weight"].dtype == ml_dtypes.bfloat16
+    g = _golden("gemma2")
+    np.testing.assert_array_equal(_logits(load_pretrained(tmp_path, dtype="bfloat16"), g), _logits(model, g))
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_presets_round_trip_through_hf_config(family):
     cfg = model_config("tiny", 97, family=family)
     assert config_from_hf(hf_config(cfg)) == cfg
+
+
+def test_llama3_rope_in_the_transformers_4_format():
+    """Hub checkpoints keep rope_theta at the top and the scaling in rope_scaling (v5: rope_parameters)."""
+    config = json.loads((GOLDENS / "llama" / "config.json").read_text())
+    rope = dict(config["rope_parameters"])
+    old = {k: v for k, v in config.items() if k != "rope_parameters"}
+    old.update(rope_theta=rope.pop("rope_theta"), rope_scaling=rope)
+    assert config_from_hf(old) == config_from_hf(config)
+    assert config_from_hf(config).rope_llama3 == (8.0, 1.0, 4.0, 64)
+    assert config_from_hf(hf_config(config_from_hf(config))) == config_from_hf(config)
 
 
 def _copy(family: str, tmp_path: Path) -> Path:

@@ -91,27 +91,30 @@ def load_pretrained(directory: str | Path, *, dtype: str = "float32", mesh: Mesh
     names = hf_names(cfg)
     files = _tensor_files(directory)
     index_name = directory / (SINGLE if (directory / SINGLE).exists() else INDEX)
+    known = {n for n, _ in names.values()}
     for name, file in files.items():
-        if name not in {n for n, _ in names.values()} and not _ignorable(name, cfg):
+        if name not in known and not _ignorable(name, cfg):
             raise ValueError(f"{file}: unexpected tensor {name} for this {config_path}")
     with contextlib.ExitStack() as stack:
         handles = {f: stack.enter_context(safe_open(f, framework="numpy")) for f in sorted(set(files.values()))}
-
-        def read(path, leaf):
+        placement = {}  # checked for every tensor before any is read
+        for path, leaf in jax.tree_util.tree_leaves_with_path(abstract):
             p = _path_str(path)
             name, transposed = names[p]
             if name not in files:
                 raise ValueError(f"{index_name}: missing tensor {name}")
-            file = files[name]
             want = tuple(leaf.shape[::-1] if transposed else leaf.shape)
-            shape = tuple(handles[file].get_slice(name).get_shape())
+            shape = tuple(handles[files[name]].get_slice(name).get_shape())
             if shape != want:
-                raise ValueError(f"{file}: tensor {name} has shape {shape}, {config_path.name} implies {want}")
-            arr = handles[file].get_tensor(name)
+                raise ValueError(f"{files[name]}: tensor {name} has shape {shape}, {config_path.name} implies {want}")
+            placement[p] = None if mesh is None else NamedSharding(mesh, spec_for(p, tuple(leaf.shape), mesh))
+
+        def read(path, leaf):
+            p = _path_str(path)
+            name, transposed = names[p]
+            arr = handles[files[name]].get_tensor(name)
             arr = np.ascontiguousarray(arr.T if transposed else arr).astype(cfg.jnp_param_dtype)
-            if mesh is None:
-                return jnp.asarray(arr)
-            return jax.device_put(arr, NamedSharding(mesh, spec_for(p, arr.shape, mesh)))
+            return jnp.asarray(arr) if mesh is None else jax.device_put(arr, placement[p])
 
         state = jax.tree_util.tree_map_with_path(read, abstract)
     return nnx.merge(graphdef, state)

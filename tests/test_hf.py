@@ -108,6 +108,12 @@ def test_sharded_files_on_a_mesh_equal_single_device(loaded):
     np.testing.assert_allclose(_logits(model, g), _logits(loaded["qwen3"], g), atol=1e-5)
 
 
+def test_separate_param_dtype_and_max_seq_len():
+    model = load_pretrained(GOLDENS / "qwen2", dtype="bfloat16", param_dtype="float32", max_seq_len=64)
+    assert (model.cfg.dtype, model.cfg.param_dtype, model.cfg.max_seq_len) == ("bfloat16", "float32", 64)
+    assert model.layers[0].attn.q_proj.kernel[...].dtype == jnp.float32
+
+
 def test_bfloat16_export_stays_bfloat16(loaded_bf16, tmp_path):
     model = loaded_bf16["gemma2"]
     save_pretrained(model, tmp_path)

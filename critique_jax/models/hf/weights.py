@@ -10,6 +10,7 @@ MLP) is HF's ``post_attention_layernorm``, except with Gemma 2's sandwich norms,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -75,18 +76,32 @@ def _tensor_files(directory: Path) -> dict[str, Path]:
     return {k: directory / v for k, v in weight_map.items()}
 
 
-def load_pretrained(directory: str | Path, *, dtype: str = "float32", mesh: Mesh | None = None) -> Transformer:
-    """A ``Transformer`` from a HF checkpoint directory (``config.json`` + safetensors).
+def load_config(directory: str | Path, *, dtype: str = "float32", param_dtype: str | None = None,
+                max_seq_len: int | None = None) -> ModelConfig:
+    """The ``ModelConfig`` of a HF checkpoint directory's ``config.json``.
 
-    Parameters and activations take ``dtype``. With a ``mesh``, each tensor is placed with its
-    ``NamedSharding`` from :mod:`critique_jax.parallel.sharding` as it is read (one tensor on
-    the host at a time). Errors name the file and the field or tensor.
+    ``dtype``: activations; ``param_dtype``: stored parameters (default ``dtype``);
+    ``max_seq_len``: the bound on positions and KV-cache slots (default the checkpoint's
+    ``max_position_embeddings``).
     """
-    directory = Path(directory)
-    config_path = directory / "config.json"
+    config_path = Path(directory) / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path}: missing file")
     cfg = config_from_hf(json.loads(config_path.read_text()), dtype=dtype, source=str(config_path))
+    return dataclasses.replace(cfg, param_dtype=param_dtype or dtype, max_seq_len=max_seq_len or cfg.max_seq_len)
+
+
+def load_pretrained(directory: str | Path, *, dtype: str = "float32", param_dtype: str | None = None,
+                    max_seq_len: int | None = None, mesh: Mesh | None = None) -> Transformer:
+    """A ``Transformer`` from a HF checkpoint directory (``config.json`` + safetensors).
+
+    ``dtype``/``param_dtype``/``max_seq_len`` as in :func:`load_config`. With a ``mesh``, each
+    tensor is placed with its ``NamedSharding`` from :mod:`critique_jax.parallel.sharding` as it
+    is read (one tensor on the host at a time). Errors name the file and the field or tensor.
+    """
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    cfg = load_config(directory, dtype=dtype, param_dtype=param_dtype, max_seq_len=max_seq_len)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
     names = hf_names(cfg)
     files = _tensor_files(directory)

@@ -21,7 +21,7 @@ from critique_jax.models.hf import hf_config
 from critique_jax.parallel.mesh import make_mesh
 from critique_jax.parallel.sharding import spec_for
 from critique_jax.sampling.sampler import SamplerConfig, generate, sample_keys
-from critique_jax.text import HFTokenizer, load_tokenizer
+from critique_jax.text import HFTokenizer, load_tokenizer, train_tokenizer
 
 GOLDENS = Path(__file__).parent / "goldens" / "hf"
 HF_FAMILIES = ["gemma", "gemma2", "llama", "qwen2", "qwen3"]
@@ -284,3 +284,13 @@ def test_real_configs_give_the_published_parameter_counts(name):
     cfg = config_from_hf(config)
     assert param_count(cfg) == count
     assert config_from_hf(hf_config(cfg)) == cfg
+
+
+def test_save_pretrained_with_the_project_tokenizer(loaded, tmp_path):
+    """Our SentencePiece tokenizer travels as tokenizer.model, its ids in the configs."""
+    tok = train_tokenizer(["step 1: 3 * 4 = 12\nverdict: correct"] * 5, None, vocab_size=200)
+    save_pretrained(loaded["qwen3"], tmp_path, tokenizer=tok)
+    generation = json.loads((tmp_path / "generation_config.json").read_text())
+    assert generation == dict(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    back = load_tokenizer(tmp_path)
+    assert back.model_proto == tok.model_proto

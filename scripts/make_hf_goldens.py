@@ -65,13 +65,19 @@ MODELS = {"qwen2": transformers.Qwen2ForCausalLM, "qwen3": transformers.Qwen3For
 
 
 def randomize(model: torch.nn.Module, gemma: bool, seed: int) -> None:
-    """Every parameter random (norms around 1, or around 0 for Gemma's 1 + w) so all of them matter."""
+    """Every parameter random (norms around 1, or around 0 for Gemma's 1 + w) so all of them matter.
+
+    Gemma's embeddings are scaled by sqrt(hidden_size) and tied: at the other weights' scale
+    they would swamp the residual stream and greedy decoding would repeat the last token.
+    """
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=g)
             if "norm" in name:
                 p.copy_(0.2 * noise + (0.0 if gemma else 1.0))
+            elif gemma and "embed_tokens" in name:
+                p.copy_(noise * 0.2 / model.config.hidden_size ** 0.5)
             else:
                 p.copy_(noise * (0.3 if name.endswith("bias") else 0.2))
 
@@ -200,15 +206,16 @@ def main() -> None:
             model.save_pretrained(directory)
         ids, mask = batch(seed)
         logits = logits_of(model, ids, mask)
-        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,
-                             pad_token_id=PAD, eos_token_id=EOS)[:, T:].numpy()
-        top2 = np.sort(logits[:, -1], axis=-1)[:, -2:]
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,
+                             pad_token_id=PAD, eos_token_id=EOS, return_dict_in_generate=True, output_logits=True)
+        gen = out.sequences[:, T:].numpy()
+        top2 = np.sort(np.stack([x.float().numpy() for x in out.logits]), axis=-1)[..., -2:]  # [steps, B, 2]
         np.save(directory / "input_ids.npy", ids.numpy().astype(np.int32))
         np.save(directory / "attention_mask.npy", mask.numpy().astype(bool))
         np.save(directory / "logits.npy", logits.astype(np.float32))
         np.save(directory / "generated.npy", gen.astype(np.int32))
         line = (f"{family}: logits {logits.shape}, generated {gen.tolist()}, "
-                f"smallest top-2 margin at the last prompt token {float((top2[:, 1] - top2[:, 0]).min()):.3g}")
+                f"smallest greedy top-2 logit margin {float((top2[..., 1] - top2[..., 0]).min()):.3g}")
         if args.jax_python:
             line += f", export max |diff| {check_export(family, directory, args.jax_python, logits, ids, mask):.3g}"
         print(line, flush=True)

@@ -21,6 +21,9 @@ setup(
         "tensorflow-datasets>=4.9.9",  # used without TensorFlow: array_record + data_source
         "array-record>=0.8.0",
         "sentencepiece>=0.2.0",
+        "safetensors>=0.4.3",  # Hugging Face checkpoints (numpy API; bfloat16 via ml_dtypes)
+        "tokenizers>=0.20",  # Hugging Face tokenizer.json
+        "jinja2>=3.1.6",  # chat templates (sandboxed, as transformers requires)
         "ml-collections>=1.1.0",
         "absl-py>=2.1.0",
         "numpy>=1.26",

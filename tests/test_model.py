@@ -13,13 +13,15 @@ V = 97
 
 
 def _model(family: str, **overrides) -> Transformer:
+    if family == "gemma2":
+        overrides.setdefault("sliding_window", 4)  # shorter than the test sequences
     cfg = model_config("tiny", V, family=family, **overrides)
     model = Transformer(cfg, rngs=nnx.Rngs(0))
     # Non-trivial norm weights and biases so every switch matters in the comparisons.
     rng = np.random.default_rng(1)
     for path, p in nnx.iter_graph(model):
         if isinstance(p, nnx.Param) and (path[-1] in ("weight", "bias")):
-            p[...] = jnp.asarray(rng.normal(0, 0.3, p.shape), p.dtype) + (0.0 if family == "gemma" or path[-1] == "bias" else 1.0)
+            p[...] = jnp.asarray(rng.normal(0, 0.3, p.shape), p.dtype) + (0.0 if cfg.norm_plus_one or path[-1] == "bias" else 1.0)
     return model
 
 
@@ -56,29 +58,38 @@ def _numpy_forward(model: Transformer, tokens: np.ndarray, valid: np.ndarray) ->
     emb = f(model.embed.embedding)
     x = emb[tokens] * (np.sqrt(cfg.d_model) if cfg.embed_scale else 1.0)
     causal = np.tril(np.ones((t, t), bool))
-    for blk in model.layers:
+    for i, blk in enumerate(model.layers):
         h = norm(x, blk.input_norm.weight)
         a = blk.attn
-        q = rope(lin(h, a.q_proj).reshape(b, t, cfg.n_heads, cfg.head_dim))
-        k = rope(lin(h, a.k_proj).reshape(b, t, cfg.n_kv_heads, cfg.head_dim))
+        q = lin(h, a.q_proj).reshape(b, t, cfg.n_heads, cfg.head_dim)
+        k = lin(h, a.k_proj).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
+        if cfg.qk_norm:
+            q, k = norm(q, a.q_norm.weight), norm(k, a.k_norm.weight)
+        q, k = rope(q), rope(k)
         v = lin(h, a.v_proj).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
         rep = cfg.n_heads // cfg.n_kv_heads
         k, v = np.repeat(k, rep, axis=2), np.repeat(v, rep, axis=2)
-        s = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(cfg.head_dim)
+        s = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(cfg.query_pre_attn_scalar or cfg.head_dim)
+        if cfg.attn_logit_softcap:
+            s = cfg.attn_logit_softcap * np.tanh(s / cfg.attn_logit_softcap)
         allowed = causal[None, None] & valid[:, None, None, :]
+        if cfg.sliding_window and i % 2 == 0:
+            allowed = allowed & ~np.tril(np.ones((t, t), bool), -cfg.sliding_window)[None, None]
         s = np.where(allowed, s, -1e300)  # padding query rows: finite garbage, ignored
         s = s - s.max(-1, keepdims=True)
         p = np.exp(s)
         p = p / p.sum(-1, keepdims=True)
         o = np.einsum("bhts,bshd->bthd", p, v).reshape(b, t, -1)
-        x = x + lin(o, a.o_proj)
+        o = lin(o, a.o_proj)
+        x = x + (norm(o, blk.attn_out_norm.weight) if cfg.sandwich_norms else o)
         h = norm(x, blk.post_attn_norm.weight)
         g = lin(h, blk.mlp.gate_proj)
         if cfg.mlp == "swiglu":
             act = g / (1 + np.exp(-g))
         else:
             act = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g ** 3)))
-        x = x + lin(act * lin(h, blk.mlp.up_proj), blk.mlp.down_proj)
+        m = lin(act * lin(h, blk.mlp.up_proj), blk.mlp.down_proj)
+        x = x + (norm(m, blk.mlp_out_norm.weight) if cfg.sandwich_norms else m)
     h = norm(x, model.final_norm.weight)
     w = emb.T if model.lm_head is None else f(model.lm_head.kernel)
     z = h @ w
@@ -178,7 +189,7 @@ def test_preset_sizes():
 def test_bad_config_errors():
     with pytest.raises(KeyError, match="valid presets: mini, small, tiny"):
         model_config("huge", V)
-    with pytest.raises(KeyError, match="valid families: gemma, llama, qwen2"):
+    with pytest.raises(KeyError, match="valid families: gemma, gemma2, llama, qwen2, qwen3"):
         model_config("tiny", V, family="gpt2")
     with pytest.raises(KeyError, match="unknown ModelConfig field"):
         model_config("tiny", V, n_layer=3)

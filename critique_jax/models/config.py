@@ -30,6 +30,16 @@ class ModelConfig:
     ``final_logit_softcap`` (Gemma 2: ``c * tanh(z / c)`` on the output logits),
     ``rope_theta`` (RoPE base).
 
+    Switches for real checkpoints (defaults = off): ``qk_norm`` (Qwen3: RMSNorm over
+    head_dim on each query and key head, before RoPE), ``rope_llama3`` (Llama 3.1+ RoPE
+    frequency scaling: ``(factor, low_freq_factor, high_freq_factor,
+    original_max_position_embeddings)``), ``attn_logit_softcap`` (Gemma 2: ``c * tanh(s / c)``
+    on the scaled attention scores), ``query_pre_attn_scalar`` (Gemma 2: scores are scaled by
+    ``query_pre_attn_scalar ** -0.5`` instead of ``head_dim ** -0.5``), ``sliding_window``
+    (Gemma 2: on even layers 0, 2, ... a query attends only to the ``sliding_window`` most
+    recent slots, itself included; odd layers attend globally), ``sandwich_norms`` (Gemma 2:
+    extra RMSNorms on the attention output and on the MLP output, before each residual add).
+
     Dtypes: ``param_dtype`` for stored parameters, ``dtype`` for activations and matmuls
     (attention softmax, norms and output log-probs are always computed in float32).
     """
@@ -50,6 +60,12 @@ class ModelConfig:
     final_logit_softcap: float | None = None
     rope_theta: float = 10_000.0
     norm_eps: float = 1e-6
+    qk_norm: bool = False
+    rope_llama3: tuple[float, float, float, int] | None = None
+    attn_logit_softcap: float | None = None
+    query_pre_attn_scalar: float | None = None
+    sliding_window: int | None = None
+    sandwich_norms: bool = False
     param_dtype: str = "float32"
     dtype: str = "float32"
 
@@ -69,8 +85,13 @@ class ModelConfig:
         for f in ("param_dtype", "dtype"):
             need(getattr(self, f) in _DTYPES,
                  f"{f}={getattr(self, f)!r}: expected one of {sorted(_DTYPES)}")
-        need(self.final_logit_softcap is None or self.final_logit_softcap > 0,
-             f"final_logit_softcap={self.final_logit_softcap!r}: expected None or > 0")
+        for f in ("final_logit_softcap", "attn_logit_softcap", "query_pre_attn_scalar", "sliding_window"):
+            v = getattr(self, f)
+            need(v is None or v > 0, f"{f}={v!r}: expected None or > 0")
+        if self.rope_llama3 is not None:
+            need(len(self.rope_llama3) == 4 and self.rope_llama3[2] > self.rope_llama3[1],
+                 f"rope_llama3={self.rope_llama3!r}: expected (factor, low_freq_factor, "
+                 "high_freq_factor > low_freq_factor, original_max_position_embeddings)")
 
     @property
     def jnp_dtype(self) -> Any:
@@ -88,9 +109,17 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "qwen2": dict(mlp="swiglu", qkv_bias=True, tie_embeddings=True, embed_scale=False,
                   norm_plus_one=False, final_logit_softcap=None, rope_theta=1_000_000.0,
                   norm_eps=1e-6),
+    "qwen3": dict(mlp="swiglu", qkv_bias=False, tie_embeddings=True, embed_scale=False,
+                  norm_plus_one=False, final_logit_softcap=None, rope_theta=1_000_000.0,
+                  norm_eps=1e-6, qk_norm=True),
+    # Gemma 1: no soft-capping anywhere.
     "gemma": dict(mlp="geglu", qkv_bias=False, tie_embeddings=True, embed_scale=True,
-                  norm_plus_one=True, final_logit_softcap=30.0, rope_theta=10_000.0,
+                  norm_plus_one=True, final_logit_softcap=None, rope_theta=10_000.0,
                   norm_eps=1e-6),
+    "gemma2": dict(mlp="geglu", qkv_bias=False, tie_embeddings=True, embed_scale=True,
+                   norm_plus_one=True, final_logit_softcap=30.0, rope_theta=10_000.0,
+                   norm_eps=1e-6, attn_logit_softcap=50.0, sliding_window=4096,
+                   sandwich_norms=True),
 }
 
 SIZES: dict[str, dict[str, int]] = {
@@ -128,6 +157,6 @@ def param_count(cfg: ModelConfig) -> int:
     if cfg.qkv_bias:
         attn += h * hd + 2 * kv * hd
     mlp = 3 * d * ff
-    norms = 2 * d
+    norms = (4 if cfg.sandwich_norms else 2) * d + (2 * hd if cfg.qk_norm else 0)
     embed = v * d * (1 if cfg.tie_embeddings else 2)
     return cfg.n_layers * (attn + mlp + norms) + d + embed

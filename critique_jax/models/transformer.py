@@ -1,8 +1,10 @@
 """Decoder-only transformer in Flax NNX with an explicit, functional KV cache.
 
 RMSNorm, rotary position embeddings (half-split "rotate_half" convention, as in the
-Llama/Qwen2/Gemma reference code, so checkpoints map without permutation), grouped-query
-attention, SwiGLU/GeGLU MLP, optional QKV bias, tied or untied embeddings.
+Llama/Qwen2/Gemma reference code, so checkpoints map without permutation; optional Llama 3
+frequency scaling), grouped-query attention (optional Qwen3 q/k norms, Gemma 2 score
+soft-capping and sliding windows on even layers), SwiGLU/GeGLU MLP, optional QKV bias,
+optional Gemma 2 post-attention/post-MLP norms, tied or untied embeddings.
 
 The forward pass takes explicit ``positions`` and a ``valid`` mask so left-padded batches
 work: padding tokens are never attended to, and each sequence's positions start at 0 at
@@ -81,11 +83,30 @@ class RMSNorm(nnx.Module):
         return (y * (1.0 + w if self.plus_one else w)).astype(x.dtype)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotary embedding. x: [B, T, H, D]; positions: [B, T] int. Rotation in float32."""
-    half = x.shape[-1] // 2
-    inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, half]
+def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
+    """RoPE inverse frequencies [head_dim // 2] float32 (radians per position).
+
+    ``theta ** (-2i / head_dim)``; with ``rope_llama3`` rescaled as transformers'
+    ``_compute_llama3_parameters``: wavelengths above ``original / low_freq_factor`` are
+    divided by ``factor``, those below ``original / high_freq_factor`` kept, and the band in
+    between interpolated linearly in ``original / wavelength``.
+    """
+    half = cfg.head_dim // 2
+    inv_freq = cfg.rope_theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    if cfg.rope_llama3 is None:
+        return inv_freq
+    factor, low, high, original = cfg.rope_llama3
+    wavelen = 2 * math.pi / inv_freq
+    scaled = jnp.where(wavelen > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= original / high) & (wavelen <= original / low)
+    return jnp.where(medium, smoothed, scaled)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotary embedding. x: [B, T, H, D]; positions: [B, T] int; inv_freq: [D // 2]. Float32."""
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, D // 2]
     sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
@@ -106,6 +127,8 @@ class Attention(nnx.Module):
         self.k_proj = _linear(cfg.d_model, cfg.n_kv_heads * hd, cfg, rngs, cfg.qkv_bias)
         self.v_proj = _linear(cfg.d_model, cfg.n_kv_heads * hd, cfg, rngs, cfg.qkv_bias)
         self.o_proj = _linear(cfg.n_heads * hd, cfg.d_model, cfg, rngs)
+        self.q_norm = RMSNorm(hd, cfg) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(hd, cfg) if cfg.qk_norm else None
 
     def __call__(
         self,
@@ -127,8 +150,11 @@ class Attention(nnx.Module):
         q = self.q_proj(x).reshape(b, t, cfg.n_heads, cfg.head_dim)
         k = self.k_proj(x).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
         v = self.v_proj(x).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
-        q = apply_rope(q, positions, cfg.rope_theta)
-        k = apply_rope(k, positions, cfg.rope_theta)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        inv_freq = rope_inv_freq(cfg)
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
         if cache_kv is not None:
             zero = jnp.zeros((), jnp.int32)
             at = (jnp.asarray(layer, jnp.int32), zero, write_at, zero, zero)
@@ -139,7 +165,9 @@ class Attention(nnx.Module):
         groups = cfg.n_heads // cfg.n_kv_heads
         q = q.reshape(b, t, cfg.n_kv_heads, groups, cfg.head_dim)
         scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-        scores = scores / math.sqrt(cfg.head_dim)
+        scores = scores / math.sqrt(cfg.query_pre_attn_scalar or cfg.head_dim)
+        if cfg.attn_logit_softcap is not None:
+            scores = cfg.attn_logit_softcap * jnp.tanh(scores / cfg.attn_logit_softcap)
         scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, cfg.n_heads * cfg.head_dim)
@@ -160,16 +188,27 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
+    """Pre-norm block. ``post_attn_norm`` is the norm before the MLP (HF Llama's
+    ``post_attention_layernorm``); ``attn_out_norm``/``mlp_out_norm`` (``sandwich_norms``)
+    normalise the attention and MLP outputs before their residual adds (Gemma 2)."""
+
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.input_norm = RMSNorm(cfg.d_model, cfg)
         self.attn = Attention(cfg, rngs)
         self.post_attn_norm = RMSNorm(cfg.d_model, cfg)
         self.mlp = MLP(cfg, rngs)
+        self.attn_out_norm = RMSNorm(cfg.d_model, cfg) if cfg.sandwich_norms else None
+        self.mlp_out_norm = RMSNorm(cfg.d_model, cfg) if cfg.sandwich_norms else None
 
     def __call__(self, x, positions, mask, cache_kv, layer, write_at):
         h, cache_kv = self.attn(self.input_norm(x), positions, mask, cache_kv, layer, write_at)
+        if self.attn_out_norm is not None:
+            h = self.attn_out_norm(h)
         x = x + h
-        return x + self.mlp(self.post_attn_norm(x)), cache_kv
+        h = self.mlp(self.post_attn_norm(x))
+        if self.mlp_out_norm is not None:
+            h = self.mlp_out_norm(h)
+        return x + h, cache_kv
 
 
 class Transformer(nnx.Module):
@@ -195,7 +234,8 @@ class Transformer(nnx.Module):
 
         Without a cache: causal self-attention among the T tokens. With a cache: the tokens
         are written at slots ``[cache.end, cache.end + T)`` and attend to every valid earlier
-        slot; the updated cache is returned. Output hidden: [B, T, d_model] in ``cfg.dtype``.
+        slot (within ``sliding_window`` slots on sliding layers); the updated cache is
+        returned. Output hidden: [B, T, d_model] in ``cfg.dtype``.
         """
         cfg = self.cfg
         b, t = tokens.shape
@@ -203,24 +243,26 @@ class Transformer(nnx.Module):
         if cfg.embed_scale:
             x = x * jnp.asarray(math.sqrt(cfg.d_model), x.dtype)
         if cache is None:
-            idx = jnp.arange(t)
-            mask = valid[:, None, :] & (idx[None, :] <= idx[:, None])[None]
-            write_at, kv_valid = None, None
+            slots = query_slot = jnp.arange(t)
+            keys_valid, write_at = valid, None
         else:
             if t > cache.size:
                 raise ValueError(f"{t} tokens do not fit a KV cache of {cache.size} slots")
             write_at = cache.end
-            kv_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (jnp.zeros((), jnp.int32), write_at))
+            keys_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (jnp.zeros((), jnp.int32), write_at))
             slots = jnp.arange(cache.size)
             query_slot = write_at + jnp.arange(t)
-            mask = kv_valid[:, None, :] & (slots[None, :] <= query_slot[:, None])[None]
+        back = query_slot[:, None] - slots[None, :]  # [T, S] slots from key to query
+        mask = keys_valid[:, None, :] & (back >= 0)[None]
+        local = None if cfg.sliding_window is None else mask & (back < cfg.sliding_window)[None]
         kv = None if cache is None else (cache.k, cache.v)
         for i, block in enumerate(self.layers):
-            x, kv = block(x, positions, mask, kv, i, write_at)
+            layer_mask = local if local is not None and i % 2 == 0 else mask
+            x, kv = block(x, positions, layer_mask, kv, i, write_at)
         hidden = self.final_norm(x)
         if cache is None:
             return hidden, None
-        return hidden, KVCache(k=kv[0], v=kv[1], valid=kv_valid, end=write_at + t)
+        return hidden, KVCache(k=kv[0], v=kv[1], valid=keys_valid, end=write_at + t)
 
     def unembed(self) -> jax.Array:
         """The output projection as a [d_model, vocab] matrix (in the parameter dtype)."""

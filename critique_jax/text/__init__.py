@@ -1,4 +1,4 @@
-"""Text layer: SentencePiece tokenizer and prompt/critique templates."""
+"""Text layer: SentencePiece and Hugging Face tokenizers, prompt/critique templates."""
 
 from critique_jax.text.templates import (
     MARKERS,
@@ -18,15 +18,18 @@ from critique_jax.text.tokenizer import (
     tokenizer_for_task,
     train_tokenizer,
 )
+from critique_jax.text.hf_tokenizer import HFTokenizer, load_tokenizer
 
 __all__ = [
     "CORPUS_VERSION",
     "DEFAULT_VOCAB_SIZE",
+    "HFTokenizer",
     "MARKERS",
     "Tokenizer",
     "critique_prompt",
     "default_cache_dir",
     "format_step_critique",
+    "load_tokenizer",
     "parse_critique",
     "refine_prompt",
     "solve_prompt",

@@ -152,9 +152,20 @@ def test_exact_resume_and_no_recompiles(straight_run, tmp_path):
     assert all(r["perf/compiles"] == 0 for r in rows[1:]), [r["perf/compiles"] for r in rows]
 
 
-def test_nonfinite_run_stops_without_nan_checkpoint(tmp_path):
-    cfg = tiny_config(tmp_path, **{"rl.lr": float("inf"), "rl.max_bad_steps": 2, "rl.steps": 4,
-                                   "sft.steps": 1, "checkpoint.every": 1})
+def _infinite_lr(monkeypatch, phase: str) -> None:
+    """Makes the optimiser of ``phase`` ("sft": the one without grad_clip, "rl") step with an
+    infinite learning rate, which the config itself refuses."""
+    from critique_jax.rl import trainer
+
+    def make(lr, *args, **kw):
+        return make_optimizer(float("inf") if ("grad_clip" in kw) == (phase == "rl") else lr, *args, **kw)
+
+    monkeypatch.setattr(trainer, "make_optimizer", make)
+
+
+def test_nonfinite_run_stops_without_nan_checkpoint(tmp_path, monkeypatch):
+    _infinite_lr(monkeypatch, "rl")
+    cfg = tiny_config(tmp_path, **{"rl.max_bad_steps": 2, "rl.steps": 4, "sft.steps": 1, "checkpoint.every": 1})
     with pytest.raises(FloatingPointError, match=r"2 consecutive RL steps .*\(rl.max_bad_steps=2\)"):
         train(cfg, str(tmp_path / "run"))
     rows = read_metrics(tmp_path / "run")
@@ -175,6 +186,38 @@ def test_nonfinite_run_stops_without_nan_checkpoint(tmp_path):
     ("sft.warmup_steps", 10, r"sft.warmup_steps=10: expected between 0 and sft.steps=3"),
 ])
 def test_config_errors_name_the_key(tmp_path, key, value, message):
+    cfg = tiny_config(tmp_path, **{key: value})
+    with pytest.raises(ValueError, match=message):
+        config_lib.validate(cfg, 8)
+
+
+def test_nonfinite_sft_stops(tmp_path, monkeypatch):
+    _infinite_lr(monkeypatch, "sft")
+    cfg = tiny_config(tmp_path, **{"sft.max_bad_steps": 2, "rl.steps": 0})
+    with pytest.raises(FloatingPointError, match=r"2 consecutive SFT steps .*\(sft.max_bad_steps=2\)"):
+        train(cfg, str(tmp_path / "run"))
+    assert Checkpointer(tmp_path / "run" / "sft_policy").latest_step() is None
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("rl.lr", -1.0, r"rl.lr=-1.0: expected a number in \(0, 1\]"),
+    ("rl.lr", 0.0, r"rl.lr=0.0: expected a number in \(0, 1\]"),
+    ("rl.lr", 1e6, r"rl.lr=1000000.0: expected a number in \(0, 1\]"),
+    ("rl.lr", float("nan"), r"rl.lr=nan: expected a finite number"),
+    ("rl.lr", float("inf"), r"rl.lr=inf: expected a finite number"),
+    ("rl.weight_decay", float("nan"), r"rl.weight_decay=nan: expected a finite number"),
+    ("rl.grad_clip", -1.0, r"rl.grad_clip=-1.0: expected a number >= 0"),
+    ("rl.grad_clip", 0.0, r"rl.grad_clip=0.0: expected a number in \(0, inf\]"),
+    ("sft.lr", float("nan"), r"sft.lr=nan: expected a finite number"),
+    ("critic.lr", 2.0, r"critic.lr=2.0: expected a number in \(0, 1\]"),
+    ("seed", -1, r"config seed=-1: expected a number >= 0"),
+    ("task.n_train", 0, r"task.n_train=0: expected a number >= 1"),
+    ("task.difficulties", (1, 0), r"task.difficulties=\(1, 0\): expected numbers >= 1"),
+    ("eval.n_problems", 0, r"eval.n_problems=0: expected a number >= 1"),
+    ("rl.loss.clip_cov.ratio", float("nan"), r"rl.loss.clip_cov.ratio=nan: expected a finite number"),
+    ("model.preset", "huge", r"model.preset='huge': expected one of"),
+])
+def test_numbers_are_checked(tmp_path, key, value, message):
     cfg = tiny_config(tmp_path, **{key: value})
     with pytest.raises(ValueError, match=message):
         config_lib.validate(cfg, 8)

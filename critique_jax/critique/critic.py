@@ -65,6 +65,7 @@ from critique_jax.parallel.mesh import batch_shards
 from critique_jax.parallel.sharding import param_shardings
 from critique_jax.rl import trainer
 from critique_jax.rl import rollout as rollout_lib
+from critique_jax.rl.guard import NonFiniteGuard
 from critique_jax.rl.rollout import decode_responses, pack_pairs
 from critique_jax.rl.train_step import SequenceBatch, TrainState, make_optimizer
 from critique_jax.sampling import SamplerConfig, generate, pad_prompts, sample_keys
@@ -316,8 +317,10 @@ def run_critic_sft(critic: Critic, ckpt: Checkpointer, progress: Progress,
         log.info("resumed critic training at step %d", start)
     step_fn = trainer.sft_step_fn(run, state.params, optimizer)
     t_log, steps_since, eval_s = time.perf_counter(), 0, 0.0
+    guard = NonFiniteGuard("critic", cc.max_bad_steps, "critic.max_bad_steps")
     for step in range(start + 1, cc.steps + 1):
         state, m = step_fn(state, critic.batch(next(it)))
+        guard.check(step, float(m["skipped"]))
         steps_since += 1
         metrics: dict[str, Any] = {}
         if step % cc.log_every == 0 or step == cc.steps:

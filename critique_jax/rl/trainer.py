@@ -43,6 +43,7 @@ from critique_jax.parallel.sharding import param_shardings, tree_shardings_like
 from critique_jax.perf import CompileCounter, timed
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.rl.advantages import compute_advantages
+from critique_jax.rl.guard import NonFiniteGuard
 from critique_jax.rl.train_step import (SequenceBatch, TrainState, _all_finite, make_optimizer, rl_update,
                                         sft_update, token_stats_fn)
 from critique_jax.sampling import SamplerConfig, generate, sample_keys
@@ -103,9 +104,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         multihost_utils.sync_global_devices("critique_jax: data and tokenizer ready")
     splits, tok = data_and_tokenizer()
     check_lengths(splits["train"], tok, config)
+    max_seq_len = max(prompt_buckets(config)) + config.sampling.max_new_tokens
+    config_lib.warn_sequence_length(config, max_seq_len)
     model_cfg = model_config(config.model.preset, tok.vocab_size, family=config.model.family,
-                             dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                             max_seq_len=max(prompt_buckets(config)) + config.sampling.max_new_tokens)
+                             dtype=config.model.dtype, param_dtype=config.model.param_dtype, max_seq_len=max_seq_len)
     abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
     graphdef, abstract_params = nnx.split(abstract)
     sampler = SamplerConfig(max_new_tokens=config.sampling.max_new_tokens, eos_ids=(tok.eos_id,), pad_id=tok.pad_id)
@@ -263,6 +265,7 @@ def run_sft(run: Run, ckpt: Checkpointer, progress: Progress) -> nnx.State:
         start = latest
         log.info("resumed SFT at step %d", start)
     step_fn = sft_step_fn(run, state.params, optimizer)
+    guard = NonFiniteGuard("SFT", c.sft.max_bad_steps, "sft.max_bad_steps")
     for step in range(start + 1, c.sft.steps + 1):
         examples = next(it)
         rng = np.random.default_rng([c.seed, 1, step])
@@ -272,6 +275,7 @@ def run_sft(run: Run, ckpt: Checkpointer, progress: Progress) -> nnx.State:
             arrays = rollout_lib.sft_arrays(run.tok, examples, rng, run.prompt_width, c.sampling.max_new_tokens)
         batch = SequenceBatch(**{k: run.shard(v) for k, v in arrays.items()})
         state, m = step_fn(state, batch)
+        guard.check(step, float(m["skipped"]))
         if step % c.sft.log_every == 0 or step == c.sft.steps:
             metrics = _scalars(m, "sft") | {"sft/lr": float(schedule(step - 1))}
             run.writer.write(step, metrics)
@@ -382,7 +386,7 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, critic: Critique
                                        mesh=run.mesh), donate_argnums=0,
                      out_shardings=(state_shardings(run, state.params, optimizer), None))
     stats_fn = jax.jit(functools.partial(token_stats_fn, run.graphdef, temperature=c.sampling.temperature))
-    bad_steps = 0
+    guard = NonFiniteGuard("RL", c.rl.max_bad_steps, "rl.max_bad_steps")
     for step in range(start + 1, s + c.rl.steps + 1):
         t0 = time.perf_counter()
         with CompileCounter() as compiles:
@@ -402,15 +406,11 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, critic: Critique
                                                    "perf/compiles": float(compiles.count)}
         if "perf/critique_s" in metrics:
             metrics["perf/critique_share"] = metrics["perf/critique_s"] / metrics["perf/step_s"]
-        if m["skipped"] > 0:
-            bad_steps += 1
-            log.warning("step %d: %d update(s) with a non-finite loss, gradient or update were skipped", step, int(m["skipped"]))
-            if bad_steps >= c.rl.max_bad_steps:
-                run.writer.write(step, metrics)
-                raise FloatingPointError(f"{bad_steps} consecutive RL steps had non-finite losses, gradients or updates "
-                                         f"(last: step {step}); stopping (rl.max_bad_steps={c.rl.max_bad_steps})")
-        else:
-            bad_steps = 0
+        try:
+            guard.check(step, m["skipped"])
+        except FloatingPointError:
+            run.writer.write(step, metrics)
+            raise
         if step % c.eval.every == 0 or step == s + c.rl.steps:
             metrics |= evaluate(run, state.params, step, critic)
         run.writer.write(step, metrics)

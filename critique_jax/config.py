@@ -166,15 +166,16 @@ def check_numbers(c: ml_collections.ConfigDict) -> None:
             continue
         if not all(math.isfinite(v) for v in numbers):
             raise ValueError(f"config {key}={value!r}: expected a finite number")
-        low = 1 if key in _AT_LEAST_ONE else -1 if key in _MINUS_ONE_ALLOWED else 0
-        if not key.startswith("rl.loss.") and min(numbers) < low:
-            raise ValueError(f"config {key}={value!r}: expected {'numbers' if len(values) > 1 else 'a number'} "
-                             f">= {low}")
         if key in _RANGES:
             lo, hi, lo_open = _RANGES[key]
             if not (lo < value if lo_open else lo <= value) or value > hi:
                 raise ValueError(f"config {key}={value!r}: expected a number in {'(' if lo_open else '['}{lo:g}, "
                                  f"{hi:g}]")
+            continue
+        low = 1 if key in _AT_LEAST_ONE else -1 if key in _MINUS_ONE_ALLOWED else 0
+        if not key.startswith("rl.loss.") and min(numbers) < low:
+            raise ValueError(f"config {key}={value!r}: expected {'numbers' if len(values) > 1 else 'a number'} "
+                             f">= {low}")
 
 
 def warn_sequence_length(c: ml_collections.ConfigDict, longest: int) -> None:

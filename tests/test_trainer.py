@@ -199,6 +199,17 @@ def test_nonfinite_sft_stops(tmp_path, monkeypatch):
     assert Checkpointer(tmp_path / "run" / "sft_policy").latest_step() is None
 
 
+def test_init_from_is_checked_before_anything_runs(tmp_path):
+    source = tmp_path / "source"
+    (source / "sft_policy").mkdir(parents=True)
+    (source / "config.json").write_text(tiny_config(tmp_path, **{"tokenizer.seed": 1}).to_json())
+    cfg = tiny_config(tmp_path, **{"init_from": str(source), "model.preset": "small"})
+    with pytest.raises(ValueError, match=r"config model.preset='small' differs from the init_from run's "
+                                         r"model.preset='tiny'; tokenizer.seed=0 differs from .* tokenizer.seed=1"):
+        train(cfg, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("key,value,message", [
     ("rl.lr", -1.0, r"rl.lr=-1.0: expected a number in \(0, 1\]"),
     ("rl.lr", 0.0, r"rl.lr=0.0: expected a number in \(0, 1\]"),
@@ -206,7 +217,7 @@ def test_nonfinite_sft_stops(tmp_path, monkeypatch):
     ("rl.lr", float("nan"), r"rl.lr=nan: expected a finite number"),
     ("rl.lr", float("inf"), r"rl.lr=inf: expected a finite number"),
     ("rl.weight_decay", float("nan"), r"rl.weight_decay=nan: expected a finite number"),
-    ("rl.grad_clip", -1.0, r"rl.grad_clip=-1.0: expected a number >= 0"),
+    ("rl.grad_clip", -1.0, r"rl.grad_clip=-1.0: expected a number in \(0, inf\]"),
     ("rl.grad_clip", 0.0, r"rl.grad_clip=0.0: expected a number in \(0, inf\]"),
     ("sft.lr", float("nan"), r"sft.lr=nan: expected a finite number"),
     ("critic.lr", 2.0, r"critic.lr=2.0: expected a number in \(0, 1\]"),

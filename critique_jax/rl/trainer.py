@@ -435,6 +435,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, resume: bool = True, 
     ``stop_at``: end the run after RL step ``stop_at`` (global numbering) with a checkpoint,
     as a preemption would; running again resumes exactly where it stopped.
     """
+    policy_dir = check_policy_run(config, config.init_from, "init_from") if config.init_from else None
     run = setup(config, workdir)
     c = config
     ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -445,8 +446,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, resume: bool = True, 
                 raise FileExistsError(f"{d} holds checkpoints and resume is off: use a new --workdir or --resume")
     ckpt = Checkpointer(ckpt_dir, keep_last=c.checkpoint.keep_last, keep_best=c.checkpoint.keep_best,
                         best_metric=c.checkpoint.best_metric, async_save=c.checkpoint.async_save)
-    sft_ckpt = Checkpointer(init_from_dir(c.init_from) if c.init_from else sft_dir, keep_last=1, keep_best=0,
-                            best_metric=None, async_save=False)
+    sft_ckpt = Checkpointer(policy_dir or sft_dir, keep_last=1, keep_best=0, best_metric=None, async_save=False)
     total = (0 if c.init_from else c.sft.steps) + c.rl.steps
     latest = ckpt.latest_step()
     # Logs past the step we resume from (or all logs, when nothing was saved) belong to a
@@ -541,7 +541,7 @@ POLICY_MATCHING_KEYS = ("task.name", "model.preset", "model.family", "tokenizer.
 def check_policy_run(config: ml_collections.ConfigDict, path: str, key: str) -> str:
     """The ``sft_policy`` directory of the train run ``path`` (the value of config ``key``), after
     checking that the run's :data:`POLICY_MATCHING_KEYS` equal this config's; errors name ``key``,
-    the field and both values."""
+    and every differing field with both values."""
     cfg_file, policy_dir = os.path.join(path, "config.json"), init_from_dir(path)
     for f in (cfg_file, policy_dir):
         if not os.path.exists(f):
@@ -549,12 +549,14 @@ def check_policy_run(config: ml_collections.ConfigDict, path: str, key: str) -> 
                                     "(python -m critique_jax.train) with its config.json and sft_policy/")
     with open(cfg_file) as f:
         theirs = json.load(f)
+    differ = []
     for field_key in POLICY_MATCHING_KEYS:
         section, field = field_key.split(".")
         mine, other = config[section][field], theirs.get(section, {}).get(field)
         if mine != other:
-            raise ValueError(f"config {field_key}={mine!r} differs from the {key} run's {field_key}={other!r} "
-                             f"({cfg_file})")
+            differ.append(f"{field_key}={mine!r} differs from the {key} run's {field_key}={other!r}")
+    if differ:
+        raise ValueError(f"config {'; '.join(differ)} ({cfg_file})")
     return policy_dir
 
 

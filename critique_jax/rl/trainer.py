@@ -44,6 +44,7 @@ from critique_jax.perf import CompileCounter, timed
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.rl.advantages import compute_advantages
 from critique_jax.rl.guard import NonFiniteGuard
+from critique_jax.runlock import lock_run_dir
 from critique_jax.rl.train_step import (SequenceBatch, TrainState, _all_finite, make_optimizer, rl_update,
                                         sft_update, token_stats_fn)
 from critique_jax.sampling import SamplerConfig, generate, sample_keys
@@ -87,6 +88,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     if config.critique.type == "model":
         check_critic_source(config)
     os.makedirs(workdir, exist_ok=True)
+    if is_main_process():
+        lock_run_dir(workdir)
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     task = get_task(config.task.name)
     data_dir = config.data_dir or os.path.join(default_cache_dir(), "data")

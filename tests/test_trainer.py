@@ -1,6 +1,7 @@
 """The RL trainer: sharded step = single-device step, exact resume, non-finite guard, config errors."""
 
 import functools
+import json
 import os
 
 import jax
@@ -238,3 +239,25 @@ def test_unknown_config_key_is_rejected():
     c = config_lib.default_config()
     with pytest.raises(AttributeError, match='Key "grop_size" does not exist'):
         c.rl.grop_size = 4
+
+
+def test_resume_refuses_a_changed_config_and_records_allowed_changes(straight_run, tmp_path):
+    import shutil
+
+    from critique_jax.rundir import CHANGES_FILE, CONFIG_FILE, save_config
+
+    workdir = tmp_path / "run"
+    shutil.copytree(straight_run / "run", workdir)
+    saved = (workdir / CONFIG_FILE).read_text()
+    with pytest.raises(ValueError, match=r"config rl.lr=0.0005 \(the run has 0.001\); rl.loss.name='ppo' \(the run "
+                                         r"has 'clip_cov'\): resuming"):
+        train(tiny_config(straight_run, **{"rl.lr": 5e-4, "rl.loss.name": "ppo"}), str(workdir))
+    with pytest.raises(FileExistsError, match="resume is off"):
+        train(tiny_config(straight_run, **{"rl.lr": 5e-4}), str(workdir), resume=False)
+    assert (workdir / CONFIG_FILE).read_text() == saved
+    # A finished run resumed with more log lines and a later evaluation: allowed, and recorded.
+    save_config(tiny_config(straight_run, **{"eval.every": 4, "sft.log_every": 2}), str(workdir), resume=True)
+    changes = [json.loads(line) for line in (workdir / CHANGES_FILE).read_text().splitlines()]
+    assert [sorted(c["changes"]) for c in changes] == [["eval.every", "sft.log_every"]]
+    assert changes[0]["changes"]["eval.every"] == {"from": 3, "to": 4}
+    assert json.loads((workdir / CONFIG_FILE).read_text())["eval"]["every"] == 4

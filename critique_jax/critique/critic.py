@@ -68,6 +68,7 @@ from critique_jax.rl import rollout as rollout_lib
 from critique_jax.rl.guard import NonFiniteGuard
 from critique_jax.rl.rollout import decode_responses, pack_pairs
 from critique_jax.rl.train_step import SequenceBatch, TrainState, make_optimizer
+from critique_jax.rundir import save_config
 from critique_jax.sampling import SamplerConfig, generate, pad_prompts, sample_keys
 from critique_jax.tasks import Problem
 from critique_jax.text import Tokenizer, solve_prompt
@@ -360,6 +361,7 @@ def train_critic(config: ml_collections.ConfigDict, workdir: str, *, resume: boo
             if os.path.isdir(d) and os.listdir(d):
                 raise FileExistsError(f"{d} holds checkpoints and resume is off: use a new --workdir or --resume")
     critic = setup_critic(config, workdir)
+    save_config(config, workdir, resume, write=is_main_process())
     c, cc = config, config.critic
     final = Checkpointer(final_dir, keep_last=1, keep_best=0, best_metric=None, async_save=False)
     if final.latest_step() is not None:

@@ -44,9 +44,10 @@ from critique_jax.perf import CompileCounter, timed
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.rl.advantages import compute_advantages
 from critique_jax.rl.guard import NonFiniteGuard
-from critique_jax.runlock import lock_run_dir
 from critique_jax.rl.train_step import (SequenceBatch, TrainState, _all_finite, make_optimizer, rl_update,
                                         sft_update, token_stats_fn)
+from critique_jax.rundir import save_config
+from critique_jax.runlock import lock_run_dir
 from critique_jax.sampling import SamplerConfig, generate, sample_keys
 from critique_jax.tasks import Problem, Task, get_task
 from critique_jax.text import Tokenizer, default_cache_dir, refine_prompt, solve_prompt, tokenizer_for_task
@@ -83,7 +84,8 @@ class Run:
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
-    """Validates the config, builds data, tokenizer, mesh and model definition; writes config.json."""
+    """Validates the config, locks the run directory, builds data, tokenizer, mesh and model
+    definition (the entry point then checks and writes config.json, :func:`rundir.save_config`)."""
     config_lib.validate(config, jax.device_count())
     if config.critique.type == "model":
         check_critic_source(config)
@@ -114,9 +116,6 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
     graphdef, abstract_params = nnx.split(abstract)
     sampler = SamplerConfig(max_new_tokens=config.sampling.max_new_tokens, eos_ids=(tok.eos_id,), pad_id=tok.pad_id)
-    if is_main_process():
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=1))
     return Run(config=config, workdir=workdir, mesh=mesh, task=task, tok=tok, train=splits["train"],
                test=splits["test"], model_cfg=model_cfg, graphdef=graphdef,
                param_sh=param_shardings(abstract_params, mesh), sampler=sampler)
@@ -447,6 +446,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, resume: bool = True, 
         for d in (ckpt_dir, sft_dir):
             if os.path.isdir(d) and os.listdir(d):
                 raise FileExistsError(f"{d} holds checkpoints and resume is off: use a new --workdir or --resume")
+    save_config(config, workdir, resume, write=is_main_process())
     ckpt = Checkpointer(ckpt_dir, keep_last=c.checkpoint.keep_last, keep_best=c.checkpoint.keep_best,
                         best_metric=c.checkpoint.best_metric, async_save=c.checkpoint.async_save)
     sft_ckpt = Checkpointer(policy_dir or sft_dir, keep_last=1, keep_best=0, best_metric=None, async_save=False)

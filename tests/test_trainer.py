@@ -261,3 +261,21 @@ def test_resume_refuses_a_changed_config_and_records_allowed_changes(straight_ru
     assert [sorted(c["changes"]) for c in changes] == [["eval.every", "sft.log_every"]]
     assert changes[0]["changes"]["eval.every"] == {"from": 3, "to": 4}
     assert json.loads((workdir / CONFIG_FILE).read_text())["eval"]["every"] == 4
+
+
+def test_rerun_after_sft_policy_keeps_the_post_sft_logs(straight_run, tmp_path):
+    """Killed after sft_policy was saved and before the first RL checkpoint: the newest
+    checkpoint is an SFT one, older than the SFT logs and the post-SFT evaluation."""
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(straight_run / "run", workdir)
+    cfg = tiny_config(straight_run, **{"rl.steps": 0})  # nothing left to train: only the re-run's truncation
+    for step in Checkpointer(workdir / "checkpoints").all_steps():
+        shutil.rmtree(workdir / "checkpoints" / str(step))
+    with Checkpointer(workdir / "checkpoints", async_save=False) as ckpt:
+        ckpt.save(cfg.sft.steps - 1, {"x": jnp.zeros(1)}, {"phase": "sft"})
+    train(cfg, str(workdir))
+    sft_logs = [r for r in read_metrics(straight_run / "run") if r["step"] <= cfg.sft.steps]
+    assert "eval/pass@1" in sft_logs[-1]
+    assert read_metrics(workdir) == sft_logs

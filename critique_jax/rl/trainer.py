@@ -454,7 +454,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, resume: bool = True, 
     latest = ckpt.latest_step()
     # Logs past the step we resume from (or all logs, when nothing was saved) belong to a
     # crashed attempt and are dropped, so the resumed run's logs equal an uninterrupted run's.
-    done = latest if latest is not None else (c.sft.steps if sft_ckpt.latest_step() is not None and not c.init_from else -1)
+    # A saved sft_policy is the step after SFT and its evaluation, even when the latest
+    # checkpoint is an older SFT one (killed before the first RL checkpoint).
+    sft_done = c.sft.steps if sft_ckpt.latest_step() is not None and not c.init_from else -1
+    done = max(latest if latest is not None else -1, sft_done)
     run.writer = MetricsWriter(workdir, enabled=is_main_process(), tensorboard=c.log.tensorboard, resume_step=done)
     progress = Progress(total=total, initial=latest or 0, enabled=c.log.progress,
                         keys=("sft/nll", "train/reward", "train/entropy", "eval/pass@1"))

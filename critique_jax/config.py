@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from typing import Any, Iterator
 
 import ml_collections
 
@@ -149,7 +150,7 @@ _RANGES = {**{f"{phase}.lr": (0.0, 1.0, True) for phase in ("sft", "rl", "critic
            "rl.grad_clip": (0.0, math.inf, True)}
 
 
-def _leaves(d: ml_collections.ConfigDict, prefix: str = ""):
+def _leaves(d: ml_collections.ConfigDict, prefix: str = "") -> Iterator[tuple[str, Any]]:
     for k, v in d.items():
         if isinstance(v, ml_collections.ConfigDict):
             yield from _leaves(v, f"{prefix}{k}.")

@@ -235,6 +235,14 @@ def test_numbers_are_checked(tmp_path, key, value, message):
         config_lib.validate(cfg, 8)
 
 
+def test_longer_sequences_than_the_preset_are_announced(tmp_path, caplog):
+    cfg = tiny_config(tmp_path, **{"sampling.max_new_tokens": 2000})
+    with caplog.at_level("WARNING", logger="critique_jax"):
+        config_lib.warn_sequence_length(cfg, 2024)
+    assert "sampling.max_new_tokens=2000 with prompt buckets up to 24 tokens needs 2024 positions: more than " \
+           "model.preset='tiny''s max_seq_len=256" in caplog.text
+
+
 def test_unknown_config_key_is_rejected():
     c = config_lib.default_config()
     with pytest.raises(AttributeError, match='Key "grop_size" does not exist'):

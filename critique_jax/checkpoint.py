@@ -22,6 +22,13 @@ Saves are asynchronous by default: ``save`` returns once the arrays have been co
 memory and the training loop continues while a background thread writes them; ``save`` waits
 for the previous write first, and ``wait``/``close`` wait for the last one.
 
+Integrity: once a step is committed (before the next save, in ``wait`` and ``close``),
+process 0 writes ``<step>/checksums.json``, the sha256 of every file of the step.
+``latest_step`` returns the newest step whose files match it (a step saved without one is
+trusted) and moves a damaged step (a file missing or changed) aside to
+``<directory>-damaged/<step>`` with a warning naming it, so a run resumes from the newest
+intact step and later saves are not mistaken for older ones.
+
 Typed PRNG keys (``jax.random.key``) are stored as their raw ``key_data`` (uint32) and
 re-wrapped with the implementation of the matching leaf of ``like`` on restore, so callers
 may keep typed keys in ``state``.
@@ -33,10 +40,12 @@ its own addressable shards, process 0 writes the metadata and commits the step).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
+import time
 from typing import Any
 
 import jax
@@ -48,6 +57,9 @@ PyTree = Any
 
 _STATE = "state"
 _META = "meta"
+CHECKSUMS = "checksums.json"
+
+log = logging.getLogger("critique_jax")
 
 
 class _SkipNoMetricsWarning(logging.Filter):
@@ -91,6 +103,35 @@ def _abstract_leaf(like: Any) -> jax.ShapeDtypeStruct:
 
 def _rewrap(like: Any, restored: Any) -> Any:
     return jax.random.wrap_key_data(restored, impl=_key_impl(like)) if _is_key(like) else restored
+
+
+def _file_hashes(step_dir: str) -> dict[str, str]:
+    """sha256 of every file under ``step_dir`` but the manifest, by relative path."""
+    out = {}
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, step_dir)
+            if rel != CHECKSUMS:
+                with open(path, "rb") as f:
+                    out[rel] = hashlib.file_digest(f, "sha256").hexdigest()
+    return out
+
+
+def damage(step_dir: str) -> str | None:
+    """What is wrong with a step against its manifest (None: intact, or saved without one)."""
+    manifest = os.path.join(step_dir, CHECKSUMS)
+    if not os.path.exists(manifest):
+        return None
+    with open(manifest) as f:
+        expected = json.load(f)
+    actual = _file_hashes(step_dir)
+    missing = sorted(set(expected) - set(actual))
+    changed = sorted(k for k in expected if k in actual and actual[k] != expected[k])
+    if not missing and not changed:
+        return None
+    return "; ".join(f"{what}: {', '.join(names)}" for what, names in (("missing", missing), ("changed", changed))
+                     if names)
 
 
 class Checkpointer:
@@ -156,6 +197,8 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=(_STATE, _META)
         )
+        self._unsealed: list[int] = []  # steps saved here whose manifest is not written yet
+        self._intact: set[int] = set()  # steps verified by latest_step
 
     def save(
         self,
@@ -183,7 +226,8 @@ class Checkpointer:
             value = float(metrics[self.best_metric])
             best = {self.best_metric: value} if math.isfinite(value) else None
         state = jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, state)
-        return self._manager.save(
+        self.wait()
+        saved = self._manager.save(
             step,
             args=ocp.args.Composite(
                 **{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta)}
@@ -191,9 +235,45 @@ class Checkpointer:
             metrics=best,
             force=force,
         )
+        if saved:
+            self._unsealed.append(step)
+            self._intact.add(step)
+        return saved
+
+    def _step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def _seal(self) -> None:
+        """Writes the manifest of every committed step saved since the last call (process 0)."""
+        for step in self._unsealed:
+            step_dir = self._step_dir(step)
+            if jax.process_index() == 0 and os.path.isdir(step_dir):  # not removed by retention
+                hashes, tmp = _file_hashes(step_dir), os.path.join(step_dir, CHECKSUMS + ".tmp")
+                with open(tmp, "w") as f:
+                    json.dump(hashes, f, indent=0, sort_keys=True)
+                os.replace(tmp, os.path.join(step_dir, CHECKSUMS))
+        self._unsealed = []
 
     def latest_step(self) -> int | None:
-        return self._manager.latest_step()
+        """The newest intact step; damaged newer steps are moved aside with a warning."""
+        for step in reversed(self.all_steps()):
+            if step in self._intact:
+                return step
+            problem = damage(self._step_dir(step))
+            if problem is None:
+                self._intact.add(step)
+                return step
+            self._quarantine(step, problem)
+        return None
+
+    def _quarantine(self, step: int, problem: str) -> None:
+        aside = os.path.join(f"{self.directory}-damaged", f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        log.warning("checkpoint step %d in %s is damaged (%s): moved to %s; falling back to an older step", step,
+                    self.directory, problem, aside)
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(aside), exist_ok=True)
+            os.rename(self._step_dir(step), aside)
+        self._manager.reload()
 
     def best_step(self) -> int | None:
         """Step with the best ``best_metric`` among the kept steps (None if none has it)."""
@@ -208,15 +288,19 @@ class Checkpointer:
         ``like`` has the structure of the saved state, with concrete arrays or
         ``jax.ShapeDtypeStruct``s whose ``sharding`` says where each restored array goes
         (shape and dtype must match what was saved). Raises FileNotFoundError naming the
-        directory and the available steps when ``step`` (or any step) is missing.
+        directory and the available steps when ``step`` (or any intact step) is missing, and
+        ValueError naming what is damaged for a ``step`` whose files do not match its manifest.
         """
-        steps = self.all_steps()
         if step is None:
-            step = steps[-1] if steps else None
+            step = self.latest_step()
+        steps = self.all_steps()
         if step is None or step not in steps:
             raise FileNotFoundError(
                 f"no checkpoint for step {step} in {self.directory}; available steps: {steps}"
             )
+        problem = None if step in self._intact else damage(self._step_dir(step))
+        if problem is not None:
+            raise ValueError(f"checkpoint step {step} in {self.directory} is damaged ({problem})")
         abstract = jax.tree.map(_abstract_leaf, like)
         out = self._manager.restore(
             step,
@@ -227,11 +311,13 @@ class Checkpointer:
         return jax.tree.map(_rewrap, like, out[_STATE]), dict(out[_META])
 
     def wait(self) -> None:
-        """Blocks until the pending asynchronous save (if any) is committed."""
+        """Blocks until the pending asynchronous save (if any) is committed, then writes its manifest."""
         self._manager.wait_until_finished()
+        self._seal()
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager's threads."""
+        """Waits for pending saves (writing their manifests) and releases the manager's threads."""
+        self.wait()
         self._manager.close()
 
     def __enter__(self) -> Checkpointer:

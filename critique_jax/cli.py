@@ -1,10 +1,13 @@
 """What every command-line entry point shares (train, train_critic, self_train): its flags,
-and what it does first."""
+what it does first, and how it reports a bad input (one line ``error: ...``, exit status 2;
+the traceback with ``--verbose``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
+from typing import Callable
 
 import ml_collections
 from absl import app, flags
@@ -15,12 +18,13 @@ from critique_jax.parallel.distributed import maybe_initialize
 
 @dataclasses.dataclass(frozen=True)
 class RunFlags:
-    """The flags of an entry point: ``--config``, ``--workdir``, ``--resume`` and its stop flag."""
+    """The flags of an entry point: ``--config``, ``--workdir``, ``--resume``, its stop flag, ``--verbose``."""
 
     config: flags.FlagHolder
     workdir: flags.FlagHolder
     resume: flags.FlagHolder
     stop: flags.FlagHolder
+    verbose: flags.FlagHolder
 
 
 def define_flags(config_help: str, workdir_help: str, resume_help: str, stop_name: str, stop_help: str) -> RunFlags:
@@ -30,6 +34,7 @@ def define_flags(config_help: str, workdir_help: str, resume_help: str, stop_nam
         workdir=flags.DEFINE_string("workdir", None, workdir_help),
         resume=flags.DEFINE_bool("resume", True, resume_help),
         stop=flags.DEFINE_integer(stop_name, None, stop_help),
+        verbose=flags.DEFINE_bool("verbose", False, "Show the traceback of an error, not only its message."),
     )
     flags.mark_flags_as_required(["config", "workdir"])
     return out
@@ -48,3 +53,24 @@ def start(argv: list[str], config: ml_collections.ConfigDict) -> ml_collections.
     d = config.distributed
     maybe_initialize(d.coordinator_address, d.num_processes, d.process_id)
     return config
+
+
+#: What a run raises on a bad input or a failed run: invalid config values, missing or
+#: conflicting files, non-finite training (not programming errors such as TypeError).
+REPORTED_ERRORS = (ValueError, OSError, FloatingPointError)
+
+
+def run(main: Callable[[list[str]], None], run_flags: RunFlags) -> None:
+    """``app.run(main)``; a :data:`REPORTED_ERRORS` error is printed as one line
+    ``error: <message>`` and exits with status 2 (re-raised with ``--verbose``)."""
+
+    def guarded(argv: list[str]) -> None:
+        try:
+            main(argv)
+        except REPORTED_ERRORS as e:
+            if run_flags.verbose.value:
+                raise
+            print(f"error: {' '.join(str(e).split())} (--verbose for the traceback)", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(guarded)

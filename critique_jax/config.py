@@ -13,6 +13,9 @@ fields and defaults (``rl.loss.clip_cov.ratio``).
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
+from typing import Any, Iterator
 
 import ml_collections
 
@@ -22,7 +25,10 @@ from critique_jax.critique.feedback import CRITIQUE_TYPES
 from critique_jax.text.templates import POLICY_FORMATS
 from critique_jax.rl.advantages import ESTIMATORS
 from critique_jax.rl.train_step import SCHEDULES
+from critique_jax.models import FAMILIES, SIZES
 from critique_jax.tasks import get_task
+
+log = logging.getLogger("critique_jax")
 
 _SHARED_LOSS_FIELDS = tuple(f.name for f in dataclasses.fields(LossConfig))
 
@@ -63,7 +69,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.distributed = dict(coordinator_address="", num_processes=0, process_id=-1)
     c.sampling = dict(prompt_buckets=(24,), max_new_tokens=48, temperature=1.0, top_p=1.0, top_k=0)
-    c.sft = dict(steps=400, batch_size=64, lr=2e-3, warmup_steps=20, weight_decay=0.0, log_every=20)
+    c.sft = dict(steps=400, batch_size=64, lr=2e-3, warmup_steps=20, weight_decay=0.0, log_every=20,
+                 max_bad_steps=3)
     # RL: lr_schedule "constant" (the papers') or "cosine" (decays to lr x end_lr_ratio at the last
     # step); warmup_steps counts RL steps; the schedule advances once per optimiser update
     # (epochs x minibatches per step). entropy_change: re-measure the batch's initial-response
@@ -96,7 +103,8 @@ def default_config() -> ml_collections.ConfigDict:
                     checkpoint_every=100, eval_n_problems=128, eval_batch=32, n_logged_samples=8,
                     init_from="",                # a {"params"} checkpoint dir (e.g. a policy's sft_policy/)
                     policy_from="",              # a train run whose SFT policy's samples join the data
-                    policy_samples=0)            # its samples per train problem (held out: 1 per problem)
+                    policy_samples=0,            # its samples per train problem (held out: 1 per problem)
+                    max_bad_steps=3)             # consecutive non-finite steps that stop the run
     # Critique-in-the-loop self-training (python -m critique_jax.self_train).
     c.self_train = dict(iterations=4,
                         pool_size=0,             # the first pool_size train problems (cycling levels); 0 = all
@@ -136,12 +144,69 @@ def loss_config(c: ml_collections.ConfigDict) -> LossConfig:
         raise ValueError(f"config rl.loss ({name}): {e}") from None
 
 
+#: Numbers every field obeys unless listed here: finite, and >= 0 outside ``rl.loss`` (whose
+#: dataclasses check their own ranges). Keys whose -1 means "the rest" or "from the environment":
+_MINUS_ONE_ALLOWED = ("mesh.data", "mesh.fsdp", "mesh.tensor", "distributed.process_id")
+#: Integer fields (or tuples of them) that must be >= 1.
+_AT_LEAST_ONE = ("task.n_train", "task.n_test", "task.n_solutions", "task.difficulties", "tokenizer.vocab_size",
+                 "sampling.max_new_tokens", "sampling.prompt_buckets", "critique.prompt_buckets",
+                 "critique.refine_buckets", "eval.n_problems", "sft.log_every", "sft.max_bad_steps",
+                 "rl.max_bad_steps", "critic.max_bad_steps", "checkpoint.keep_last")
+#: Float fields with a narrower range: (low, high, low excluded).
+_RANGES = {**{f"{phase}.lr": (0.0, 1.0, True) for phase in ("sft", "rl", "critic", "self_train")},
+           "rl.grad_clip": (0.0, math.inf, True)}
+
+
+def _leaves(d: ml_collections.ConfigDict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for k, v in d.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def check_numbers(c: ml_collections.ConfigDict) -> None:
+    """Sign, finiteness and range of every numeric field (module constants); errors name the key."""
+    for key, value in _leaves(c):
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if not numbers:
+            continue
+        if not all(math.isfinite(v) for v in numbers):
+            raise ValueError(f"config {key}={value!r}: expected a finite number")
+        if key in _RANGES:
+            lo, hi, lo_open = _RANGES[key]
+            if not (lo < value if lo_open else lo <= value) or value > hi:
+                raise ValueError(f"config {key}={value!r}: expected a number in {'(' if lo_open else '['}{lo:g}, "
+                                 f"{hi:g}]")
+            continue
+        low = 1 if key in _AT_LEAST_ONE else -1 if key in _MINUS_ONE_ALLOWED else 0
+        if not key.startswith("rl.loss.") and min(numbers) < low:
+            raise ValueError(f"config {key}={value!r}: expected {'numbers' if len(values) > 1 else 'a number'} "
+                             f">= {low}")
+
+
+def warn_sequence_length(c: ml_collections.ConfigDict, longest: int) -> None:
+    """Logs when prompts + responses (``longest`` tokens) exceed the preset's ``max_seq_len``,
+    which the run then raises to ``longest`` (positions beyond the preset's are untested)."""
+    preset = SIZES[c.model.preset]["max_seq_len"]
+    if longest > preset:
+        log.warning("config sampling.max_new_tokens=%d with prompt buckets up to %d tokens needs %d positions: more "
+                    "than model.preset=%r's max_seq_len=%d, which is raised to %d", c.sampling.max_new_tokens,
+                    longest - c.sampling.max_new_tokens, longest, c.model.preset, preset, longest)
+
+
 def validate(c: ml_collections.ConfigDict, n_devices: int) -> None:
-    """Checks combinations of fields; each error names the key(s) and the expected value."""
+    """Checks every number (:func:`check_numbers`) and the combinations of fields; each error
+    names the key(s) and the expected value."""
+    check_numbers(c)
 
     def need(cond: bool, msg: str) -> None:
         if not cond:
             raise ValueError(f"config {msg}")
+
+    need(c.model.preset in SIZES, f"model.preset={c.model.preset!r}: expected one of {sorted(SIZES)}")
+    need(c.model.family in FAMILIES, f"model.family={c.model.family!r}: expected one of {sorted(FAMILIES)}")
 
     sizes = [c.mesh.data, c.mesh.fsdp, c.mesh.tensor]
     need(sum(s == -1 for s in sizes) <= 1, f"mesh.data/fsdp/tensor={sizes}: at most one may be -1")

@@ -18,6 +18,7 @@ nothing, so every process can call them unconditionally.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -33,6 +34,8 @@ from tensorboardX.proto import event_pb2, summary_pb2
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 _NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+log = logging.getLogger("critique_jax")
 
 
 def _scalar(name: str, value: Any) -> bool | int | float:
@@ -117,7 +120,7 @@ def _truncate_after(path: Path, step: int) -> None:
     """Atomically rewrites ``path`` without the lines whose step is > ``step``.
 
     A last line without a trailing newline that does not parse is a write torn by a crash
-    and is dropped; any other malformed line raises ValueError.
+    and is dropped with a warning; any other malformed line raises ValueError.
     """
     if not path.exists():
         return
@@ -128,6 +131,7 @@ def _truncate_after(path: Path, step: int) -> None:
         except ValueError:
             if complete:
                 raise
+            log.warning("%s:%d: dropped a cut-off last line (a write torn by a crash): %r", path, lineno, line[:80])
             continue
         if record["step"] <= step:
             kept.append(line if complete else line + "\n")

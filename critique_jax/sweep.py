@@ -25,6 +25,7 @@ their latest checkpoint (the trainers resume by default).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import importlib.util
@@ -32,8 +33,10 @@ import itertools
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -154,36 +157,63 @@ def is_done(out: Path, run: RunSpec) -> bool:
     return (out / run.name / "done.json").exists()
 
 
+_children: set[subprocess.Popen] = set()  # the runs in progress
+
+
 def run_one(sweep: Sweep, run: RunSpec, out: Path) -> tuple[RunSpec, int, float]:
-    """Runs ``run`` as a subprocess (output to ``<run>/sweep.log``); marks it done on exit 0."""
+    """Runs ``run`` as a subprocess in its own process group (output to ``<run>/sweep.log``,
+    stopped with the runner, see :func:`run_sweep`); marks it done on exit 0."""
     workdir = out / run.name
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with open(workdir / "sweep.log", "a") as log:
-        rc = subprocess.call(run.command(sweep.base, workdir), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(run.command(sweep.base, workdir), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        _children.add(proc)
+        try:
+            rc = proc.wait()
+        finally:
+            _children.discard(proc)
     seconds = time.time() - t0
     if rc == 0:
         (workdir / "done.json").write_text(json.dumps({"seconds": round(seconds, 1)}))
     return run, rc, seconds
 
 
+def _stop_children(signum: int, frame: Any) -> None:
+    """Signal handler: sends the signal to every run's process group, waits for them, exits."""
+    for proc in list(_children):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signum)
+    for proc in list(_children):
+        proc.wait()
+    raise SystemExit(128 + signum)
+
+
 def run_sweep(sweep: Sweep, out: str | os.PathLike, parallel: int = 1) -> list[str]:
     """Runs the unfinished runs of ``sweep`` under ``out``, ``parallel`` at a time; prints one
-    line per run and returns the names of the runs that failed."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_manifest(sweep, out)
-    todo = [r for r in sweep.runs if not is_done(out, r)]
-    print(f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(sweep.runs) - len(todo)} done, {len(todo)} to run "
-          f"({parallel} at a time) -> {out}", flush=True)
-    failed, t0 = [], time.time()
-    with ThreadPoolExecutor(max_workers=max(parallel, 1)) as pool:
-        for i, (run, rc, seconds) in enumerate(pool.map(lambda r: run_one(sweep, r, out), todo), 1):
-            eta = (time.time() - t0) / i * (len(todo) - i)
-            status = "done" if rc == 0 else f"FAILED (exit {rc}; log: {out / run.name / 'sweep.log'})"
-            print(f"[{i}/{len(todo)}] {run.name}: {status} in {seconds:.0f} s | ETA {eta / 60:.0f} min", flush=True)
-            if rc != 0:
-                failed.append(run.name)
+    line per run and returns the names of the runs that failed. SIGTERM or SIGINT to the runner
+    (called from the main thread) stops the runs in progress too, then the runner."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, _stop_children) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    try:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_manifest(sweep, out)
+        todo = [r for r in sweep.runs if not is_done(out, r)]
+        print(f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(sweep.runs) - len(todo)} done, {len(todo)} to run "
+              f"({parallel} at a time) -> {out}", flush=True)
+        failed, t0 = [], time.time()
+        with ThreadPoolExecutor(max_workers=max(parallel, 1)) as pool:
+            for i, (run, rc, seconds) in enumerate(pool.map(lambda r: run_one(sweep, r, out), todo), 1):
+                eta = (time.time() - t0) / i * (len(todo) - i)
+                status = "done" if rc == 0 else f"FAILED (exit {rc}; log: {out / run.name / 'sweep.log'})"
+                print(f"[{i}/{len(todo)}] {run.name}: {status} in {seconds:.0f} s | ETA {eta / 60:.0f} min", flush=True)
+                if rc != 0:
+                    failed.append(run.name)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return failed
 
 

@@ -12,8 +12,6 @@ on TPU pods set JAX_DISTRIBUTED_AUTO=1).
 
 from __future__ import annotations
 
-from absl import app
-
 from critique_jax import cli
 
 FLAGS = cli.define_flags(
@@ -30,4 +28,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, FLAGS)

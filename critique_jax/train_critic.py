@@ -11,8 +11,6 @@ section. Multi-process: as ``critique_jax.train``.
 
 from __future__ import annotations
 
-from absl import app
-
 from critique_jax import cli
 
 FLAGS = cli.define_flags(
@@ -29,4 +27,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, FLAGS)

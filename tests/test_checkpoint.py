@@ -185,3 +185,27 @@ def test_killed_during_save_keeps_previous_step(tmp_path):
         # The next save waits for the removal of the killed write's temporary folder.
         assert ckpt.save(2, like, {"step": 2})
     assert sorted(p.name for p in directory.iterdir() if p.name[0].isdigit()) == ["1", "2"]
+
+
+@pytest.mark.parametrize("fault", ["deleted", "overwritten"])
+def test_damaged_latest_step_falls_back_to_intact_one(tmp_path, fault, caplog):
+    like = {"a": jnp.zeros((256,), jnp.float32)}
+    with Checkpointer(tmp_path / "ck", keep_last=3, async_save=True) as ckpt:
+        for step in (1, 2):
+            ckpt.save(step, {"a": jnp.full((256,), step, jnp.float32)}, {"step": step})
+    files = [p for p in (tmp_path / "ck" / "2" / "state").rglob("*") if p.is_file() and p.stat().st_size > 100]
+    victim = max(files, key=lambda p: p.stat().st_size)
+    if fault == "deleted":
+        victim.unlink()
+    else:
+        data = bytearray(victim.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        victim.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="critique_jax"), Checkpointer(tmp_path / "ck", keep_last=3) as ckpt:
+        assert ckpt.latest_step() == 1
+        restored, meta = ckpt.restore(like=like)
+        assert meta == {"step": 1} and _bytes_equal(restored["a"], jnp.full((256,), 1, jnp.float32))
+        assert ckpt.save(2, {"a": jnp.full((256,), 5, jnp.float32)}, {"step": 2})  # the step is free again
+    assert f"checkpoint step 2 in {tmp_path / 'ck'} is damaged ({'missing' if fault == 'deleted' else 'changed'}: " \
+           f"state/" in caplog.text
+    assert [p.name.split("-")[0] for p in (tmp_path / "ck-damaged").iterdir()] == ["2"]

@@ -222,3 +222,19 @@ def test_iterator_rejects_mismatched_state():
         it.set_state({**state, "position": 6})
     with pytest.raises(KeyError, match="epoch"):
         it.set_state({"position": 0})
+
+
+def test_two_processes_build_one_dataset(tmp_path):
+    """Two real processes build the same dataset on a fresh cache at once: one builds, the
+    other waits for the lock and reads it."""
+    import os
+    import subprocess
+
+    code = ("import sys; from critique_jax.data import build_task_dataset; "
+            "print(len(build_task_dataset('arithmetic', sys.argv[1], 5, 64, 8, n_solutions=2)['train']))")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    assert outs[0][0] == outs[1][0]

@@ -173,3 +173,11 @@ def test_progress_plain_lines_and_bar():
     off = Progress(10, enabled=False, file=quiet)
     off.update(10, {"train/reward": 1.0})
     assert quiet.getvalue() == ""
+
+
+def test_cut_off_last_line_is_dropped_with_a_warning(tmp_path, caplog):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "a": 1}\n{"step": 2, "a')
+    with caplog.at_level("WARNING", logger="critique_jax"):
+        MetricsWriter(tmp_path, tensorboard=False, resume_step=5).close()
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1]
+    assert "metrics.jsonl:2: dropped a cut-off last line" in caplog.text

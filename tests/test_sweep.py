@@ -127,3 +127,39 @@ def test_sweep_runs_skips_finished_runs_reports_failures_and_summarises(tmp_path
     lines = printed.stdout.strip().splitlines()
     assert len(lines) == 1 and "--config.rl.loss.name=no_such_loss" in lines[0]
     assert lines[0].endswith(f"> {out / 'broken_s0' / 'done.json'}")
+
+
+RUNNER = """
+import sys
+from critique_jax import sweep as s
+
+marker = sys.argv[1]
+s.RunSpec.command = lambda self, base, workdir: [sys.executable, "-c", "import os, time; "
+                                                 f"open({marker!r}, 'w').write(str(os.getpid())); time.sleep(300)"]
+s.run_sweep(s.Sweep("t", "base.py", (s.RunSpec("a_s0", "a", "a", 0, {}, "train", {}),)), sys.argv[2])
+"""
+
+
+def test_a_stopped_runner_stops_its_runs(tmp_path):
+    import signal
+    import time
+
+    marker = tmp_path / "child.pid"
+    runner = subprocess.Popen([sys.executable, "-c", RUNNER, str(marker), str(tmp_path / "sweep")], cwd=ROOT,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    deadline = time.time() + 60
+    while not (marker.exists() and marker.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    child = int(marker.read_text())
+    try:
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(timeout=60) == 128 + signal.SIGTERM
+        time.sleep(0.5)
+        with pytest.raises(ProcessLookupError):
+            os.kill(child, 0)
+    finally:
+        runner.kill()
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

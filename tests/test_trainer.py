@@ -1,6 +1,7 @@
 """The RL trainer: sharded step = single-device step, exact resume, non-finite guard, config errors."""
 
 import functools
+import json
 import os
 
 import jax
@@ -153,9 +154,20 @@ def test_exact_resume_and_no_recompiles(straight_run, tmp_path):
     assert all(r["perf/compiles"] == 0 for r in rows[1:]), [r["perf/compiles"] for r in rows]
 
 
-def test_nonfinite_run_stops_without_nan_checkpoint(tmp_path):
-    cfg = tiny_config(tmp_path, **{"rl.lr": float("inf"), "rl.max_bad_steps": 2, "rl.steps": 4,
-                                   "sft.steps": 1, "checkpoint.every": 1})
+def _infinite_lr(monkeypatch, phase: str) -> None:
+    """Makes the optimiser of ``phase`` ("sft": the one without grad_clip, "rl") step with an
+    infinite learning rate, which the config itself refuses."""
+    from critique_jax.rl import trainer
+
+    def make(lr, *args, **kw):
+        return make_optimizer(float("inf") if ("grad_clip" in kw) == (phase == "rl") else lr, *args, **kw)
+
+    monkeypatch.setattr(trainer, "make_optimizer", make)
+
+
+def test_nonfinite_run_stops_without_nan_checkpoint(tmp_path, monkeypatch):
+    _infinite_lr(monkeypatch, "rl")
+    cfg = tiny_config(tmp_path, **{"rl.max_bad_steps": 2, "rl.steps": 4, "sft.steps": 1, "checkpoint.every": 1})
     with pytest.raises(FloatingPointError, match=r"2 consecutive RL steps .*\(rl.max_bad_steps=2\)"):
         train(cfg, str(tmp_path / "run"))
     rows = read_metrics(tmp_path / "run")
@@ -179,6 +191,57 @@ def test_config_errors_name_the_key(tmp_path, key, value, message):
     cfg = tiny_config(tmp_path, **{key: value})
     with pytest.raises(ValueError, match=message):
         config_lib.validate(cfg, 8)
+
+
+def test_nonfinite_sft_stops(tmp_path, monkeypatch):
+    _infinite_lr(monkeypatch, "sft")
+    cfg = tiny_config(tmp_path, **{"sft.max_bad_steps": 2, "rl.steps": 0})
+    with pytest.raises(FloatingPointError, match=r"2 consecutive SFT steps .*\(sft.max_bad_steps=2\)"):
+        train(cfg, str(tmp_path / "run"))
+    assert Checkpointer(tmp_path / "run" / "sft_policy").latest_step() is None
+
+
+def test_init_from_is_checked_before_anything_runs(tmp_path):
+    source = tmp_path / "source"
+    (source / "sft_policy").mkdir(parents=True)
+    (source / "config.json").write_text(tiny_config(tmp_path, **{"tokenizer.seed": 1}).to_json())
+    cfg = tiny_config(tmp_path, **{"init_from": str(source), "model.preset": "small"})
+    with pytest.raises(ValueError, match=r"config model.preset='small' differs from the init_from run's "
+                                         r"model.preset='tiny'; tokenizer.seed=0 differs from .* tokenizer.seed=1"):
+        train(cfg, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("rl.lr", -1.0, r"rl.lr=-1.0: expected a number in \(0, 1\]"),
+    ("rl.lr", 0.0, r"rl.lr=0.0: expected a number in \(0, 1\]"),
+    ("rl.lr", 1e6, r"rl.lr=1000000.0: expected a number in \(0, 1\]"),
+    ("rl.lr", float("nan"), r"rl.lr=nan: expected a finite number"),
+    ("rl.lr", float("inf"), r"rl.lr=inf: expected a finite number"),
+    ("rl.weight_decay", float("nan"), r"rl.weight_decay=nan: expected a finite number"),
+    ("rl.grad_clip", -1.0, r"rl.grad_clip=-1.0: expected a number in \(0, inf\]"),
+    ("rl.grad_clip", 0.0, r"rl.grad_clip=0.0: expected a number in \(0, inf\]"),
+    ("sft.lr", float("nan"), r"sft.lr=nan: expected a finite number"),
+    ("critic.lr", 2.0, r"critic.lr=2.0: expected a number in \(0, 1\]"),
+    ("seed", -1, r"config seed=-1: expected a number >= 0"),
+    ("task.n_train", 0, r"task.n_train=0: expected a number >= 1"),
+    ("task.difficulties", (1, 0), r"task.difficulties=\(1, 0\): expected numbers >= 1"),
+    ("eval.n_problems", 0, r"eval.n_problems=0: expected a number >= 1"),
+    ("rl.loss.clip_cov.ratio", float("nan"), r"rl.loss.clip_cov.ratio=nan: expected a finite number"),
+    ("model.preset", "huge", r"model.preset='huge': expected one of"),
+])
+def test_numbers_are_checked(tmp_path, key, value, message):
+    cfg = tiny_config(tmp_path, **{key: value})
+    with pytest.raises(ValueError, match=message):
+        config_lib.validate(cfg, 8)
+
+
+def test_longer_sequences_than_the_preset_are_announced(tmp_path, caplog):
+    cfg = tiny_config(tmp_path, **{"sampling.max_new_tokens": 2000})
+    with caplog.at_level("WARNING", logger="critique_jax"):
+        config_lib.warn_sequence_length(cfg, 2024)
+    assert "sampling.max_new_tokens=2000 with prompt buckets up to 24 tokens needs 2024 positions: more than " \
+           "model.preset='tiny''s max_seq_len=256" in caplog.text
 
 
 def test_unknown_config_key_is_rejected():
@@ -239,3 +302,43 @@ def test_run_logs_rollout_entropy_lr_and_entropy_change(straight_run):
     sft_last = [r for r in rows if r["step"] == cfg.sft.steps and "sft/lr" in r][0]
     want = make_schedule(cfg.sft.lr, cfg.sft.warmup_steps, cfg.sft.steps)(cfg.sft.steps - 1)
     assert sft_last["sft/lr"] == pytest.approx(float(want), rel=1e-6)
+
+
+def test_resume_refuses_a_changed_config_and_records_allowed_changes(straight_run, tmp_path):
+    import shutil
+
+    from critique_jax.rundir import CHANGES_FILE, CONFIG_FILE, save_config
+
+    workdir = tmp_path / "run"
+    shutil.copytree(straight_run / "run", workdir)
+    saved = (workdir / CONFIG_FILE).read_text()
+    with pytest.raises(ValueError, match=r"config rl.lr=0.0005 \(the run has 0.001\); rl.loss.name='ppo' \(the run "
+                                         r"has 'clip_cov'\): resuming"):
+        train(tiny_config(straight_run, **{"rl.lr": 5e-4, "rl.loss.name": "ppo"}), str(workdir))
+    with pytest.raises(FileExistsError, match="resume is off"):
+        train(tiny_config(straight_run, **{"rl.lr": 5e-4}), str(workdir), resume=False)
+    assert (workdir / CONFIG_FILE).read_text() == saved
+    # A finished run resumed with more log lines and a later evaluation: allowed, and recorded.
+    save_config(tiny_config(straight_run, **{"eval.every": 4, "sft.log_every": 2}), str(workdir), resume=True)
+    changes = [json.loads(line) for line in (workdir / CHANGES_FILE).read_text().splitlines()]
+    assert [sorted(c["changes"]) for c in changes] == [["eval.every", "sft.log_every"]]
+    assert changes[0]["changes"]["eval.every"] == {"from": 3, "to": 4}
+    assert json.loads((workdir / CONFIG_FILE).read_text())["eval"]["every"] == 4
+
+
+def test_rerun_after_sft_policy_keeps_the_post_sft_logs(straight_run, tmp_path):
+    """Killed after sft_policy was saved and before the first RL checkpoint: the newest
+    checkpoint is an SFT one, older than the SFT logs and the post-SFT evaluation."""
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(straight_run / "run", workdir)
+    cfg = tiny_config(straight_run, **{"rl.steps": 0})  # nothing left to train: only the re-run's truncation
+    for step in Checkpointer(workdir / "checkpoints").all_steps():
+        shutil.rmtree(workdir / "checkpoints" / str(step))
+    with Checkpointer(workdir / "checkpoints", async_save=False) as ckpt:
+        ckpt.save(cfg.sft.steps - 1, {"x": jnp.zeros(1)}, {"phase": "sft"})
+    train(cfg, str(workdir))
+    sft_logs = [r for r in read_metrics(straight_run / "run") if r["step"] <= cfg.sft.steps]
+    assert "eval/pass@1" in sft_logs[-1]
+    assert read_metrics(workdir) == sft_logs

@@ -106,7 +106,7 @@ def load_policy(workdir: str | Path, which: str | int = "final") -> Policy:
     if not steps:
         raise FileNotFoundError(f"{directory} holds no finished checkpoint")
     step = steps[-1] if not isinstance(which, int) else which
-    with tempfile.TemporaryDirectory(prefix="critique_jax_analysis_") as scratch:  # setup writes config.json there
+    with tempfile.TemporaryDirectory(prefix="critique_jax_analysis_") as scratch:  # setup locks it as a run directory
         run = trainer.setup(config, scratch)
     params = restore_params(directory, step, trainer.init_params_abstract(run))
     return Policy(run=run, params=params, source=str(directory / str(step)))

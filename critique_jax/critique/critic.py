@@ -65,8 +65,10 @@ from critique_jax.parallel.mesh import batch_shards
 from critique_jax.parallel.sharding import param_shardings
 from critique_jax.rl import trainer
 from critique_jax.rl import rollout as rollout_lib
+from critique_jax.rl.guard import NonFiniteGuard
 from critique_jax.rl.rollout import decode_responses, pack_pairs
 from critique_jax.rl.train_step import SequenceBatch, TrainState, make_optimizer
+from critique_jax.rundir import save_config
 from critique_jax.sampling import SamplerConfig, generate, pad_prompts, sample_keys
 from critique_jax.tasks import Problem
 from critique_jax.text import Tokenizer, solve_prompt
@@ -316,8 +318,10 @@ def run_critic_sft(critic: Critic, ckpt: Checkpointer, progress: Progress,
         log.info("resumed critic training at step %d", start)
     step_fn = trainer.sft_step_fn(run, state.params, optimizer, schedule)
     t_log, steps_since, eval_s = time.perf_counter(), 0, 0.0
+    guard = NonFiniteGuard("critic", cc.max_bad_steps, "critic.max_bad_steps")
     for step in range(start + 1, cc.steps + 1):
         state, m = step_fn(state, critic.batch(next(it)))
+        guard.check(step, float(m["skipped"]))
         steps_since += 1
         metrics: dict[str, Any] = {}
         if step % cc.log_every == 0 or step == cc.steps:
@@ -357,6 +361,7 @@ def train_critic(config: ml_collections.ConfigDict, workdir: str, *, resume: boo
             if os.path.isdir(d) and os.listdir(d):
                 raise FileExistsError(f"{d} holds checkpoints and resume is off: use a new --workdir or --resume")
     critic = setup_critic(config, workdir)
+    save_config(config, workdir, resume, write=is_main_process())
     c, cc = config, config.critic
     final = Checkpointer(final_dir, keep_last=1, keep_best=0, best_metric=None, async_save=False)
     if final.latest_step() is not None:

@@ -69,6 +69,7 @@ from critique_jax.perf import timed
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.rl import trainer
 from critique_jax.rl.train_step import SequenceBatch, make_optimizer
+from critique_jax.rundir import save_config
 from critique_jax.tasks import Problem
 from critique_jax.text import Tokenizer
 from critique_jax.text.templates import critique_prompt, refine_prompt, solve_prompt
@@ -471,6 +472,7 @@ def self_train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool 
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not resume and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
         raise FileExistsError(f"{ckpt_dir} holds checkpoints and resume is off: use a new --workdir or --resume")
+    save_config(config, workdir, resume, write=is_main_process())
     ckpt = Checkpointer(ckpt_dir, keep_last=config.checkpoint.keep_last, keep_best=0, best_metric=None,
                         async_save=config.checkpoint.async_save)
     like = {"params": trainer.init_params_abstract(run)}

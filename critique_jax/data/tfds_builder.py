@@ -32,6 +32,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 import critique_jax.tasks  # noqa: F401  (registers the tasks)
+from critique_jax.runlock import file_lock
 from critique_jax.tasks.base import SPLIT_IDS, Problem, Task, get_task, iter_problems
 
 SPLITS = ("train", "test")
@@ -274,7 +275,8 @@ def build_task_dataset(
     *,
     progress_bar: bool = False,
 ) -> dict[str, TaskSource]:
-    """Builds the dataset under ``data_dir`` if missing; returns ``{"train", "test"}`` sources.
+    """Builds the dataset under ``data_dir`` if missing (under a lock file there, so concurrent
+    runs build it once); returns ``{"train", "test"}`` sources.
 
     A dataset on disk that no longer matches the task's generator (its first test problem
     differs from a fresh one) raises ValueError naming its directory: delete it to rebuild.
@@ -283,7 +285,12 @@ def build_task_dataset(
     config = TaskDatasetConfig.make(task_name, seed, n_train, n_test, difficulties, n_solutions)
     builder = task_builder(config, data_dir)
     tfds.display_progress_bar(progress_bar)
-    builder.download_and_prepare()
+    if not builder.is_prepared():
+        # Another process may be building it: build under a lock, with a builder made after
+        # the lock is held (it sees a dataset the other process finished).
+        with file_lock(os.path.join(data_dir, f"{builder.name}-{config.name}.lock")):
+            builder = task_builder(config, data_dir)
+            builder.download_and_prepare()
     sources = {
         split: TaskSource(src, config, split)
         for split, src in builder.as_data_source().items()

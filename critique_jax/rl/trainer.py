@@ -44,8 +44,11 @@ from critique_jax.perf import CompileCounter, timed
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.rl.advantages import compute_advantages
 from critique_jax.ops.masked import masked_mean
+from critique_jax.rl.guard import NonFiniteGuard
 from critique_jax.rl.train_step import (SequenceBatch, TrainState, _all_finite, initial_response_mask, make_optimizer,
                                         rl_update, sft_update, token_stats_fn)
+from critique_jax.rundir import save_config
+from critique_jax.runlock import lock_run_dir
 from critique_jax.sampling import SamplerConfig, generate, sample_keys
 from critique_jax.tasks import Problem, Task, get_task
 from critique_jax.text import Tokenizer, default_cache_dir, refine_prompt, solve_prompt, tokenizer_for_task
@@ -82,11 +85,14 @@ class Run:
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
-    """Validates the config, builds data, tokenizer, mesh and model definition; writes config.json."""
+    """Validates the config, locks the run directory, builds data, tokenizer, mesh and model
+    definition (the entry point then checks and writes config.json, :func:`rundir.save_config`)."""
     config_lib.validate(config, jax.device_count())
     if config.critique.type == "model":
         check_critic_source(config)
     os.makedirs(workdir, exist_ok=True)
+    if is_main_process():
+        lock_run_dir(workdir)
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     task = get_task(config.task.name)
     data_dir = config.data_dir or os.path.join(default_cache_dir(), "data")
@@ -104,15 +110,13 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         multihost_utils.sync_global_devices("critique_jax: data and tokenizer ready")
     splits, tok = data_and_tokenizer()
     check_lengths(splits["train"], tok, config)
+    max_seq_len = max(prompt_buckets(config)) + config.sampling.max_new_tokens
+    config_lib.warn_sequence_length(config, max_seq_len)
     model_cfg = model_config(config.model.preset, tok.vocab_size, family=config.model.family,
-                             dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                             max_seq_len=max(prompt_buckets(config)) + config.sampling.max_new_tokens)
+                             dtype=config.model.dtype, param_dtype=config.model.param_dtype, max_seq_len=max_seq_len)
     abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
     graphdef, abstract_params = nnx.split(abstract)
     sampler = SamplerConfig(max_new_tokens=config.sampling.max_new_tokens, eos_ids=(tok.eos_id,), pad_id=tok.pad_id)
-    if is_main_process():
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=1))
     return Run(config=config, workdir=workdir, mesh=mesh, task=task, tok=tok, train=splits["train"],
                test=splits["test"], model_cfg=model_cfg, graphdef=graphdef,
                param_sh=param_shardings(abstract_params, mesh), sampler=sampler)
@@ -265,6 +269,7 @@ def run_sft(run: Run, ckpt: Checkpointer, progress: Progress) -> nnx.State:
         start = latest
         log.info("resumed SFT at step %d", start)
     step_fn = sft_step_fn(run, state.params, optimizer, schedule)
+    guard = NonFiniteGuard("SFT", c.sft.max_bad_steps, "sft.max_bad_steps")
     for step in range(start + 1, c.sft.steps + 1):
         examples = next(it)
         rng = np.random.default_rng([c.seed, 1, step])
@@ -274,6 +279,7 @@ def run_sft(run: Run, ckpt: Checkpointer, progress: Progress) -> nnx.State:
             arrays = rollout_lib.sft_arrays(run.tok, examples, rng, run.prompt_width, c.sampling.max_new_tokens)
         batch = SequenceBatch(**{k: run.shard(v) for k, v in arrays.items()})
         state, m = step_fn(state, batch)
+        guard.check(step, float(m["skipped"]))
         if step % c.sft.log_every == 0 or step == c.sft.steps:
             metrics = _scalars(m, "sft")
             run.writer.write(step, metrics)
@@ -395,7 +401,7 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, critic: Critique
                      out_shardings=(state_shardings(run, state.params, optimizer), None))
     stats_fn = jax.jit(functools.partial(token_stats_fn, run.graphdef, temperature=c.sampling.temperature))
     initial_mean = jax.jit(lambda ent, b: masked_mean(ent, initial_response_mask(b)))
-    bad_steps = 0
+    guard = NonFiniteGuard("RL", c.rl.max_bad_steps, "rl.max_bad_steps")
     for step in range(start + 1, s + c.rl.steps + 1):
         t0 = time.perf_counter()
         with CompileCounter() as compiles:
@@ -422,15 +428,11 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, critic: Critique
                                                    "perf/compiles": float(compiles.count)}
         if "perf/critique_s" in metrics:
             metrics["perf/critique_share"] = metrics["perf/critique_s"] / metrics["perf/step_s"]
-        if m["skipped"] > 0:
-            bad_steps += 1
-            log.warning("step %d: %d update(s) with a non-finite loss, gradient or update were skipped", step, int(m["skipped"]))
-            if bad_steps >= c.rl.max_bad_steps:
-                run.writer.write(step, metrics)
-                raise FloatingPointError(f"{bad_steps} consecutive RL steps had non-finite losses, gradients or updates "
-                                         f"(last: step {step}); stopping (rl.max_bad_steps={c.rl.max_bad_steps})")
-        else:
-            bad_steps = 0
+        try:
+            guard.check(step, m["skipped"])
+        except FloatingPointError:
+            run.writer.write(step, metrics)
+            raise
         if step % c.eval.every == 0 or step == s + c.rl.steps:
             metrics |= evaluate(run, state.params, step, critic)
         run.writer.write(step, metrics)
@@ -455,6 +457,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, resume: bool = True, 
     ``stop_at``: end the run after RL step ``stop_at`` (global numbering) with a checkpoint,
     as a preemption would; running again resumes exactly where it stopped.
     """
+    policy_dir = check_policy_run(config, config.init_from, "init_from") if config.init_from else None
     run = setup(config, workdir)
     c = config
     ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -463,15 +466,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, resume: bool = True, 
         for d in (ckpt_dir, sft_dir):
             if os.path.isdir(d) and os.listdir(d):
                 raise FileExistsError(f"{d} holds checkpoints and resume is off: use a new --workdir or --resume")
+    save_config(config, workdir, resume, write=is_main_process())
     ckpt = Checkpointer(ckpt_dir, keep_last=c.checkpoint.keep_last, keep_best=c.checkpoint.keep_best,
                         best_metric=c.checkpoint.best_metric, async_save=c.checkpoint.async_save)
-    sft_ckpt = Checkpointer(init_from_dir(c.init_from) if c.init_from else sft_dir, keep_last=1, keep_best=0,
-                            best_metric=None, async_save=False)
+    sft_ckpt = Checkpointer(policy_dir or sft_dir, keep_last=1, keep_best=0, best_metric=None, async_save=False)
     total = (0 if c.init_from else c.sft.steps) + c.rl.steps
     latest = ckpt.latest_step()
     # Logs past the step we resume from (or all logs, when nothing was saved) belong to a
     # crashed attempt and are dropped, so the resumed run's logs equal an uninterrupted run's.
-    done = latest if latest is not None else (c.sft.steps if sft_ckpt.latest_step() is not None and not c.init_from else -1)
+    # A saved sft_policy is the step after SFT and its evaluation, even when the latest
+    # checkpoint is an older SFT one (killed before the first RL checkpoint).
+    sft_done = c.sft.steps if sft_ckpt.latest_step() is not None and not c.init_from else -1
+    done = max(latest if latest is not None else -1, sft_done)
     run.writer = MetricsWriter(workdir, enabled=is_main_process(), tensorboard=c.log.tensorboard, resume_step=done)
     progress = Progress(total=total, initial=latest or 0, enabled=c.log.progress,
                         keys=("sft/nll", "train/reward", "train/entropy", "eval/pass@1"))
@@ -561,7 +567,7 @@ POLICY_MATCHING_KEYS = ("task.name", "model.preset", "model.family", "tokenizer.
 def check_policy_run(config: ml_collections.ConfigDict, path: str, key: str) -> str:
     """The ``sft_policy`` directory of the train run ``path`` (the value of config ``key``), after
     checking that the run's :data:`POLICY_MATCHING_KEYS` equal this config's; errors name ``key``,
-    the field and both values."""
+    and every differing field with both values."""
     cfg_file, policy_dir = os.path.join(path, "config.json"), init_from_dir(path)
     for f in (cfg_file, policy_dir):
         if not os.path.exists(f):
@@ -569,12 +575,14 @@ def check_policy_run(config: ml_collections.ConfigDict, path: str, key: str) -> 
                                     "(python -m critique_jax.train) with its config.json and sft_policy/")
     with open(cfg_file) as f:
         theirs = json.load(f)
+    differ = []
     for field_key in POLICY_MATCHING_KEYS:
         section, field = field_key.split(".")
         mine, other = config[section][field], theirs.get(section, {}).get(field)
         if mine != other:
-            raise ValueError(f"config {field_key}={mine!r} differs from the {key} run's {field_key}={other!r} "
-                             f"({cfg_file})")
+            differ.append(f"{field_key}={mine!r} differs from the {key} run's {field_key}={other!r}")
+    if differ:
+        raise ValueError(f"config {'; '.join(differ)} ({cfg_file})")
     return policy_dir
 
 

@@ -1,0 +1,55 @@
+"""The entry points report a bad input in one line and exit 2, before creating anything."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).parent.parent
+
+
+def _train(tmp_path, *args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "critique_jax.train", "--config=configs/quickstart.py",
+           f"--workdir={tmp_path / 'run'}", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+    out = _train(tmp_path, "--config.rl.lr=-1", f"--config.init_from={tmp_path / 'nowhere'}")
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: init_from='{tmp_path / 'nowhere'}': ")
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "run").exists()
+    out = _train(tmp_path, "--config.rl.lr=-1", "--verbose")
+    assert out.returncode != 0 and "Traceback" in out.stderr
+    assert "config rl.lr=-1.0: expected a number in (0, 1]" in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def _hold(path):
+    """A second process that locks the run directory ``path`` until its stdin closes."""
+    code = ("import sys; from critique_jax.runlock import lock_run_dir; lock_run_dir(sys.argv[1]); "
+            "print('locked', flush=True); sys.stdin.read()")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_run_directory_holds_one_run(tmp_path):
+    import pytest
+
+    from critique_jax.rl.trainer import train
+    from critique_jax.runlock import LockHeld, lock_run_dir
+    from test_trainer import tiny_config
+
+    holder = _hold(tmp_path / "run")
+    try:
+        with pytest.raises(LockHeld, match=rf"run is in use by another run \(pid {holder.pid}, "):
+            train(tiny_config(tmp_path), str(tmp_path / "run"))
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    lock_run_dir(tmp_path / "run")  # free once the other run ended
+    lock_run_dir(tmp_path / "run")  # and again in the same process

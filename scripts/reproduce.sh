@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces every run the notebooks read, then executes the notebooks (outputs and PNGs under
-# notebooks/). About 3 hours on a quiet 2-core CPU; re-running skips finished steps and resumes the
+# notebooks/). About 5 hours on a quiet 2-core CPU; re-running skips finished steps and resumes the
 # rest. ROOT (default runs/repro) is where the runs go; PARALLEL (default 1) runs that many
 # sweep runs at a time (worth it only with more than 2 cores).
 #
@@ -24,10 +24,14 @@ step "critic -> $ROOT/critic"
 python -m critique_jax.train_critic --config=configs/critic_countdown.py --workdir="$ROOT/critic" \
   --config.log.progress=False
 
-# 3. Entropy control and Critique-GRPO sweeps from that policy (cg_model critiques with the critic).
+# 3. Entropy control in the collapse regime (configs/countdown_collapse.py: the mini policy, a fixed
+# prompt pool) from its own SFT policy; Critique-GRPO from the small one (cg_model with the critic).
+step "collapse-regime SFT policy -> $ROOT/sft_mini"
+python -m critique_jax.train --config=configs/countdown_collapse.py --workdir="$ROOT/sft_mini" --config.rl.steps=0 \
+  --config.log.progress=False
 step "sweep entropy -> $ROOT/entropy"
 python scripts/sweep.py --config configs/sweeps/entropy.py --out "$ROOT/entropy" --parallel "$PARALLEL" \
-  --set "init_from=$ROOT/sft"
+  --set "init_from=$ROOT/sft_mini"
 step "sweep critique -> $ROOT/critique"
 python scripts/sweep.py --config configs/sweeps/critique.py --out "$ROOT/critique" --parallel "$PARALLEL" \
   --set "init_from=$ROOT/sft" --set "critique.critic_from=$ROOT/critic"

@@ -306,9 +306,9 @@ def test_report_compares_runs_side_by_side(tmp_path, capsys):
         rows += [{"step": s, "eval/pass@1": 0.1 * s, "eval/entropy": h / s} for s in (1, 4)]
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    main(["report", str(tmp_path / "grpo"), str(tmp_path / "clip_cov")])
+    main(["report", str(tmp_path / "grpo"), str(tmp_path / "clip_cov"), "--out", str(tmp_path / "both.png")])
     out = capsys.readouterr().out
     assert "grpo (" in out and "clip_cov (" in out and "| eval/pass@1 | 0.1000 | 0.4000 | +0.3000 |" in out
-    assert (tmp_path / "grpo" / "curves.png").stat().st_size > 0
-    with pytest.raises(SystemExit, match="--critic needs"):
+    assert (tmp_path / "both.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="--critic needs a value"):
         main(["report", str(tmp_path / "grpo"), "--critic"])

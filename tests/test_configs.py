@@ -14,7 +14,8 @@ CONFIGS = sorted((pathlib.Path(__file__).parent.parent / "configs").glob("*.py")
 # Config files with a variant argument (``--config=configs/x.py:<arg>``) and the args to check.
 VARIANTS = {"countdown_critique_grpo": [t for t in CRITIQUE_TYPES if t != "model"]
                                       + ["rule_step,clip_cov", "rule_step,kl_cov", "none,clip_cov"],
-            "self_train_countdown": ["rule_step", "none"]}
+            "self_train_countdown": ["rule_step", "none"],
+            "countdown_collapse": ["ppo", "clip_cov", "kl_cov", "gppo"]}
 CASES = [(p, arg) for p in CONFIGS for arg in VARIANTS.get(p.stem, [None])]
 
 

@@ -91,22 +91,33 @@ def critic_summary(workdir: str) -> str:
         f"{k.split('/')[1]} {last[k]:.3f}" for k in CRITIC_KEYS if k in last)
 
 
+USAGE = "usage: python -m critique_jax.analysis.report RUN_DIR [RUN_DIR ...] [--critic CRITIC_RUN_DIR] [--out PNG]"
+
+
+def _option(args: list[str], name: str) -> str | None:
+    """Removes ``name VALUE`` from ``args`` and returns VALUE (None when absent)."""
+    if name not in args:
+        return None
+    i = args.index(name)
+    if i + 1 >= len(args):
+        raise SystemExit(f"{name} needs a value; {USAGE}")
+    value = args.pop(i + 1)
+    args.pop(i)
+    return value
+
+
 def main(argv: list[str]) -> None:
-    """``report RUN [RUN ...] [--critic CRITIC_RUN]``: a before/after table per RL run, their
-    curves overlaid in ``<first run>/curves.png``, and the critic's last evaluation."""
-    args, critic = list(argv[1:]), None
-    if "--critic" in args:
-        i = args.index("--critic")
-        if i + 1 >= len(args):
-            raise SystemExit("--critic needs a train_critic run directory")
-        critic = args.pop(i + 1)
-        args.pop(i)
+    """``report RUN [RUN ...] [--critic CRITIC_RUN] [--out PNG]``: a before/after table per RL
+    run, their curves overlaid (``--out``, default ``<first run>/curves.png``), and the critic's
+    last evaluation."""
+    args = list(argv[1:])
+    critic, out = _option(args, "--critic"), _option(args, "--out")
     if not args:
-        raise SystemExit("usage: python -m critique_jax.analysis.report RUN_DIR [RUN_DIR ...] [--critic CRITIC_RUN_DIR]")
+        raise SystemExit(USAGE)
     for workdir in args:
         print(f"{run_label(workdir)} ({workdir}):")
         print(before_after(workdir))
-    print(f"curves: {plot_curves(args)}")
+    print(f"curves: {plot_curves(args, out)}")
     if critic is not None:
         print(critic_summary(critic))
 

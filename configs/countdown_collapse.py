@@ -17,7 +17,9 @@ Entropy control at this scale: Clip-Cov and KL-Cov with ``ratio`` 2e-2 (a 1500-t
 would get k = 0-3 tokens at the papers' 2e-4 / 2e-3, i.e. nothing to act on).
 """
 
-from critique_jax.config import default_config
+import runpy
+from pathlib import Path
+
 from critique_jax.rl.losses import registered_losses
 
 
@@ -25,26 +27,18 @@ def get_config(loss: str = "ppo"):
     if loss not in registered_losses() or loss == "critique_grpo":
         raise ValueError(f"configs/countdown_collapse.py:{loss}: expected one of "
                          f"{[n for n in registered_losses() if n != 'critique_grpo']}")
-    c = default_config()
-    c.task.name = "countdown"
-    c.task.difficulties = (1,)
-    c.task.n_train = 2000
-    c.task.n_test = 128
+    # The quickstart's task, data, tokenizer and lengths; another policy size and RL regime.
+    c = runpy.run_path(str(Path(__file__).with_name("quickstart.py")))["get_config"]()
     c.model.preset = "mini"
-    c.sampling.prompt_buckets = (20,)
-    c.sampling.max_new_tokens = 40
     c.sft.steps = 1500
-    c.sft.batch_size = 32
     c.rl.loss.name = loss
     c.rl.steps = 100
     c.rl.pool_size = 128
     c.rl.prompts_per_step = 32
-    c.rl.group_size = 8
     c.rl.minibatches = 4
     c.rl.lr = 2e-4
     c.rl.loss.clip_cov.ratio = 2e-2
     c.rl.loss.kl_cov.ratio = 2e-2
     c.eval.every = 10
-    c.eval.n_problems = 64
     c.checkpoint.every = 50
     return c

@@ -41,6 +41,7 @@ from critique_jax.parallel.distributed import is_main_process, to_global, to_hos
 from critique_jax.parallel.mesh import batch_sharding, make_mesh, replicated
 from critique_jax.parallel.sharding import param_shardings, tree_shardings_like
 from critique_jax.perf import CompileCounter, timed
+from critique_jax.rl import policy_init
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.rl.advantages import compute_advantages
 from critique_jax.ops.masked import masked_mean
@@ -48,7 +49,7 @@ from critique_jax.rl.train_step import (SequenceBatch, TrainState, _all_finite, 
                                         rl_update, sft_update, token_stats_fn)
 from critique_jax.sampling import SamplerConfig, generate, sample_keys
 from critique_jax.tasks import Problem, Task, get_task
-from critique_jax.text import Tokenizer, default_cache_dir, refine_prompt, solve_prompt, tokenizer_for_task
+from critique_jax.text import Tokenizer, default_cache_dir, refine_prompt, solve_prompt
 
 log = logging.getLogger("critique_jax")
 
@@ -95,7 +96,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         splits = build_task_dataset(config.task.name, data_dir, seed=config.task.data_seed,
                                     n_train=config.task.n_train, n_test=config.task.n_test,
                                     difficulties=list(config.task.difficulties), n_solutions=config.task.n_solutions)
-        tok = tokenizer_for_task(config.task.name, vocab_size=config.tokenizer.vocab_size, seed=config.tokenizer.seed)
+        tok = policy_init.policy_tokenizer(config)
         return splits, tok
 
     if jax.process_count() > 1:  # process 0 builds the dataset and tokenizer; the others then load them
@@ -104,12 +105,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         multihost_utils.sync_global_devices("critique_jax: data and tokenizer ready")
     splits, tok = data_and_tokenizer()
     check_lengths(splits["train"], tok, config)
-    model_cfg = model_config(config.model.preset, tok.vocab_size, family=config.model.family,
-                             dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                             max_seq_len=max(prompt_buckets(config)) + config.sampling.max_new_tokens)
+    max_seq_len = max(prompt_buckets(config)) + config.sampling.max_new_tokens
+    model_cfg = policy_init.policy_model_config(config, tok, max_seq_len)
     abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
     graphdef, abstract_params = nnx.split(abstract)
-    sampler = SamplerConfig(max_new_tokens=config.sampling.max_new_tokens, eos_ids=(tok.eos_id,), pad_id=tok.pad_id)
+    sampler = SamplerConfig(max_new_tokens=config.sampling.max_new_tokens, eos_ids=tok.eos_ids, pad_id=tok.pad_id)
     if is_main_process():
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json(indent=1))
@@ -253,7 +253,11 @@ def run_sft(run: Run, ckpt: Checkpointer, progress: Progress) -> nnx.State:
     c = run.config
     optimizer, schedule = make_optimizer(c.sft.lr, c.sft.warmup_steps, max(c.sft.steps, 1),
                                          weight_decay=c.sft.weight_decay)
-    state = init_state(run, init_params(run, c.seed), optimizer)
+    params = (policy_init.pretrained_params(c.model.hf_dir, run.model_cfg, run.mesh, run.param_sh) if c.model.hf_dir
+              else init_params(run, c.seed))
+    if c.sft.steps == 0:  # no optimiser state: a pretrained policy's Adam moments would triple its memory
+        return params
+    state = init_state(run, params, optimizer)
     it = BatchIterator(run.train, c.sft.batch_size, seed=c.seed)
     key = _replicated_key(run, c.seed)
     start = 0
@@ -555,7 +559,8 @@ def init_from_dir(path: str) -> str:
 
 #: Fields a policy run (``init_from``, ``critic.policy_from``) must share with the config that loads
 #: its policy: the policy's shapes and vocabulary.
-POLICY_MATCHING_KEYS = ("task.name", "model.preset", "model.family", "tokenizer.vocab_size", "tokenizer.seed")
+POLICY_MATCHING_KEYS = ("task.name", "model.preset", "model.family", "model.overrides", "model.hf_dir",
+                        "tokenizer.vocab_size", "tokenizer.seed")
 
 
 def check_policy_run(config: ml_collections.ConfigDict, path: str, key: str) -> str:
@@ -571,7 +576,9 @@ def check_policy_run(config: ml_collections.ConfigDict, path: str, key: str) -> 
         theirs = json.load(f)
     for field_key in POLICY_MATCHING_KEYS:
         section, field = field_key.split(".")
-        mine, other = config[section][field], theirs.get(section, {}).get(field)
+        # As JSON values (model.overrides is a dict); a run from before a key existed had its default.
+        mine = json.loads(json.dumps(config[section][field], default=dict))
+        other = theirs.get(section, {}).get(field, json.loads(config_lib.default_config().to_json())[section][field])
         if mine != other:
             raise ValueError(f"config {field_key}={mine!r} differs from the {key} run's {field_key}={other!r} "
                              f"({cfg_file})")

@@ -102,6 +102,11 @@ class Tokenizer:
         return EOS_ID
 
     @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """Every id that ends a response (one here; an :class:`HFTokenizer` may have several)."""
+        return (EOS_ID,)
+
+    @property
     def newline_id(self) -> int:
         return self._sp.piece_to_id(NEWLINE)
 

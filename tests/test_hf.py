@@ -18,11 +18,13 @@ from safetensors.numpy import load_file, save_file
 from critique_jax.models import (FAMILIES, Transformer, config_from_hf, load_pretrained, model_config, param_count,
                                  positions_from_valid, save_pretrained)
 from critique_jax.models.hf import hf_config
+from critique_jax.models.hf.memory import estimate, table
 from critique_jax.models.hf.published import PUBLISHED
 from critique_jax.parallel.mesh import make_mesh
 from critique_jax.parallel.sharding import spec_for
 from critique_jax.sampling.sampler import SamplerConfig, generate, sample_keys
-from critique_jax.text import HFTokenizer, load_tokenizer, train_tokenizer
+from critique_jax.text import (MARKERS, HFTokenizer, critique_prompt, load_tokenizer, refine_prompt, solve_prompt,
+                               train_tokenizer)
 
 GOLDENS = Path(__file__).parent / "goldens" / "hf"
 HF_FAMILIES = ["gemma", "gemma2", "llama", "qwen2", "qwen3"]
@@ -266,3 +268,30 @@ def test_save_pretrained_with_the_project_tokenizer(loaded, tmp_path):
     assert generation == dict(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
     back = load_tokenizer(tmp_path)
     assert back.model_proto == tok.model_proto
+
+
+def test_memory_estimate_from_shapes():
+    config = json.loads((GOLDENS / "qwen2" / "config.json").read_text())
+    cfg = config_from_hf(config)
+    e = estimate(cfg, mesh_sizes=(1, 2, 5))
+    assert e.params == 4 * param_count(cfg)
+    assert e.adam == 2 * e.params + 8  # two moments, and the int32 update counts of Adam and the schedule
+    assert e.per_device[1] == e.params + e.adam
+    assert e.per_device[1] / 2 < e.per_device[2] < 0.51 * e.per_device[1]  # all halved but norms and biases
+    assert e.per_device[5] is None  # hidden_size 48 does not split over 5 devices
+    assert estimate(config_from_hf(config, dtype="bfloat16"), (1,)).params == e.params // 2
+    assert "| qwen2/config.json | 0.00B | bfloat16 |" in table([str(GOLDENS / "qwen2")], (1,), ("bfloat16",)).replace(
+        str(GOLDENS) + "/", "")
+
+
+def test_prompt_templates_are_plain_text_for_hf_tokenizers(hf_tok):
+    """The markers are ordinary text to a HF tokenizer: prompts decode back to themselves and a
+    target's end token is one of the tokenizer's end ids, dropped when decoding."""
+    question, solution = "Use 3, 8, 4 to make 20.", "8 * 3 = 24\n24 - 4 = 20\nanswer: 20"
+    critique = "step 1: correct\nstep 2: correct\nverdict: correct"
+    for text in (solve_prompt(question), critique_prompt(question, solution),
+                 refine_prompt(question, solution, critique)):
+        assert hf_tok.decode(hf_tok.encode(text)) == text
+    ids = hf_tok.encode(solution, eos=True)
+    assert ids[-1] in hf_tok.eos_ids and hf_tok.decode(ids) == solution
+    assert all(m in hf_tok.decode(hf_tok.encode(m)) for m in MARKERS.values())

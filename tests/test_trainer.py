@@ -1,6 +1,7 @@
 """The RL trainer: sharded step = single-device step, exact resume, non-finite guard, config errors."""
 
 import functools
+import json
 import os
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from critique_jax.rl.losses import make_loss_config
 from critique_jax.rl.train_step import (SequenceBatch, TrainState, make_optimizer, make_schedule, response_stats,
                                         rl_update)
 from critique_jax.rl.policy_init import policy_model_config, policy_tokenizer
-from critique_jax.rl.trainer import init_params_abstract, rl_optimizer, setup, train
+from critique_jax.rl.trainer import check_policy_run, init_params_abstract, rl_optimizer, setup, train
 from critique_jax.text import load_tokenizer
 
 
@@ -260,13 +261,14 @@ def _write_checkpoint(directory: Path, vocab_size: int = 384) -> Path:
 
 
 def _hf_config(tmp_path, hf_dir, **overrides):
-    """2 RL steps from the checkpoint, the loaded weights FSDP-sharded. To compile little: a plain
-    loss without the reference KL (the reference is the initial policy, checked apart), one
-    minibatch, the sampler's log-probs, evaluation sampling in the shapes of RL's."""
+    """2 RL steps from the checkpoint. To compile little: data parallel only (sharded loading is
+    tested in test_hf.py), a plain loss without the reference KL (the reference is the initial
+    policy, checked apart), one minibatch, the sampler's log-probs, evaluation sampling in the
+    shapes of RL's."""
     return tiny_config(tmp_path, **{"model.hf_dir": str(hf_dir), "sft.steps": 0, "rl.steps": 2, "rl.minibatches": 1,
                                     "rl.loss.name": "ppo", "rl.loss.ref_kl_coef": 0.0, "rl.recompute_old_logp": False,
-                                    "rl.entropy_change": False, "eval.group_size": 4, "mesh.data": 4,
-                                    "mesh.fsdp": 2, "sampling.prompt_buckets": (48,), **overrides})
+                                    "rl.entropy_change": False, "eval.group_size": 4,
+                                    "sampling.prompt_buckets": (48,), **overrides})
 
 
 def test_rl_from_a_pretrained_checkpoint_resumes_exactly(tmp_path):
@@ -316,3 +318,19 @@ def test_model_overrides_change_a_preset(tmp_path):
     wide = tiny_config(tmp_path, **{"model.overrides.d_model": 32, "model.overrides.tie_embeddings": False})
     assert policy_model_config(wide, tok, 100) == model_config("tiny", 320, max_seq_len=100, d_model=32,
                                                                tie_embeddings=False)
+
+
+def test_init_from_needs_the_same_overrides_and_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    (run / "sft_policy").mkdir(parents=True)
+    theirs = tiny_config(tmp_path)
+    (run / "config.json").write_text(theirs.to_json())
+    assert check_policy_run(tiny_config(tmp_path), str(run), "init_from") == str(run / "sft_policy")
+    with pytest.raises(ValueError, match=r"model.overrides=\{.*'d_model': 32.*\} differs from the init_from run's"):
+        check_policy_run(tiny_config(tmp_path, **{"model.overrides.d_model": 32}), str(run), "init_from")
+    with pytest.raises(ValueError, match=r"model.hf_dir='ckpt' differs from the init_from run's model.hf_dir=''"):
+        check_policy_run(tiny_config(tmp_path, **{"model.hf_dir": "ckpt"}), str(run), "init_from")
+    old = json.loads(theirs.to_json())
+    del old["model"]["overrides"], old["model"]["hf_dir"]  # a run from before these keys: their defaults
+    (run / "config.json").write_text(json.dumps(old))
+    assert check_policy_run(tiny_config(tmp_path), str(run), "init_from") == str(run / "sft_policy")

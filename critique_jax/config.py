@@ -177,7 +177,7 @@ def validate(c: ml_collections.ConfigDict, n_devices: int) -> None:
     need(c.sft.steps >= 0 and c.rl.steps >= 0, f"sft.steps={c.sft.steps}, rl.steps={c.rl.steps}: expected >= 0")
     for phase in ("sft", "rl"):
         p = c[phase]
-        need(0 <= p.warmup_steps <= max(p.steps, 1),
+        need(p.steps == 0 or 0 <= p.warmup_steps <= p.steps,  # no steps: no schedule, any warm-up
              f"{phase}.warmup_steps={p.warmup_steps}: expected between 0 and {phase}.steps={p.steps}")
     need(c.rl.pool_size == 0 or c.rl.prompts_per_step <= c.rl.pool_size <= c.task.n_train,
          f"rl.pool_size={c.rl.pool_size}: expected 0 (all) or rl.prompts_per_step={c.rl.prompts_per_step} to "

@@ -307,6 +307,7 @@ def test_pretrained_checkpoint_errors(tmp_path):
     (hf_dir / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"ckpt: missing file model.safetensors"):
         policy_tokenizer(_hf_config(tmp_path, hf_dir))
+    config_lib.validate(_hf_config(tmp_path, hf_dir, **{"sft.warmup_steps": 20}), 8)  # no SFT: its warm-up is moot
     with pytest.raises(ValueError, match=r"model.overrides \{'d_model': 32\} with model.hf_dir=.*unset the overrides"):
         config_lib.validate(_hf_config(tmp_path, hf_dir, **{"model.overrides.d_model": 32}), 8)
 

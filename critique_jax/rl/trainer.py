@@ -251,12 +251,11 @@ def _ckpt_state(state: TrainState, key: jax.Array, ref_params: nnx.State | None)
 def run_sft(run: Run, ckpt: Checkpointer, progress: Progress) -> nnx.State:
     """Supervised warm-up on reference solutions; returns the final SFT parameters."""
     c = run.config
-    optimizer, schedule = make_optimizer(c.sft.lr, c.sft.warmup_steps, max(c.sft.steps, 1),
-                                         weight_decay=c.sft.weight_decay)
     params = (policy_init.pretrained_params(c.model.hf_dir, run.model_cfg, run.mesh, run.param_sh) if c.model.hf_dir
               else init_params(run, c.seed))
     if c.sft.steps == 0:  # no optimiser state: a pretrained policy's Adam moments would triple its memory
         return params
+    optimizer, schedule = make_optimizer(c.sft.lr, c.sft.warmup_steps, c.sft.steps, weight_decay=c.sft.weight_decay)
     state = init_state(run, params, optimizer)
     it = BatchIterator(run.train, c.sft.batch_size, seed=c.seed)
     key = _replicated_key(run, c.seed)

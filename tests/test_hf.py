@@ -22,6 +22,7 @@ from critique_jax.models.hf.memory import estimate, table
 from critique_jax.models.hf.published import PUBLISHED
 from critique_jax.parallel.mesh import make_mesh
 from critique_jax.parallel.sharding import spec_for
+from critique_jax.rl.rollout import pack_pairs
 from critique_jax.sampling.sampler import SamplerConfig, generate, sample_keys
 from critique_jax.text import (MARKERS, HFTokenizer, critique_prompt, load_tokenizer, refine_prompt, solve_prompt,
                                train_tokenizer)
@@ -295,3 +296,21 @@ def test_prompt_templates_are_plain_text_for_hf_tokenizers(hf_tok):
     ids = hf_tok.encode(solution, eos=True)
     assert ids[-1] in hf_tok.eos_ids and hf_tok.decode(ids) == solution
     assert all(m in hf_tok.decode(hf_tok.encode(m)) for m in MARKERS.values())
+
+
+def test_prompts_start_with_bos_where_the_tokenizer_puts_one(hf_tok, tmp_path):
+    """Gemma's and Llama 3's tokenizers put bos first (their post-processor), Qwen's do not:
+    prompts follow the tokenizer; targets never get one."""
+    assert not hf_tok.prompt_bos and hf_tok.encode_prompt("ab") == hf_tok.encode("ab")
+    d = Path(shutil.copytree(GOLDENS / "tokenizer", tmp_path / "tok"))
+    data = json.loads((d / "tokenizer.json").read_text())
+    bos = {"SpecialToken": {"id": "<s>", "type_id": 0}}
+    a, b = {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}
+    data["post_processor"] = {"type": "TemplateProcessing", "single": [bos, a], "pair": [bos, a, b],
+                              "special_tokens": {"<s>": {"id": "<s>", "ids": [hf_tok.bos_id], "tokens": ["<s>"]}}}
+    (d / "tokenizer.json").write_text(json.dumps(data))
+    tok = load_tokenizer(d)
+    assert tok.prompt_bos and tok.encode_prompt("ab") == [tok.bos_id] + hf_tok.encode("ab")
+    arrays = pack_pairs(tok, ["ab"], ["cd"], 8, 8)
+    assert arrays["tokens"][0, 8 - 3] == tok.bos_id  # the prompt "ab" is 2 tokens after it
+    assert arrays["tokens"][0, 8:11].tolist() == tok.encode("cd", eos=True)

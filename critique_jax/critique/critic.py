@@ -234,7 +234,7 @@ def generate_critiques(critic: Critic, params: nnx.State, examples: Sequence[Cri
     for start in range(0, len(examples), bs):
         chunk = list(examples[start:start + bs])
         padded = chunk + [chunk[-1]] * (bs - len(chunk))  # fixed shapes: no recompiles
-        pb = pad_prompts([run.tok.encode(e.prompt) for e in padded], (critic.prompt_width,), run.tok.pad_id)
+        pb = pad_prompts([run.tok.encode_prompt(e.prompt) for e in padded], (critic.prompt_width,), run.tok.pad_id)
         keys = sample_keys(seed, np.arange(start, start + bs), 1)
         out = generate((run.graphdef, params), run.shard(pb.tokens), run.shard(pb.valid), run.shard(keys),
                        run.sampler, group_size=1, temperature=0.0, mesh=run.mesh)

@@ -128,7 +128,7 @@ def prompt_buckets(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 
 def check_lengths(source: TaskSource, tok: Tokenizer, config: ml_collections.ConfigDict) -> None:
     """Fails before training when prompts or reference solutions do not fit the configured widths."""
-    prompts = max(len(tok.encode(solve_prompt(source[i].problem.question))) for i in range(len(source)))
+    prompts = max(len(tok.encode_prompt(solve_prompt(source[i].problem.question))) for i in range(len(source)))
     solutions = max(len(tok.encode(s, eos=True)) for i in range(len(source)) for s in source[i].solutions)
     if prompts > max(config.sampling.prompt_buckets):
         raise ValueError(f"the longest {config.task.name} prompt has {prompts} tokens: raise the largest "

@@ -124,6 +124,10 @@ class Tokenizer:
         ids = self._sp.encode(text)
         return [BOS_ID] * bos + ids + [EOS_ID] * eos
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """Ids of a prompt, the start of a sequence (no bos: the project's models train without)."""
+        return self.encode(text)
+
     def encode_batch(
         self, texts: Sequence[str], *, bos: bool = False, eos: bool = False
     ) -> list[list[int]]:

@@ -16,6 +16,7 @@ Settings that would contradict a checkpoint (``model.overrides``) are config err
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -47,14 +48,15 @@ def check_config(c: ml_collections.ConfigDict) -> None:
                          "trained with the project tokenizer, not the checkpoint's; use a rule critique type")
 
 
-def _checkpoint_dir(c: ml_collections.ConfigDict) -> Path:
-    """``model.hf_dir`` after checking it holds config.json and weights (errors name the file)."""
+def _checkpoint(c: ml_collections.ConfigDict) -> tuple[Path, ModelConfig]:
+    """``model.hf_dir`` and its config, after checking that the directory holds config.json and
+    weights (errors name the file)."""
     directory = Path(c.model.hf_dir)
     if not directory.is_dir():
         raise FileNotFoundError(f"config model.hf_dir={c.model.hf_dir!r}: no such directory")
-    load_config(directory)
+    cfg = load_config(directory)
     tensor_files(directory)
-    return directory
+    return directory, cfg
 
 
 def policy_tokenizer(c: ml_collections.ConfigDict) -> Tokenizer | HFTokenizer:
@@ -62,9 +64,9 @@ def policy_tokenizer(c: ml_collections.ConfigDict) -> Tokenizer | HFTokenizer:
     a tokenizer with more ids than the model's ``vocab_size`` does not belong to it."""
     if not c.model.hf_dir:
         return tokenizer_for_task(c.task.name, vocab_size=c.tokenizer.vocab_size, seed=c.tokenizer.seed)
-    directory = _checkpoint_dir(c)
+    directory, cfg = _checkpoint(c)
     tok = load_tokenizer(directory)
-    vocab = load_config(directory).vocab_size
+    vocab = cfg.vocab_size
     if tok.vocab_size > vocab:
         name = "tokenizer.json" if isinstance(tok, HFTokenizer) else "tokenizer.model"
         raise ValueError(f"{directory / name} has {tok.vocab_size} tokens but {directory / 'config.json'} has "
@@ -82,7 +84,7 @@ def policy_model_config(c: ml_collections.ConfigDict, tok: Tokenizer | HFTokeniz
         raise ValueError(f"{os.path.join(c.model.hf_dir, 'config.json')}: max_position_embeddings={cfg.max_seq_len} "
                          f"is below the run's {max_seq_len} positions (largest prompt bucket + "
                          "sampling.max_new_tokens)")
-    return load_config(c.model.hf_dir, dtype=c.model.dtype, param_dtype=c.model.param_dtype, max_seq_len=max_seq_len)
+    return dataclasses.replace(cfg, max_seq_len=max_seq_len)
 
 
 def pretrained_params(hf_dir: str, cfg: ModelConfig, mesh: jax.sharding.Mesh, shardings: Any) -> nnx.State:

@@ -11,7 +11,8 @@ Two sources, chosen by ``model.hf_dir``:
   The loaded policy is the initial policy of SFT (``sft.steps > 0`` fine-tunes it) or, with
   ``sft.steps = 0``, of RL and the frozen reference policy of the KL term.
 
-Settings that would contradict a checkpoint (``model.overrides``) are config errors.
+Settings that would contradict a checkpoint (``model.overrides``) or need the project tokenizer
+(``critique.type='model'``: the critique model is trained with it) are config errors.
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ from critique_jax.rl.advantages import ESTIMATORS
 from critique_jax.rl.train_step import SCHEDULES
 from critique_jax.models import FAMILIES, SIZES
 from critique_jax.tasks import get_task
+from critique_jax.models.config import OVERRIDABLE
+from critique_jax.rl import policy_init
 
 log = logging.getLogger("critique_jax")
 
@@ -53,9 +55,9 @@ def _loss_defaults() -> ml_collections.ConfigDict:
     return loss
 
 
-def _field(value) -> ml_collections.FieldReference:
-    """A typed config field; a None default is an optional float (e.g. ``forking_rho``)."""
-    return ml_collections.FieldReference(value, field_type=float if value is None else type(value))
+def _field(value, field_type: type = float) -> ml_collections.FieldReference:
+    """A typed config field; a None default is an optional ``field_type`` (e.g. ``forking_rho``)."""
+    return ml_collections.FieldReference(value, field_type=field_type if value is None else type(value))
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -65,7 +67,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.task = dict(name="countdown", difficulties=(1,), data_seed=0, n_train=4000, n_test=256, n_solutions=4)
     c.data_dir = ""  # "" = <cache>/data (CRITIQUE_JAX_CACHE or ~/.cache/critique_jax)
     c.tokenizer = dict(vocab_size=512, seed=0)
-    c.model = dict(preset="small", family="qwen2", dtype="float32", param_dtype="float32")
+    # The policy: a size preset x a family, with any ModelConfig field of models.config.OVERRIDABLE
+    # changed by model.overrides (None = the preset's; --config.model.overrides.d_model=512), or,
+    # with hf_dir, a Hugging Face checkpoint directory whose config.json, tokenizer and weights
+    # are the initial policy (preset, family and the tokenizer section are then unused; see
+    # critique_jax.rl.policy_init).
+    c.model = dict(preset="small", family="qwen2", dtype="float32", param_dtype="float32", hf_dir="")
+    c.model.overrides = {name: _field(None, t) for name, t in OVERRIDABLE.items()}
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.distributed = dict(coordinator_address="", num_processes=0, process_id=-1)
     c.sampling = dict(prompt_buckets=(24,), max_new_tokens=48, temperature=1.0, top_p=1.0, top_k=0)
@@ -234,7 +242,7 @@ def validate(c: ml_collections.ConfigDict, n_devices: int) -> None:
     need(c.sft.steps >= 0 and c.rl.steps >= 0, f"sft.steps={c.sft.steps}, rl.steps={c.rl.steps}: expected >= 0")
     for phase in ("sft", "rl"):
         p = c[phase]
-        need(0 <= p.warmup_steps <= max(p.steps, 1),
+        need(p.steps == 0 or 0 <= p.warmup_steps <= p.steps,  # no steps: no schedule, any warm-up
              f"{phase}.warmup_steps={p.warmup_steps}: expected between 0 and {phase}.steps={p.steps}")
     need(c.rl.pool_size == 0 or c.rl.prompts_per_step <= c.rl.pool_size <= c.task.n_train,
          f"rl.pool_size={c.rl.pool_size}: expected 0 (all) or rl.prompts_per_step={c.rl.prompts_per_step} to "
@@ -271,5 +279,6 @@ def validate(c: ml_collections.ConfigDict, n_devices: int) -> None:
          f"critique.format={c.critique.format!r} explains a step with the task's step notes; task.name="
          f"{c.task.name!r} has none: use 'plain'")
     loss = loss_config(c)
-    need(not (loss.ref_kl_coef > 0 and c.sft.steps == 0 and not c.init_from),
-         "rl.loss.ref_kl_coef > 0 needs a reference policy: set sft.steps > 0 or init_from")
+    need(not (loss.ref_kl_coef > 0 and c.sft.steps == 0 and not c.init_from and not c.model.hf_dir),
+         "rl.loss.ref_kl_coef > 0 needs a reference policy: set sft.steps > 0, init_from or model.hf_dir")
+    policy_init.check_config(c)

@@ -18,10 +18,14 @@ from safetensors.numpy import load_file, save_file
 from critique_jax.models import (FAMILIES, Transformer, config_from_hf, load_pretrained, model_config, param_count,
                                  positions_from_valid, save_pretrained)
 from critique_jax.models.hf import hf_config
+from critique_jax.models.hf.memory import estimate, table
+from critique_jax.models.hf.published import PUBLISHED
 from critique_jax.parallel.mesh import make_mesh
 from critique_jax.parallel.sharding import spec_for
+from critique_jax.rl.rollout import pack_pairs
 from critique_jax.sampling.sampler import SamplerConfig, generate, sample_keys
-from critique_jax.text import HFTokenizer, load_tokenizer, train_tokenizer
+from critique_jax.text import (MARKERS, HFTokenizer, critique_prompt, load_tokenizer, refine_prompt, solve_prompt,
+                               train_tokenizer)
 
 GOLDENS = Path(__file__).parent / "goldens" / "hf"
 HF_FAMILIES = ["gemma", "gemma2", "llama", "qwen2", "qwen3"]
@@ -249,41 +253,9 @@ def test_load_tokenizer_missing_file(tmp_path):
         load_tokenizer(tmp_path)
 
 
-# Published configs (the fields that matter) and their published parameter counts.
-REAL_CONFIGS = {
-    "Qwen2.5-0.5B": (494_032_768, dict(
-        model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-        num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1_000_000.0,
-        rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu", use_sliding_window=False,
-        sliding_window=32768, max_window_layers=24, rope_scaling=None)),
-    "Qwen3-0.6B": (596_049_920, dict(
-        model_type="qwen3", hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-        num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=40960,
-        rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu",
-        attention_bias=False, use_sliding_window=False, sliding_window=None, rope_scaling=None)),
-    "Llama-3.2-1B": (1_235_814_400, dict(
-        model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-        num_key_value_heads=8, head_dim=64, vocab_size=128256, max_position_embeddings=131072,
-        rope_theta=500_000.0, rms_norm_eps=1e-5, tie_word_embeddings=True, hidden_act="silu",
-        attention_bias=False, mlp_bias=False, pretraining_tp=1,
-        rope_scaling=dict(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                          original_max_position_embeddings=8192, rope_type="llama3"))),
-    "gemma-2b": (2_506_172_416, dict(
-        model_type="gemma", hidden_size=2048, intermediate_size=16384, num_hidden_layers=18, num_attention_heads=8,
-        num_key_value_heads=1, head_dim=256, vocab_size=256000, max_position_embeddings=8192,
-        rope_theta=10000.0, rms_norm_eps=1e-6, hidden_act="gelu", hidden_activation=None)),
-    "gemma-2-2b": (2_614_341_888, dict(
-        model_type="gemma2", hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
-        num_key_value_heads=4, head_dim=256, vocab_size=256000, max_position_embeddings=8192,
-        rope_theta=10000.0, rms_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh",
-        hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=256, sliding_window=4096,
-        attn_logit_softcapping=50.0, final_logit_softcapping=30.0, cache_implementation="hybrid")),
-}
-
-
-@pytest.mark.parametrize("name", sorted(REAL_CONFIGS))
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_real_configs_give_the_published_parameter_counts(name):
-    count, config = REAL_CONFIGS[name]
+    count, config = PUBLISHED[name]
     cfg = config_from_hf(config)
     assert param_count(cfg) == count
     assert config_from_hf(hf_config(cfg)) == cfg
@@ -297,3 +269,48 @@ def test_save_pretrained_with_the_project_tokenizer(loaded, tmp_path):
     assert generation == dict(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
     back = load_tokenizer(tmp_path)
     assert back.model_proto == tok.model_proto
+
+
+def test_memory_estimate_from_shapes():
+    config = json.loads((GOLDENS / "qwen2" / "config.json").read_text())
+    cfg = config_from_hf(config)
+    e = estimate(cfg, mesh_sizes=(1, 2, 5))
+    assert e.params == 4 * param_count(cfg)
+    assert e.adam == 2 * e.params + 8  # two moments, and the int32 update counts of Adam and the schedule
+    assert e.per_device[1] == e.params + e.adam
+    assert e.per_device[1] / 2 < e.per_device[2] < 0.51 * e.per_device[1]  # all halved but norms and biases
+    assert e.per_device[5] is None  # hidden_size 48 does not split over 5 devices
+    assert estimate(config_from_hf(config, dtype="bfloat16"), (1,)).params == e.params // 2
+    assert "| qwen2/config.json | 0.00B | bfloat16 |" in table([str(GOLDENS / "qwen2")], (1,), ("bfloat16",)).replace(
+        str(GOLDENS) + "/", "")
+
+
+def test_prompt_templates_are_plain_text_for_hf_tokenizers(hf_tok):
+    """The markers are ordinary text to a HF tokenizer: prompts decode back to themselves and a
+    target's end token is one of the tokenizer's end ids, dropped when decoding."""
+    question, solution = "Use 3, 8, 4 to make 20.", "8 * 3 = 24\n24 - 4 = 20\nanswer: 20"
+    critique = "step 1: correct\nstep 2: correct\nverdict: correct"
+    for text in (solve_prompt(question), critique_prompt(question, solution),
+                 refine_prompt(question, solution, critique)):
+        assert hf_tok.decode(hf_tok.encode(text)) == text
+    ids = hf_tok.encode(solution, eos=True)
+    assert ids[-1] in hf_tok.eos_ids and hf_tok.decode(ids) == solution
+    assert all(m in hf_tok.decode(hf_tok.encode(m)) for m in MARKERS.values())
+
+
+def test_prompts_start_with_bos_where_the_tokenizer_puts_one(hf_tok, tmp_path):
+    """Gemma's and Llama 3's tokenizers put bos first (their post-processor), Qwen's do not:
+    prompts follow the tokenizer; targets never get one."""
+    assert not hf_tok.prompt_bos and hf_tok.encode_prompt("ab") == hf_tok.encode("ab")
+    d = Path(shutil.copytree(GOLDENS / "tokenizer", tmp_path / "tok"))
+    data = json.loads((d / "tokenizer.json").read_text())
+    bos = {"SpecialToken": {"id": "<s>", "type_id": 0}}
+    a, b = {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}
+    data["post_processor"] = {"type": "TemplateProcessing", "single": [bos, a], "pair": [bos, a, b],
+                              "special_tokens": {"<s>": {"id": "<s>", "ids": [hf_tok.bos_id], "tokens": ["<s>"]}}}
+    (d / "tokenizer.json").write_text(json.dumps(data))
+    tok = load_tokenizer(d)
+    assert tok.prompt_bos and tok.encode_prompt("ab") == [tok.bos_id] + hf_tok.encode("ab")
+    arrays = pack_pairs(tok, ["ab"], ["cd"], 8, 8)
+    assert arrays["tokens"][0, 8 - 3] == tok.bos_id  # the prompt "ab" is 2 tokens after it
+    assert arrays["tokens"][0, 8:11].tolist() == tok.encode("cd", eos=True)

@@ -69,6 +69,23 @@ def test_response_ends_at_first_eos(model, np_rng):
             assert eos_at[0] == n - 1  # the end token is the last masked token
 
 
+def test_several_end_ids_and_a_nonzero_pad(model, np_rng):
+    """A HF tokenizer's several end ids (Qwen: <|im_end|>, <|endoftext|>) each end a response;
+    the pad need not be 0 (no pad token: the first end id)."""
+    pb = _prompts(np_rng, 4)
+    keys = sample_keys(2, range(4), 8)
+    first = np.asarray(generate(model, pb.tokens, pb.valid, keys, CFG, group_size=8, temperature=1.5).tokens)[:, 0]
+    ends = tuple(int(t) for t in np.unique(first)[:2])  # two tokens some responses start with
+    cfg = SamplerConfig(max_new_tokens=12, eos_ids=ends, pad_id=ends[0])
+    r = generate(model, pb.tokens, pb.valid, keys, cfg, group_size=8, temperature=1.5)
+    toks, mask = np.asarray(r.tokens), np.asarray(r.mask)
+    n = mask.sum(1)
+    ended = [int(row[k - 1]) for row, k, fin in zip(toks, n, np.asarray(r.finished)) if fin]
+    assert set(ended) == set(ends)  # each id ends some response
+    for row, k in zip(toks, n):
+        assert not np.isin(row[:k - 1], ends).any() and (row[k:] == ends[0]).all()
+
+
 def test_greedy_equals_argmax_rollout(model, np_rng):
     pb = _prompts(np_rng, 2)
     r = generate(model, pb.tokens, pb.valid, sample_keys(0, [0, 1], 1), CFG, temperature=0.0)
@@ -199,6 +216,6 @@ def test_bad_inputs_raise_clear_errors(model, np_rng):
     with pytest.raises(ValueError, match=r"keys shape \(4,\): expected \(6,\)"):
         generate(model, pb.tokens, pb.valid, keys, CFG, group_size=3)
     with pytest.raises(ValueError, match="exceeds the model's max_seq_len 64"):
-        generate(model, pb.tokens, pb.valid, keys, SamplerConfig(60, (EOS,)), group_size=2)
+        generate(model, pb.tokens, pb.valid, keys, SamplerConfig(60, (EOS,), PAD), group_size=2)
     with pytest.raises(ValueError, match="max_new_tokens=0"):
-        SamplerConfig(0, (EOS,))
+        SamplerConfig(0, (EOS,), PAD)

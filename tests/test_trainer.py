@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,13 +15,16 @@ from flax import nnx
 from critique_jax import config as config_lib
 from critique_jax.checkpoint import Checkpointer
 from critique_jax.metrics import read_metrics
-from critique_jax.models import Transformer, model_config
+from critique_jax.models import Transformer, load_pretrained, model_config, save_pretrained
+from critique_jax.models.hf import load_config
 from critique_jax.parallel.mesh import batch_sharding, make_mesh
 from critique_jax.parallel.sharding import param_shardings
 from critique_jax.rl.losses import make_loss_config
 from critique_jax.rl.train_step import (SequenceBatch, TrainState, make_optimizer, make_schedule, response_stats,
                                         rl_update)
-from critique_jax.rl.trainer import rl_optimizer, train
+from critique_jax.rl.policy_init import policy_model_config, policy_tokenizer
+from critique_jax.rl.trainer import check_policy_run, init_params_abstract, rl_optimizer, setup, train
+from critique_jax.text import load_tokenizer
 
 
 def tiny_config(tmp_path, **overrides):
@@ -342,3 +346,94 @@ def test_rerun_after_sft_policy_keeps_the_post_sft_logs(straight_run, tmp_path):
     sft_logs = [r for r in read_metrics(straight_run / "run") if r["step"] <= cfg.sft.steps]
     assert "eval/pass@1" in sft_logs[-1]
     assert read_metrics(workdir) == sft_logs
+
+
+# ----------------------------------------------------------------------------- pretrained policies (model.hf_dir)
+
+HF_TOKENIZER = Path(__file__).parent / "goldens" / "hf" / "tokenizer"
+
+
+def _write_checkpoint(directory: Path, vocab_size: int = 384) -> Path:
+    """A tiny random qwen2 checkpoint with the golden HF tokenizer (320 ids, several end ids, as
+    Qwen's): vocab_size > the tokenizer's, as real checkpoints pad their embeddings."""
+    cfg = model_config("tiny", vocab_size, family="qwen2", max_seq_len=128, n_layers=1)  # 1 layer: compiles fast
+    model = Transformer(cfg, rngs=nnx.Rngs(5))
+    save_pretrained(model, directory, tokenizer=load_tokenizer(HF_TOKENIZER))
+    return directory
+
+
+def _hf_config(tmp_path, hf_dir, **overrides):
+    """2 RL steps from the checkpoint. To compile little: data parallel only (sharded loading is
+    tested in test_hf.py), a plain loss without the reference KL (the reference is the initial
+    policy, checked apart), one minibatch, the sampler's log-probs, evaluation sampling in the
+    shapes of RL's."""
+    return tiny_config(tmp_path, **{"model.hf_dir": str(hf_dir), "sft.steps": 0, "rl.steps": 2, "rl.minibatches": 1,
+                                    "rl.loss.name": "ppo", "rl.loss.ref_kl_coef": 0.0, "rl.recompute_old_logp": False,
+                                    "rl.entropy_change": False, "eval.group_size": 4,
+                                    "sampling.prompt_buckets": (48,), **overrides})
+
+
+def test_rl_from_a_pretrained_checkpoint_resumes_exactly(tmp_path):
+    """sft.steps=0 from a HF checkpoint: the run starts from its weights (the reference policy
+    too), samples with its tokenizer's end ids and pad, and resumes to the straight run's metrics."""
+    hf_dir = _write_checkpoint(tmp_path / "ckpt")
+    cfg = _hf_config(tmp_path, hf_dir)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(cfg, str(straight))
+    run = setup(cfg, str(straight))
+    assert run.model_cfg == load_config(hf_dir, max_seq_len=48 + cfg.sampling.max_new_tokens)
+    assert (run.sampler.eos_ids, run.sampler.pad_id) == ((3, 4), 0)
+    want = nnx.state(load_pretrained(hf_dir))
+    got = Checkpointer(straight / "sft_policy").restore(like={"params": init_params_abstract(run)})[0]["params"]
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+    assert [r["step"] for r in read_metrics(straight) if "eval/pass@1" in r] == [0, 2]
+    train(cfg, str(resumed), stop_at=1)
+    train(cfg, str(resumed))
+    _compare_runs(straight, resumed, cfg)
+
+
+def test_pretrained_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"config model.hf_dir='.*nowhere': no such directory"):
+        policy_tokenizer(_hf_config(tmp_path, tmp_path / "nowhere"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty/config.json: missing file"):
+        policy_tokenizer(_hf_config(tmp_path, empty))
+    hf_dir = _write_checkpoint(tmp_path / "ckpt", vocab_size=256)
+    with pytest.raises(ValueError, match=r"ckpt/tokenizer.json has 320 tokens but .*ckpt/config.json has "
+                                         r"vocab_size=256: the tokenizer does not belong to this model"):
+        policy_tokenizer(_hf_config(tmp_path, hf_dir))
+    with pytest.raises(ValueError, match=r"config.json: max_position_embeddings=128 is below the run's 248 positions"):
+        policy_model_config(_hf_config(tmp_path, hf_dir), None, 248)
+    (hf_dir / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"ckpt: missing file model.safetensors"):
+        policy_tokenizer(_hf_config(tmp_path, hf_dir))
+    config_lib.validate(_hf_config(tmp_path, hf_dir, **{"sft.warmup_steps": 20}), 8)  # no SFT: its warm-up is moot
+    with pytest.raises(ValueError, match=r"model.overrides \{'d_model': 32\} with model.hf_dir=.*unset the overrides"):
+        config_lib.validate(_hf_config(tmp_path, hf_dir, **{"model.overrides.d_model": 32}), 8)
+
+
+def test_model_overrides_change_a_preset(tmp_path):
+    tok = load_tokenizer(HF_TOKENIZER)
+    plain = tiny_config(tmp_path)
+    assert policy_model_config(plain, tok, 100) == model_config("tiny", 320, max_seq_len=100)
+    wide = tiny_config(tmp_path, **{"model.overrides.d_model": 32, "model.overrides.tie_embeddings": False})
+    assert policy_model_config(wide, tok, 100) == model_config("tiny", 320, max_seq_len=100, d_model=32,
+                                                               tie_embeddings=False)
+
+
+def test_init_from_needs_the_same_overrides_and_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    (run / "sft_policy").mkdir(parents=True)
+    theirs = tiny_config(tmp_path)
+    (run / "config.json").write_text(theirs.to_json())
+    assert check_policy_run(tiny_config(tmp_path), str(run), "init_from") == str(run / "sft_policy")
+    with pytest.raises(ValueError, match=r"model.overrides=\{.*'d_model': 32.*\} differs from the init_from run's"):
+        check_policy_run(tiny_config(tmp_path, **{"model.overrides.d_model": 32}), str(run), "init_from")
+    with pytest.raises(ValueError, match=r"model.hf_dir='ckpt' differs from the init_from run's model.hf_dir=''"):
+        check_policy_run(tiny_config(tmp_path, **{"model.hf_dir": "ckpt"}), str(run), "init_from")
+    old = json.loads(theirs.to_json())
+    del old["model"]["overrides"], old["model"]["hf_dir"]  # a run from before these keys: their defaults
+    (run / "config.json").write_text(json.dumps(old))
+    assert check_policy_run(tiny_config(tmp_path), str(run), "init_from") == str(run / "sft_policy")

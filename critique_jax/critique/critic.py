@@ -217,7 +217,7 @@ def setup_critic(config: ml_collections.ConfigDict, workdir: str) -> Critic:
     width, length = resolve_widths(run.tok, train + held_out, cc.prompt_width, cc.max_new_tokens)
     model_cfg = critic_model_config(config, run.tok.vocab_size, width + length)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0))))
-    sampler = SamplerConfig(max_new_tokens=length, eos_ids=(run.tok.eos_id,), pad_id=run.tok.pad_id)
+    sampler = SamplerConfig(max_new_tokens=length, eos_ids=run.tok.eos_ids, pad_id=run.tok.pad_id)
     run = dataclasses.replace(run, model_cfg=model_cfg, graphdef=graphdef, sampler=sampler,
                               param_sh=param_shardings(abstract, run.mesh))
     log.info("critic: %d training / %d held-out examples, prompt width %d, response length %d",
@@ -236,7 +236,7 @@ def generate_critiques(critic: Critic, params: nnx.State, examples: Sequence[Cri
     for start in range(0, len(examples), bs):
         chunk = list(examples[start:start + bs])
         padded = chunk + [chunk[-1]] * (bs - len(chunk))  # fixed shapes: no recompiles
-        pb = pad_prompts([run.tok.encode(e.prompt) for e in padded], (critic.prompt_width,), run.tok.pad_id)
+        pb = pad_prompts([run.tok.encode_prompt(e.prompt) for e in padded], (critic.prompt_width,), run.tok.pad_id)
         keys = sample_keys(seed, np.arange(start, start + bs), 1)
         out = generate((run.graphdef, params), run.shard(pb.tokens), run.shard(pb.valid), run.shard(keys),
                        run.sampler, group_size=1, temperature=0.0, mesh=run.mesh)

@@ -186,5 +186,5 @@ def token_lengths(tok: Tokenizer, examples: Sequence[CritiqueExample]) -> tuple[
     """Prompt lengths and target lengths (with the end token) in tokens: two [N] int arrays."""
     if not examples:
         raise ValueError("token_lengths: no examples")
-    return (np.asarray([len(tok.encode(e.prompt)) for e in examples]),
+    return (np.asarray([len(tok.encode_prompt(e.prompt)) for e in examples]),
             np.asarray([len(tok.encode(e.target, eos=True)) for e in examples]))

@@ -265,8 +265,10 @@ def sft_batches(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
 
 
 def fits(tok: Tokenizer, texts: Sequence[str], limit: int, eos: bool = False) -> np.ndarray:
-    """[N] bool: the text encodes to at most ``limit`` tokens (with the end token if ``eos``)."""
-    return np.asarray([len(tok.encode(t, eos=eos)) <= limit for t in texts], bool)
+    """[N] bool: the text encodes to at most ``limit`` tokens: as a target with the end token if
+    ``eos``, else as a prompt (``encode_prompt``: with bos where the model expects one)."""
+    encode = (lambda t: tok.encode(t, eos=True)) if eos else tok.encode_prompt
+    return np.asarray([len(encode(t)) <= limit for t in texts], bool)
 
 
 def _seed(*parts: int) -> int:

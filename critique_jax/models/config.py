@@ -136,6 +136,16 @@ SIZES: dict[str, dict[str, int]] = {
 }
 
 
+# Fields ``model.overrides`` may change on a preset, with their types. Not here: vocab_size (the
+# tokenizer's), max_seq_len (the run's widths), the dtypes (their own keys) and rope_llama3 (a
+# tuple; real Llama 3 checkpoints bring it in their config.json).
+_NOT_OVERRIDABLE = ("vocab_size", "max_seq_len", "param_dtype", "dtype", "rope_llama3")
+_OPTIONAL_TYPES = {"final_logit_softcap": float, "attn_logit_softcap": float, "query_pre_attn_scalar": float,
+                   "sliding_window": int}
+OVERRIDABLE: dict[str, type] = {f.name: _OPTIONAL_TYPES.get(f.name) or type(f.default)
+                                for f in dataclasses.fields(ModelConfig) if f.name not in _NOT_OVERRIDABLE}
+
+
 def model_config(preset: str, vocab_size: int, family: str = "qwen2", **overrides: Any) -> ModelConfig:
     """``SIZES[preset]`` + ``FAMILIES[family]`` + ``overrides``; unknown names list the valid ones."""
     if preset not in SIZES:

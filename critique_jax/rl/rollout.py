@@ -25,7 +25,7 @@ from critique_jax.text.templates import solve_prompt
 
 def encode_solve_prompts(tok: Tokenizer, problems: Sequence[Problem], buckets: Sequence[int]) -> PromptBatch:
     """Left-padded solve prompts in the smallest fitting bucket."""
-    return pad_prompts([tok.encode(solve_prompt(p.question)) for p in problems], buckets, tok.pad_id)
+    return pad_prompts([tok.encode_prompt(solve_prompt(p.question)) for p in problems], buckets, tok.pad_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,7 @@ def sample_texts(run: Any, model: tuple[nnx.GraphDef, Any], prompts: Sequence[st
     """
     t0 = time.perf_counter()
     c = run.config
-    pb = pad_prompts([run.tok.encode(p) for p in prompts], buckets, run.tok.pad_id)
+    pb = pad_prompts([run.tok.encode_prompt(p) for p in prompts], buckets, run.tok.pad_id)
     keys = sample_keys(seed, np.arange(len(prompts)), group_size)
     ro = generate(model, run.shard(pb.tokens), run.shard(pb.valid), run.shard(keys), sampler or run.sampler,
                   group_size=group_size, temperature=temperature, top_p=c.sampling.top_p, top_k=c.sampling.top_k,
@@ -139,7 +139,7 @@ def pack_pairs(tok: Tokenizer, prompts: Sequence[str], targets: Sequence[str], p
     tokens = np.full((n, prompt_width + response_len), tok.pad_id, np.int32)
     valid = np.zeros(tokens.shape, bool)
     for i, (prompt_text, target_text) in enumerate(zip(prompts, targets)):
-        prompt, resp = tok.encode(prompt_text), tok.encode(target_text, eos=True)
+        prompt, resp = tok.encode_prompt(prompt_text), tok.encode(target_text, eos=True)
         name = names[i] if names is not None else f"example {i}"
         if len(prompt) > prompt_width:
             raise ValueError(f"{name}: prompt of {len(prompt)} tokens exceeds the largest prompt bucket "

@@ -41,6 +41,7 @@ from critique_jax.parallel.distributed import is_main_process, to_global, to_hos
 from critique_jax.parallel.mesh import batch_sharding, make_mesh, replicated
 from critique_jax.parallel.sharding import param_shardings, tree_shardings_like
 from critique_jax.perf import CompileCounter, timed
+from critique_jax.rl import policy_init
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.rl.advantages import compute_advantages
 from critique_jax.ops.masked import masked_mean
@@ -51,7 +52,7 @@ from critique_jax.rundir import save_config
 from critique_jax.runlock import lock_run_dir
 from critique_jax.sampling import SamplerConfig, generate, sample_keys
 from critique_jax.tasks import Problem, Task, get_task
-from critique_jax.text import Tokenizer, default_cache_dir, refine_prompt, solve_prompt, tokenizer_for_task
+from critique_jax.text import Tokenizer, default_cache_dir, refine_prompt, solve_prompt
 
 log = logging.getLogger("critique_jax")
 
@@ -101,7 +102,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         splits = build_task_dataset(config.task.name, data_dir, seed=config.task.data_seed,
                                     n_train=config.task.n_train, n_test=config.task.n_test,
                                     difficulties=list(config.task.difficulties), n_solutions=config.task.n_solutions)
-        tok = tokenizer_for_task(config.task.name, vocab_size=config.tokenizer.vocab_size, seed=config.tokenizer.seed)
+        tok = policy_init.policy_tokenizer(config)
         return splits, tok
 
     if jax.process_count() > 1:  # process 0 builds the dataset and tokenizer; the others then load them
@@ -112,11 +113,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     check_lengths(splits["train"], tok, config)
     max_seq_len = max(prompt_buckets(config)) + config.sampling.max_new_tokens
     config_lib.warn_sequence_length(config, max_seq_len)
-    model_cfg = model_config(config.model.preset, tok.vocab_size, family=config.model.family,
-                             dtype=config.model.dtype, param_dtype=config.model.param_dtype, max_seq_len=max_seq_len)
+    model_cfg = policy_init.policy_model_config(config, tok, max_seq_len)
     abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
     graphdef, abstract_params = nnx.split(abstract)
-    sampler = SamplerConfig(max_new_tokens=config.sampling.max_new_tokens, eos_ids=(tok.eos_id,), pad_id=tok.pad_id)
+    sampler = SamplerConfig(max_new_tokens=config.sampling.max_new_tokens, eos_ids=tok.eos_ids, pad_id=tok.pad_id)
     return Run(config=config, workdir=workdir, mesh=mesh, task=task, tok=tok, train=splits["train"],
                test=splits["test"], model_cfg=model_cfg, graphdef=graphdef,
                param_sh=param_shardings(abstract_params, mesh), sampler=sampler)
@@ -132,7 +132,7 @@ def prompt_buckets(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 
 def check_lengths(source: TaskSource, tok: Tokenizer, config: ml_collections.ConfigDict) -> None:
     """Fails before training when prompts or reference solutions do not fit the configured widths."""
-    prompts = max(len(tok.encode(solve_prompt(source[i].problem.question))) for i in range(len(source)))
+    prompts = max(len(tok.encode_prompt(solve_prompt(source[i].problem.question))) for i in range(len(source)))
     solutions = max(len(tok.encode(s, eos=True)) for i in range(len(source)) for s in source[i].solutions)
     if prompts > max(config.sampling.prompt_buckets):
         raise ValueError(f"the longest {config.task.name} prompt has {prompts} tokens: raise the largest "
@@ -255,9 +255,12 @@ def _ckpt_state(state: TrainState, key: jax.Array, ref_params: nnx.State | None)
 def run_sft(run: Run, ckpt: Checkpointer, progress: Progress) -> nnx.State:
     """Supervised warm-up on reference solutions; returns the final SFT parameters."""
     c = run.config
-    optimizer, schedule = make_optimizer(c.sft.lr, c.sft.warmup_steps, max(c.sft.steps, 1),
-                                         weight_decay=c.sft.weight_decay)
-    state = init_state(run, init_params(run, c.seed), optimizer)
+    params = (policy_init.pretrained_params(c.model.hf_dir, run.model_cfg, run.mesh, run.param_sh) if c.model.hf_dir
+              else init_params(run, c.seed))
+    if c.sft.steps == 0:  # no optimiser state: a pretrained policy's Adam moments would triple its memory
+        return params
+    optimizer, schedule = make_optimizer(c.sft.lr, c.sft.warmup_steps, c.sft.steps, weight_decay=c.sft.weight_decay)
+    state = init_state(run, params, optimizer)
     it = BatchIterator(run.train, c.sft.batch_size, seed=c.seed)
     key = _replicated_key(run, c.seed)
     start = 0
@@ -561,7 +564,8 @@ def init_from_dir(path: str) -> str:
 
 #: Fields a policy run (``init_from``, ``critic.policy_from``) must share with the config that loads
 #: its policy: the policy's shapes and vocabulary.
-POLICY_MATCHING_KEYS = ("task.name", "model.preset", "model.family", "tokenizer.vocab_size", "tokenizer.seed")
+POLICY_MATCHING_KEYS = ("task.name", "model.preset", "model.family", "model.overrides", "model.hf_dir",
+                        "tokenizer.vocab_size", "tokenizer.seed")
 
 
 def check_policy_run(config: ml_collections.ConfigDict, path: str, key: str) -> str:
@@ -578,7 +582,9 @@ def check_policy_run(config: ml_collections.ConfigDict, path: str, key: str) -> 
     differ = []
     for field_key in POLICY_MATCHING_KEYS:
         section, field = field_key.split(".")
-        mine, other = config[section][field], theirs.get(section, {}).get(field)
+        # As JSON values (model.overrides is a dict); a run from before a key existed had its default.
+        mine = json.loads(json.dumps(config[section][field], default=dict))
+        other = theirs.get(section, {}).get(field, json.loads(config_lib.default_config().to_json())[section][field])
         if mine != other:
             differ.append(f"{field_key}={mine!r} differs from the {key} run's {field_key}={other!r}")
     if differ:

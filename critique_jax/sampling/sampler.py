@@ -43,11 +43,15 @@ from critique_jax.parallel.mesh import batch_shards
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
-    """Static sampling settings (changing them recompiles; per-sample knobs are traced)."""
+    """Static sampling settings (changing them recompiles; per-sample knobs are traced).
+
+    ``eos_ids``: every token that ends a response (a tokenizer's ``eos_ids``: Qwen and Llama 3
+    have several); ``pad_id``: the id written after the end (masked; the tokenizer's pad).
+    """
 
     max_new_tokens: int
     eos_ids: tuple[int, ...]
-    pad_id: int = 0
+    pad_id: int
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

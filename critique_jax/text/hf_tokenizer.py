@@ -76,6 +76,10 @@ class HFTokenizer:
         self.unk_id: int | None = ids.get("unk_token")
         pad = ids.get("pad_token", generation.get("pad_token_id"))
         self.pad_id: int = self.eos_ids[0] if pad is None else pad
+        # A sequence starts with bos when the tokenizer's own post-processor puts it there
+        # (Gemma, Llama 3; not Qwen, whose bos_token_id is only nominal).
+        self.prompt_bos: bool = (self.bos_id is not None
+                                 and tokenizer.encode("a", add_special_tokens=True).ids[:1] == [self.bos_id])
 
     @staticmethod
     def _content(token: str | dict[str, Any]) -> str:
@@ -121,6 +125,10 @@ class HFTokenizer:
             raise ValueError("this tokenizer has no bos token")
         ids = self._tok.encode(text, add_special_tokens=False).ids
         return [self.bos_id] * bos + ids + [self.eos_id] * eos
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Ids of a prompt, the start of a sequence: with bos first when the model expects it."""
+        return self.encode(text, bos=self.prompt_bos)
 
     def encode_batch(self, texts: Sequence[str], *, bos: bool = False, eos: bool = False) -> list[list[int]]:
         return [self.encode(t, bos=bos, eos=eos) for t in texts]

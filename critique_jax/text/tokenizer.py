@@ -102,6 +102,11 @@ class Tokenizer:
         return EOS_ID
 
     @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """Every id that ends a response (one here; an :class:`HFTokenizer` may have several)."""
+        return (EOS_ID,)
+
+    @property
     def newline_id(self) -> int:
         return self._sp.piece_to_id(NEWLINE)
 
@@ -118,6 +123,10 @@ class Tokenizer:
         """Token ids of ``text``, optionally with bos first / eos last."""
         ids = self._sp.encode(text)
         return [BOS_ID] * bos + ids + [EOS_ID] * eos
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Ids of a prompt, the start of a sequence (no bos: the project's models train without)."""
+        return self.encode(text)
 
     def encode_batch(
         self, texts: Sequence[str], *, bos: bool = False, eos: bool = False

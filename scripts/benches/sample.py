@@ -53,12 +53,12 @@ def run(args: argparse.Namespace) -> list[dict]:
         top_k, top_p = jnp.zeros((n,), jnp.int32), jnp.ones((n,), jnp.float32)
 
         def call(length: int):
-            sc = SamplerConfig(max_new_tokens=length, eos_ids=(-1,))  # never ends early
+            sc = SamplerConfig(max_new_tokens=length, eos_ids=(-1,), pad_id=0)  # never ends early
             return lambda: sampler_lib._generate(graphdef, state, pb.tokens, pb.valid, keys, temp, top_k, top_p,
                                                  cfg=sc, group_size=args.group)
 
         full, prefill = call(args.new_tokens), call(1)
-        sc_full = SamplerConfig(max_new_tokens=args.new_tokens, eos_ids=(-1,))
+        sc_full = SamplerConfig(max_new_tokens=args.new_tokens, eos_ids=(-1,), pad_id=0)
         t0 = time.perf_counter()
         compiled = sampler_lib._generate.lower(graphdef, state, pb.tokens, pb.valid, keys, temp, top_k, top_p,
                                                cfg=sc_full, group_size=args.group).compile()

@@ -62,7 +62,7 @@ def _ignorable(name: str, cfg: ModelConfig) -> bool:
     return name.endswith("rotary_emb.inv_freq") or (cfg.tie_embeddings and name == "lm_head.weight")
 
 
-def _tensor_files(directory: Path) -> dict[str, Path]:
+def tensor_files(directory: Path) -> dict[str, Path]:
     """HF tensor name -> the safetensors file that holds it (single file or sharded with index)."""
     if (directory / SINGLE).exists():
         with safe_open(directory / SINGLE, framework="numpy") as f:
@@ -104,7 +104,7 @@ def load_pretrained(directory: str | Path, *, dtype: str = "float32", param_dtyp
     cfg = load_config(directory, dtype=dtype, param_dtype=param_dtype, max_seq_len=max_seq_len)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
     names = hf_names(cfg)
-    files = _tensor_files(directory)
+    files = tensor_files(directory)
     index_name = directory / (SINGLE if (directory / SINGLE).exists() else INDEX)
     known = {n for n, _ in names.values()}
     for name, file in files.items():

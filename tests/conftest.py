@@ -4,6 +4,8 @@ XLA_FLAGS must be set before jax is imported anywhere, hence at the top of conft
 """
 
 import os
+import shutil
+import tempfile
 import zlib
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -16,6 +18,20 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_configure(config):
+    """One persistent compilation cache for the session: tests that build the same programs (a
+    straight run and its resumed twin, repeated tiny runs) compile each once. A fresh folder per
+    session, removed at the end, so no test depends on an earlier session's cache."""
+    config._jax_cache = tempfile.mkdtemp(prefix="critique_jax_test_jax_cache_")
+    jax.config.update("jax_compilation_cache_dir", config._jax_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "_jax_cache", ""), ignore_errors=True)
 
 
 @pytest.fixture

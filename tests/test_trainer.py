@@ -282,8 +282,9 @@ def test_rl_update_logs_applied_lr_and_same_batch_entropy(np_rng):
     batch = SequenceBatch(**{k: jnp.asarray(v) for k, v in arrays.items()})
     state = TrainState(params, optimizer.init(params), jnp.asarray(2, jnp.int32))  # 2 updates already taken
     loss_cfg = config_lib.loss_config(config_lib.default_config())
-    new, m = rl_update(graphdef, optimizer, loss_cfg, state, batch, jax.random.key(0), minibatches=2,
-                       lr_schedule=schedule, entropy_after=True)
+    update = jax.jit(functools.partial(rl_update, graphdef, optimizer, loss_cfg, minibatches=2, lr_schedule=schedule,
+                                       entropy_after=True))
+    new, m = update(state, batch, jax.random.key(0))
     assert float(m["lr"]) == pytest.approx((float(schedule(2)) + float(schedule(3))) / 2, rel=1e-6)
     model = nnx.merge(graphdef, new.params)
     _, ent = response_stats(model, batch)

@@ -160,6 +160,17 @@ def is_done(out: Path, run: RunSpec) -> bool:
 _children: set[subprocess.Popen] = set()  # the runs in progress
 
 
+#: Runs a command that gets SIGTERM when the runner's thread that started it dies, however it dies
+#: (``kill -9`` included, which no signal handler sees): Linux's PR_SET_PDEATHSIG, which survives exec.
+_DIE_WITH_RUNNER = ("import ctypes, os, signal, sys; ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM); "
+                    "os.getppid() == 1 and sys.exit(143); os.execvp(sys.argv[1], sys.argv[1:])")
+
+
+def _with_runner(command: list[str]) -> list[str]:
+    """``command`` wrapped so that it stops when the runner is killed (Linux; elsewhere unchanged)."""
+    return [sys.executable, "-c", _DIE_WITH_RUNNER, *command] if sys.platform.startswith("linux") else command
+
+
 def run_one(sweep: Sweep, run: RunSpec, out: Path) -> tuple[RunSpec, int, float]:
     """Runs ``run`` as a subprocess in its own process group (output to ``<run>/sweep.log``,
     stopped with the runner, see :func:`run_sweep`); marks it done on exit 0."""
@@ -167,7 +178,7 @@ def run_one(sweep: Sweep, run: RunSpec, out: Path) -> tuple[RunSpec, int, float]
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with open(workdir / "sweep.log", "a") as log:
-        proc = subprocess.Popen(run.command(sweep.base, workdir), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(_with_runner(run.command(sweep.base, workdir)), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         _children.add(proc)
         try:

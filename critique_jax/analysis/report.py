@@ -49,8 +49,8 @@ def run_label(workdir: str) -> str:
 
 
 def plot_curves(workdirs: str | list[str], out: str | None = None) -> str:
-    """Train entropy, train reward and eval pass@1 vs step of one or more runs, overlaid (one
-    colour per run); returns the PNG path (default ``<first run>/curves.png``)."""
+    """Train entropy, train reward and eval pass@1 vs RL step of one or more runs, overlaid (one
+    colour per run, step 0 = the start of RL); returns the PNG path (default ``<first run>/curves.png``)."""
     workdirs = [workdirs] if isinstance(workdirs, str) else list(workdirs)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for i, workdir in enumerate(workdirs):
@@ -60,14 +60,15 @@ def plot_curves(workdirs: str | list[str], out: str | None = None) -> str:
         if not train:
             raise ValueError(f"{workdir}/metrics.jsonl has no RL steps (train/entropy) to plot")
         color, label = f"C{i}", run_label(workdir)
-        steps = [r["step"] for r in train]
-        axes[0].plot(steps, [r["train/entropy"] for r in train], color=color, label=label)
-        axes[1].plot(steps, [r["train/reward"] for r in train], color=color, alpha=0.35,
+        start = train[0]["step"] - 1  # RL steps count from the end of SFT (a run after its own SFT, or init_from)
+        axes[0].plot([r["step"] - start for r in train], [r["train/entropy"] for r in train], color=color, label=label)
+        axes[1].plot([r["step"] - start for r in train], [r["train/reward"] for r in train], color=color, alpha=0.35,
                      label=f"{label}: train reward")
-        axes[1].plot([r["step"] for r in evals], [r["eval/pass@1"] for r in evals], "o-", color=color,
+        axes[1].plot([r["step"] - start for r in evals if r["step"] >= start],
+                     [r["eval/pass@1"] for r in evals if r["step"] >= start], "o-", color=color,
                      label=f"{label}: eval pass@1")
-    axes[0].set(xlabel="step", ylabel="mean token entropy (nats)", title="policy entropy (training rollouts)")
-    axes[1].set(xlabel="step", ylabel="accuracy", title="reward and held-out pass@1", ylim=(0, 1))
+    axes[0].set(xlabel="RL step", ylabel="mean token entropy (nats)", title="policy entropy (training rollouts)")
+    axes[1].set(xlabel="RL step", ylabel="accuracy", title="reward and held-out pass@1", ylim=(0, 1))
     for ax in axes:
         ax.legend(loc="best", fontsize="small")
     fig.suptitle(" vs ".join(run_label(w) for w in workdirs))

@@ -35,7 +35,9 @@ FIGURES = {
 }
 #: Empty panels the tiny root is expected to have: its 3-step SFT policy solves nothing, so
 #: self-training keeps no data and the data-share panel has nothing to draw.
-EXPECTED_NO_DATA = {"05_tail_narrowing": ["share of the training data"]}
+EXPECTED_NO_DATA = {"05_tail_narrowing": ["share of the training data"],
+                    # distinct correct solutions per solved problem: NaN, no eval problem is solved.
+                    "04_critique_diversity": ["eval/distinct_correct"]}
 
 # ----------------------------------------------------------------------------- a tiny run root
 

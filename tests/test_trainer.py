@@ -438,3 +438,36 @@ def test_init_from_needs_the_same_overrides_and_checkpoint(tmp_path):
     del old["model"]["overrides"], old["model"]["hf_dir"]  # a run from before these keys: their defaults
     (run / "config.json").write_text(json.dumps(old))
     assert check_policy_run(tiny_config(tmp_path), str(run), "init_from") == str(run / "sft_policy")
+
+
+def test_kill_9_after_sft_policy_keeps_the_post_sft_logs(tmp_path):
+    """A real kill -9 in the window after sft_policy is saved and before the first RL checkpoint:
+    the re-run keeps the SFT logs and the post-SFT evaluation (it used to truncate them to the
+    last SFT checkpoint)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # SFT checkpoint at step 4, sft_policy at 5, the first RL checkpoint at step 8: kill at step 6 or 7.
+    overrides = {"sft.steps": 5, "rl.steps": 1000, "checkpoint.every": 4, "eval.every": 1000}
+    cfg, workdir = tiny_config(tmp_path, **overrides), tmp_path / "run"
+    script = (f"import pathlib, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+              "from test_trainer import tiny_config; from critique_jax.rl.trainer import train; "
+              f"train(tiny_config(pathlib.Path({str(tmp_path)!r}), **{overrides!r}), {str(workdir)!r})")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None:
+            rows = read_metrics(workdir) if (workdir / "metrics.jsonl").is_file() else []
+            if any(r["step"] > cfg.sft.steps for r in rows):  # RL has started: sft_policy is saved
+                break
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    sft_logs = [r for r in read_metrics(workdir) if r["step"] <= cfg.sft.steps]
+    assert "eval/pass@1" in sft_logs[-1] and Checkpointer(workdir / "checkpoints").latest_step() == 4
+    train(tiny_config(tmp_path, **{**overrides, "rl.steps": 0}), str(workdir))  # re-run: only the truncation
+    assert read_metrics(workdir) == sft_logs

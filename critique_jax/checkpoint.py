@@ -145,6 +145,8 @@ class Checkpointer:
       best_metric: metric name ranking steps for ``keep_best`` (None: keep only the latest).
       best_mode: "max" or "min": which end of ``best_metric`` is best.
       async_save: write in a background thread (True) or block in ``save`` (False).
+      read_only: open for reading only: nothing is created, cleaned up, moved or saved (safe on
+        a directory a live run is writing); a damaged step is skipped with a warning.
     """
 
     def __init__(
@@ -156,6 +158,7 @@ class Checkpointer:
         best_metric: str | None = "eval/pass@1",
         best_mode: str = "max",
         async_save: bool = True,
+        read_only: bool = False,
     ):
         if keep_last < 1:
             raise ValueError(f"keep_last={keep_last}: expected >= 1 (the newest step must stay)")
@@ -165,7 +168,8 @@ class Checkpointer:
             raise ValueError(f"best_mode={best_mode!r}: expected 'max' or 'min'")
         path = os.fspath(directory)
         self.directory = path if "://" in path else os.path.abspath(path)  # gs:// etc. as is
-        self.best_metric = best_metric if keep_best > 0 else None
+        self.best_metric = best_metric if keep_best > 0 and not read_only else None
+        self.read_only = read_only
         policies: list[pp.PreservationPolicy] = [pp.LatestN(n=keep_last)]
         best_fn = None
         if self.best_metric is not None:
@@ -184,7 +188,7 @@ class Checkpointer:
                     keep_checkpoints_without_metrics=False,
                 )
             )
-        options = ocp.CheckpointManagerOptions(
+        options = ocp.CheckpointManagerOptions(read_only=True) if read_only else ocp.CheckpointManagerOptions(
             # best_fn also makes the manager store each step's metrics (it writes them only
             # when tracking a best metric) so a reopened manager can rank old steps.
             best_fn=best_fn,
@@ -217,6 +221,8 @@ class Checkpointer:
         save decision); ``force=True`` saves anyway (an existing step raises orbax's
         ``StepAlreadyExistsError``). With ``async_save`` the write finishes in the background.
         """
+        if self.read_only:
+            raise PermissionError(f"{self.directory} is open read-only: step {step} not saved")
         try:
             json.dumps(meta, allow_nan=False)
         except (TypeError, ValueError) as e:
@@ -267,6 +273,9 @@ class Checkpointer:
         return None
 
     def _quarantine(self, step: int, problem: str) -> None:
+        if self.read_only:
+            log.warning("checkpoint step %d in %s is damaged (%s): skipped", step, self.directory, problem)
+            return
         aside = os.path.join(f"{self.directory}-damaged", f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
         log.warning("checkpoint step %d in %s is damaged (%s): moved to %s; falling back to an older step", step,
                     self.directory, problem, aside)
@@ -282,12 +291,13 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def restore(self, step: int | None = None, *, like: PyTree) -> tuple[PyTree, dict]:
+    def restore(self, step: int | None = None, *, like: PyTree, partial: bool = False) -> tuple[PyTree, dict]:
         """Restores ``(state, meta)`` of ``step`` (default: the latest step).
 
         ``like`` has the structure of the saved state, with concrete arrays or
         ``jax.ShapeDtypeStruct``s whose ``sharding`` says where each restored array goes
-        (shape and dtype must match what was saved). Raises FileNotFoundError naming the
+        (shape and dtype must match what was saved); ``partial``: ``like`` names a subset of
+        the saved items (e.g. only ``{"params": ...}`` of a training state). Raises FileNotFoundError naming the
         directory and the available steps when ``step`` (or any intact step) is missing, and
         ValueError naming what is damaged for a ``step`` whose files do not match its manifest.
         """
@@ -302,13 +312,23 @@ class Checkpointer:
         if problem is not None:
             raise ValueError(f"checkpoint step {step} in {self.directory} is damaged ({problem})")
         abstract = jax.tree.map(_abstract_leaf, like)
+        state_args = (ocp.args.PyTreeRestore(item=abstract, partial_restore=True,
+                                             restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
+                      if partial else ocp.args.StandardRestore(abstract))
         out = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                **{_STATE: ocp.args.StandardRestore(abstract), _META: ocp.args.JsonRestore()}
-            ),
+            step, args=ocp.args.Composite(**{_STATE: state_args, _META: ocp.args.JsonRestore()})
         )
         return jax.tree.map(_rewrap, like, out[_STATE]), dict(out[_META])
+
+    def read_meta(self, step: int | None = None) -> dict:
+        """Only the JSON ``meta`` of ``step`` (default: the latest step), e.g. to learn what
+        architecture to restore the state onto."""
+        if step is None:
+            step = self.latest_step()
+        if step is None or step not in self.all_steps():
+            raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; available steps: "
+                                    f"{self.all_steps()}")
+        return dict(self._manager.restore(step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))[_META])
 
     def wait(self) -> None:
         """Blocks until the pending asynchronous save (if any) is committed, then writes its manifest."""
@@ -317,7 +337,8 @@ class Checkpointer:
 
     def close(self) -> None:
         """Waits for pending saves (writing their manifests) and releases the manager's threads."""
-        self.wait()
+        if not self.read_only:
+            self.wait()
         self._manager.close()
 
     def __enter__(self) -> Checkpointer:

@@ -21,12 +21,10 @@ import ml_collections
 
 from critique_jax.rl.config import LossConfig
 from critique_jax.rl.losses import get_loss, make_loss_config, registered_losses
-from critique_jax.critique.feedback import CRITIQUE_TYPES
-from critique_jax.text.templates import POLICY_FORMATS
+from critique_jax.critique import sources
 from critique_jax.rl.advantages import ESTIMATORS
 from critique_jax.rl.train_step import SCHEDULES
 from critique_jax.models import FAMILIES, SIZES
-from critique_jax.tasks import get_task
 from critique_jax.models.config import OVERRIDABLE
 from critique_jax.rl import policy_init
 
@@ -254,18 +252,13 @@ def validate(c: ml_collections.ConfigDict, n_devices: int) -> None:
     need(c.sampling.top_k >= 0, f"sampling.top_k={c.sampling.top_k}: expected >= 0 (0 = off)")
     need(len(c.sampling.prompt_buckets) > 0, "sampling.prompt_buckets is empty")
     need(c.checkpoint.every >= 1 and c.eval.every >= 1, "checkpoint.every and eval.every must be >= 1")
-    need(c.critique.type in CRITIQUE_TYPES,
-         f"critique.type={c.critique.type!r}: expected one of {list(CRITIQUE_TYPES)}")
+    for problem in sources.check_config(c):  # the critique type's own checks
+        need(False, problem)
     if c.critique.type != "none":
         need(1 <= c.critique.n_refine < c.rl.group_size,
              f"critique.n_refine={c.critique.n_refine}: expected 1 <= n_refine < rl.group_size={c.rl.group_size}")
         need(c.rl.loss.name == "critique_grpo",
              f"critique.type={c.critique.type!r} needs rl.loss.name='critique_grpo' (got {c.rl.loss.name!r})")
-        need(c.critique.type != "model" or bool(c.critique.critic_from),
-             "critique.type='model' needs critique.critic_from (a train_critic run directory)")
-        need(c.critique.type != "rule_step" or get_task(c.task.name).exact_step_checker,
-             f"critique.type='rule_step' needs a task whose step checker follows every step; task.name="
-             f"{c.task.name!r} checks only explicit equations: use 'ground_truth', 'indicative' or 'model'")
         need(c.rl.recompute_old_logp, "critique runs need rl.recompute_old_logp=True: refinements were sampled "
              "with the critique in context, their old log-probs are recomputed under the solve prompt")
     need(c.rl.loss.name != "critique_grpo" or c.critique.type != "none",
@@ -273,11 +266,6 @@ def validate(c: ml_collections.ConfigDict, n_devices: int) -> None:
     need(c.critique.sft_refine_every >= 0, f"critique.sft_refine_every={c.critique.sft_refine_every}: expected >= 0")
     need(c.critique.sft_refine_target in ("any", "source"),
          f"critique.sft_refine_target={c.critique.sft_refine_target!r}: expected 'any' or 'source'")
-    need(c.critique.format in POLICY_FORMATS,
-         f"critique.format={c.critique.format!r}: expected one of {list(POLICY_FORMATS)}")
-    need(c.critique.format == "plain" or get_task(c.task.name).has_step_notes,
-         f"critique.format={c.critique.format!r} explains a step with the task's step notes; task.name="
-         f"{c.task.name!r} has none: use 'plain'")
     loss = loss_config(c)
     need(not (loss.ref_kl_coef > 0 and c.sft.steps == 0 and not c.init_from and not c.model.hf_dir),
          "rl.loss.ref_kl_coef > 0 needs a reference policy: set sft.steps > 0, init_from or model.hf_dir")

@@ -22,7 +22,7 @@ FLAGS = cli.define_flags(
 
 def main(argv: list[str]) -> None:
     config = cli.start(argv, FLAGS.config.value)
-    from critique_jax.critique.self_train import self_train  # after jax.distributed.initialize
+    from critique_jax.runs import self_train  # after jax.distributed.initialize
 
     self_train(config, FLAGS.workdir.value, resume=FLAGS.resume.value, stop_after=FLAGS.stop.value)
 

@@ -22,7 +22,7 @@ FLAGS = cli.define_flags(
 
 def main(argv: list[str]) -> None:
     config = cli.start(argv, FLAGS.config.value)
-    from critique_jax.rl.trainer import train  # after jax.distributed.initialize
+    from critique_jax.runs import train  # after jax.distributed.initialize
 
     train(config, FLAGS.workdir.value, resume=FLAGS.resume.value, stop_at=FLAGS.stop.value)
 

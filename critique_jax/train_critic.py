@@ -21,7 +21,7 @@ FLAGS = cli.define_flags(
 
 def main(argv: list[str]) -> None:
     config = cli.start(argv, FLAGS.config.value)
-    from critique_jax.critique.critic import train_critic  # after jax.distributed.initialize
+    from critique_jax.runs import train_critic  # after jax.distributed.initialize
 
     train_critic(config, FLAGS.workdir.value, resume=FLAGS.resume.value, stop_at=FLAGS.stop.value)
 

@@ -209,3 +209,24 @@ def test_damaged_latest_step_falls_back_to_intact_one(tmp_path, fault, caplog):
     assert f"checkpoint step 2 in {tmp_path / 'ck'} is damaged ({'missing' if fault == 'deleted' else 'changed'}: " \
            f"state/" in caplog.text
     assert [p.name.split("-")[0] for p in (tmp_path / "ck-damaged").iterdir()] == ["2"]
+
+
+def test_read_only_opening_restores_params_and_touches_nothing(tmp_path):
+    """A read-only checkpointer (analysis of a live run) lists steps, reads the meta alone,
+    restores a subset of the state, refuses to save and leaves a running save's temporary
+    folder in place."""
+    d = tmp_path / "ckpt"
+    with Checkpointer(d, keep_last=2, keep_best=0, best_metric=None, async_save=False) as ck:
+        ck.save(3, {"params": {"w": jnp.arange(4.0)}, "opt": {"m": jnp.ones(2)}}, {"phase": "rl", "n": 3})
+    in_flight = d / "5.orbax-checkpoint-tmp-1234"
+    in_flight.mkdir()
+    with Checkpointer(d, read_only=True) as ro:
+        assert ro.all_steps() == [3] and ro.latest_step() == 3
+        assert ro.read_meta() == {"phase": "rl", "n": 3}
+        like = {"params": {"w": jax.ShapeDtypeStruct((4,), jnp.float32)}}
+        state, meta = ro.restore(like=like, partial=True)
+        np.testing.assert_array_equal(state["params"]["w"], np.arange(4.0))
+        assert set(state) == {"params"} and meta["n"] == 3
+        with pytest.raises(PermissionError, match="read-only"):
+            ro.save(4, {"params": {"w": jnp.zeros(4)}}, {})
+    assert in_flight.is_dir()

@@ -40,7 +40,7 @@ def _hold(path):
 def test_a_run_directory_holds_one_run(tmp_path):
     import pytest
 
-    from critique_jax.rl.trainer import train
+    from critique_jax.runs import train
     from critique_jax.runlock import LockHeld, lock_run_dir
     from test_trainer import tiny_config
 

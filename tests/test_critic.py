@@ -11,12 +11,11 @@ import pytest
 
 from critique_jax.checkpoint import Checkpointer
 from critique_jax.config import default_config
-from critique_jax.critique.critic import initial_params, setup_critic, train_critic
+from critique_jax.runs.critic_run import initial_params, setup_critic, train_critic
 from critique_jax.critique.data import balance, build_examples, make_example, policy_examples, triples
 from critique_jax.critique.feedback import score_critiques
 from critique_jax.data import Example
 from critique_jax.metrics import read_metrics
-from critique_jax.rl.trainer import init_params_abstract
 from critique_jax.tasks import Problem, StepCheck, get_task, iter_problems
 from critique_jax.text import critique_prompt, format_step_critique, parse_critique
 from critique_jax.text.templates import condense_critique, format_worked_critique
@@ -262,7 +261,7 @@ def runs(shared):
 def _final_params(config, workdir):
     critic = setup_critic(config, workdir)
     with Checkpointer(f"{workdir}/critic_policy", keep_last=1, keep_best=0, best_metric=None) as ck:
-        restored, meta = ck.restore(like={"params": init_params_abstract(critic.run)})
+        restored, meta = ck.restore(like={"params": critic.run.abstract_params()})
     return critic, restored["params"], meta
 
 
@@ -324,8 +323,8 @@ def test_policy_samples_join_the_training_data_and_the_evaluation(shared):
     """critic.policy_from: the SFT policy of a train run samples responses (real mistakes) for the
     critic's training set and one per held-out problem for critic/policy/*; critic/* stays the
     reference-and-planted benchmark."""
-    from critique_jax.critique.critic import evaluate_critic
-    from critique_jax.rl.trainer import train
+    from critique_jax.runs import train
+    from critique_jax.runs.critic_run import evaluate_critic
 
     policy = shared / "policy"
     pc = tiny_config(shared)
@@ -385,7 +384,8 @@ def test_a_prompt_or_target_that_does_not_fit_is_an_error(shared):
 def test_a_trained_critic_writes_the_critiques_of_a_critique_grpo_step(runs, shared):
     """critique.type='model' end to end: the critic of a train_critic run is loaded frozen on the
     policy's mesh, samples as many tokens as its targets had, and its critiques are scored."""
-    from critique_jax.rl.trainer import load_critic, setup, train
+    from critique_jax.runs import setup, train
+    from critique_jax.runs.roles import load_critic
 
     whole, _, _ = runs
     cfg = tiny_config(shared)

@@ -12,14 +12,16 @@ from flax import nnx
 
 from critique_jax import config as config_lib
 from critique_jax.critique.feedback import refinement_reward, rule_critique
-from critique_jax.critique.loop import critique_accuracy, pass1_on_failed, refinement_metrics, select_refinements
+from critique_jax.critique.loop import pass1_on_failed, refinement_metrics, select_refinements
+from critique_jax.critique.sources import critique_accuracy
 from critique_jax.metrics import read_metrics
 from critique_jax.models import Transformer, model_config
 from critique_jax.parallel.mesh import batch_sharding, make_mesh
 from critique_jax.parallel.sharding import param_shardings
 from critique_jax.rl.losses import make_loss_config
 from critique_jax.rl.train_step import SequenceBatch, TrainState, rl_update
-from critique_jax.rl.trainer import refine_sft_arrays, setup, train
+from critique_jax.runs import setup, train
+from critique_jax.runs.supervised import refine_sft_arrays
 from critique_jax.tasks import get_task, make_problem, split_steps
 from critique_jax.text import parse_critique
 from critique_jax.text.templates import condense_critique, format_worked_critique

@@ -16,10 +16,9 @@ from matplotlib.figure import Figure
 from critique_jax import config as config_lib
 from critique_jax.analysis import (covariance_by_accuracy, fork_share_by_token, notebooks, plots, sweeps,
                                    token_entropy, top_entropy_positions)
-from critique_jax.critique.critic import train_critic
-from critique_jax.critique.self_train import self_train
 from critique_jax.metrics import MetricsWriter
-from critique_jax.rl.trainer import train
+from critique_jax.runs import self_train, train, train_critic
+from critique_jax.runs.policies import load_run_config
 
 from test_trainer import tiny_config
 
@@ -427,10 +426,10 @@ def test_load_run_config_round_trips(tmp_path):
     c.rl.loss.name, c.sampling.prompt_buckets, c.rl.loss.forking_rho = "kl_cov", (20, 32), 0.2
     c.lock()
     (tmp_path / "config.json").write_text(c.to_json())
-    loaded = token_entropy.load_run_config(tmp_path)
+    loaded = load_run_config(tmp_path)
     assert loaded.to_dict() == c.to_dict() and loaded.is_locked
     (tmp_path / "config.json").write_text(json.dumps({"rl": {"bogus": 1}}))
     with pytest.raises(ValueError, match=r"config.json: key rl.bogus=1 does not fit"):
-        token_entropy.load_run_config(tmp_path)
+        load_run_config(tmp_path)
     with pytest.raises(FileNotFoundError, match="not a run directory"):
-        token_entropy.load_run_config(tmp_path / "nowhere")
+        load_run_config(tmp_path / "nowhere")

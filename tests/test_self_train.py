@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from critique_jax.checkpoint import Checkpointer
-from critique_jax.critique.self_train import (check_init_run, eval_metrics, pass_ks, pool_metrics,
-                                              select_kept, self_train, sft_batches, sft_on, training_pairs,
-                                              validate_self_train)
+from critique_jax.critique.pool import (eval_metrics, pass_ks, pool_metrics, select_kept, sft_batches,
+                                        training_pairs, validate_self_train)
 from critique_jax.metrics import read_metrics
-from critique_jax.rl import trainer
+from critique_jax.runs import roles, state, train
+from critique_jax.runs.run import setup
+from critique_jax.runs.self_train_run import check_init_run, self_train, sft_on
 from critique_jax.rl.train_step import make_optimizer
 from critique_jax.tasks import Problem
 
@@ -151,7 +152,7 @@ def dirs(tmp_path_factory):
     os.environ["CRITIQUE_JAX_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
     tmp = tmp_path_factory.mktemp("self_train")
     init = tmp / "init"
-    trainer.train(_base_config(tmp, **{"rl.steps": 0}), str(init))
+    train(_base_config(tmp, **{"rl.steps": 0}), str(init))
     return tmp, init
 
 
@@ -198,12 +199,12 @@ def test_config_errors(dirs):
 def test_sft_on_kept_data_lowers_the_nll(dirs):
     tmp, init = dirs
     cfg = _st_config(tmp, init)
-    run = trainer.setup(cfg, str(tmp / "sft"))
+    run = setup(cfg, str(tmp / "sft"))
     examples = [run.train[i] for i in range(8)]
-    params = trainer.init_params(run, 0)
+    params = roles.init_params(run, 0)
     before = [np.asarray(x).copy() for x in jax.tree.leaves(params)]
     optimizer, _ = make_optimizer(cfg.self_train.lr, 0, cfg.self_train.sft_steps)
-    new, m = sft_on(run, trainer.sft_step_fn(run, params, optimizer), optimizer, params, [e.problem for e in examples],
+    new, m = sft_on(run, state.sft_step_fn(run, params, optimizer), optimizer, params, [e.problem for e in examples],
                     [e.solutions[0] for e in examples], seed=0)
     # 8 examples, batch 8: both steps see the same examples, so the second step's NLL is lower.
     assert m["self_train/sft/nll"] < m["self_train/sft/nll_first"]
@@ -246,7 +247,7 @@ def test_self_critique_run_writes_metrics_and_resumes_exactly(dirs):
             np.testing.assert_allclose(b[k], a[k], rtol=1e-6, err_msg=f"step {a['step']} {k}")
     samples = [json.loads(line) for line in open(straight / "samples.jsonl")]
     assert {s["step"] for s in samples} == {1, 2} and "critique" in samples[0] and "refinement" in samples[0]
-    like = {"params": trainer.init_params_abstract(trainer.setup(cfg, str(tmp / "like")))}
+    like = {"params": setup(cfg, str(tmp / "like")).abstract_params()}
     pa = Checkpointer(straight / "checkpoints").restore(2, like=like)[0]["params"]
     pb = Checkpointer(stopped / "checkpoints").restore(2, like=like)[0]["params"]
     for a, b in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):

@@ -23,7 +23,9 @@ from critique_jax.rl.losses import make_loss_config
 from critique_jax.rl.train_step import (SequenceBatch, TrainState, make_optimizer, make_schedule, response_stats,
                                         rl_update)
 from critique_jax.rl.policy_init import policy_model_config, policy_tokenizer
-from critique_jax.rl.trainer import check_policy_run, init_params_abstract, rl_optimizer, setup, train
+from critique_jax.runs import setup, train
+from critique_jax.runs.rl_loop import rl_optimizer
+from critique_jax.runs.roles import check_policy_run
 from critique_jax.text import load_tokenizer
 
 
@@ -161,12 +163,13 @@ def test_exact_resume_and_no_recompiles(straight_run, tmp_path):
 def _infinite_lr(monkeypatch, phase: str) -> None:
     """Makes the optimiser of ``phase`` ("sft": the one without grad_clip, "rl") step with an
     infinite learning rate, which the config itself refuses."""
-    from critique_jax.rl import trainer
+    from critique_jax.runs import rl_loop, supervised
 
     def make(lr, *args, **kw):
         return make_optimizer(float("inf") if ("grad_clip" in kw) == (phase == "rl") else lr, *args, **kw)
 
-    monkeypatch.setattr(trainer, "make_optimizer", make)
+    for module in (rl_loop, supervised):
+        monkeypatch.setattr(module, "make_optimizer", make)
 
 
 def test_nonfinite_run_stops_without_nan_checkpoint(tmp_path, monkeypatch):
@@ -385,7 +388,7 @@ def test_rl_from_a_pretrained_checkpoint_resumes_exactly(tmp_path):
     assert run.model_cfg == load_config(hf_dir, max_seq_len=48 + cfg.sampling.max_new_tokens)
     assert (run.sampler.eos_ids, run.sampler.pad_id) == ((3, 4), 0)
     want = nnx.state(load_pretrained(hf_dir))
-    got = Checkpointer(straight / "sft_policy").restore(like={"params": init_params_abstract(run)})[0]["params"]
+    got = Checkpointer(straight / "sft_policy").restore(like={"params": run.abstract_params()})[0]["params"]
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
         np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
     assert [r["step"] for r in read_metrics(straight) if "eval/pass@1" in r] == [0, 2]
@@ -453,7 +456,7 @@ def test_kill_9_after_sft_policy_keeps_the_post_sft_logs(tmp_path):
     overrides = {"sft.steps": 5, "rl.steps": 1000, "checkpoint.every": 4, "eval.every": 1000}
     cfg, workdir = tiny_config(tmp_path, **overrides), tmp_path / "run"
     script = (f"import pathlib, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-              "from test_trainer import tiny_config; from critique_jax.rl.trainer import train; "
+              "from test_trainer import tiny_config; from critique_jax.runs import train; "
               f"train(tiny_config(pathlib.Path({str(tmp_path)!r}), **{overrides!r}), {str(workdir)!r})")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
     proc = subprocess.Popen([sys.executable, "-c", script], env=env)

@@ -1,7 +1,7 @@
-"""One Critique-GRPO batch (Critique-GRPO, arXiv:2506.03106; DESIGN §3 steps 2-6, §4.7).
+"""One Critique-GRPO batch (Critique-GRPO, arXiv:2506.03106).
 
-Per prompt: sample ``G - n_refine`` initial responses; critique every one of them (rules, the
-critique model, or the policy itself); the policy writes one refinement per response from
+Per prompt: sample ``G - n_refine`` initial responses; critique every one of them with the run's
+:mod:`critique source <critique_jax.critique.sources>` (rules, the critique model, or the policy itself); the policy writes one refinement per response from
 ``(question, response, critique)``; per prompt ``n_refine`` refinements are kept — those of
 failed responses first, correct ones before wrong ones (first correct, else best) — and
 placed in the group as responses *to the original prompt* (critique removed). The group of
@@ -20,12 +20,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from critique_jax.critique.feedback import RULE_TYPES, refinement_reward, rule_critiques, score_critiques
-from critique_jax.rl import rollout as rollout_lib
+from critique_jax.critique.feedback import refinement_reward
+from critique_jax.critique.sources import CritiqueSource
 from critique_jax.perf import timed
-from critique_jax.rl.rollout import Sampled, masked_mean, sample_texts
+from critique_jax.rl import rollout as rollout_lib
+from critique_jax.rl.rollout import Sampled, Sampling, masked_mean, sample_texts
 from critique_jax.tasks import Problem
-from critique_jax.text.templates import condense_critique, critique_prompt, refine_prompt, solve_prompt
+from critique_jax.text.templates import refine_prompt, solve_prompt
 
 
 def select_refinements(initial_rewards: np.ndarray, refine_rewards: np.ndarray, n_refine: int) -> np.ndarray:
@@ -56,24 +57,6 @@ def pass1_on_failed(initial_rewards: np.ndarray) -> float:
     return float(others[failed].mean())
 
 
-def critique_writer(run, params: Any, critic: Any | None) -> tuple[tuple[Any, Any], Any]:
-    """(model, sampler) that writes generated critiques: the policy ``params`` with the run's
-    sampler for ``critique.type = "self"``, the loaded critique model for ``"model"``."""
-    kind = run.config.critique.type
-    if kind == "self":
-        return (run.graphdef, params), None
-    if critic is None:
-        raise ValueError(f"critique.type={kind!r} needs a critique model (critique.critic_from)")
-    return critic.model, critic.sampler
-
-
-def policy_view(run, critiques: Sequence[str]) -> list[str]:
-    """Generated critiques as the policy reads them (``critique.format``): a worked critique's
-    notes are dropped, all of them or all but the first wrong step's."""
-    explain = run.config.critique.format == "explained"
-    return [condense_critique(t, explain) for t in critiques]
-
-
 @dataclasses.dataclass(frozen=True)
 class Refinements:
     """``n0`` initial responses to each of ``B`` prompts, their critiques and one refinement of
@@ -87,14 +70,14 @@ class Refinements:
     metrics: dict[str, float]     # perf/critique_* and, for generated critiques, critique accuracy
 
 
-def critique_and_refine(run, params: Any, problems: Sequence[Problem], n0: int, seed: int, critic: Any | None,
-                        times: dict[str, float]) -> Refinements:
-    """Samples ``n0`` responses per problem, critiques each with ``critique.type`` and has the
-    policy refine each once. Sampling calls use seeds ``seed``, ``seed + 1`` (critiques) and
+def critique_and_refine(run: Sampling, params: Any, problems: Sequence[Problem], n0: int, seed: int,
+                        source: CritiqueSource, times: dict[str, float]) -> Refinements:
+    """Samples ``n0`` responses per problem, critiques each with ``source`` and has the policy
+    refine each once. Sampling calls use seeds ``seed``, ``seed + 1`` (critiques) and
     ``seed + 2`` (refinements); their wall time is added to ``times`` (``perf/sample_s``,
     ``perf/score_s``)."""
     c, task = run.config, run.task
-    kind, b = c.critique.type, len(problems)
+    b = len(problems)
     policy = (run.graphdef, params)
     temp = c.sampling.temperature
 
@@ -103,28 +86,16 @@ def critique_and_refine(run, params: Any, problems: Sequence[Problem], n0: int, 
     with timed(times, "perf/score_s"):
         init_rewards = rollout_lib.score(task, problems, initial.texts, n0)
     owners = [problems[i // n0] for i in range(b * n0)]
-
-    metrics: dict[str, float] = {}
-    if kind in RULE_TYPES:
-        with timed(times, "perf/score_s"), timed(metrics, "perf/critique_s"):
-            critiques = rule_critiques(kind, task, problems, initial.texts, n0, c.critique.format)
-    else:
-        model, sampler = critique_writer(run, params, critic)
-        with timed(metrics, "perf/critique_s"):
-            prompts = [critique_prompt(p.question, t) for p, t in zip(owners, initial.texts)]
-            generated = sample_texts(run, model, prompts, c.critique.prompt_buckets, seed + 1, 1, 0.0, times,
-                                     sampler)  # greedy
-        metrics["perf/critique_tokens_per_s"] = float(generated.mask.sum()) / max(metrics["perf/critique_s"], 1e-9)
-        critiques = policy_view(run, generated.texts)
-        metrics |= critique_accuracy(task, owners, initial.texts, critiques)
+    written = source.write(run, params, owners, initial.texts, lambda j: seed + 1 + j, times=times)
+    critiques = written.texts
     refined = sample_texts(run, policy, [refine_prompt(p.question, t, k) for p, t, k in
                                          zip(owners, initial.texts, critiques)],
                            c.critique.refine_buckets, seed + 2, 1, temp, times)
     with timed(times, "perf/score_s"):
-        ref_rewards = np.asarray([refinement_reward(task, p, t, kind) for p, t in zip(owners, refined.texts)],
+        ref_rewards = np.asarray([refinement_reward(task, p, t, source.kind) for p, t in zip(owners, refined.texts)],
                                  np.float32)
     return Refinements(initial=initial, rewards=init_rewards.reshape(b, n0), critiques=critiques, refined=refined,
-                       refine_rewards=ref_rewards.reshape(b, n0), metrics=metrics)
+                       refine_rewards=ref_rewards.reshape(b, n0), metrics=written.metrics)
 
 
 def refinement_metrics(rewards: np.ndarray, refine_rewards: np.ndarray) -> dict[str, float]:
@@ -138,7 +109,7 @@ def refinement_metrics(rewards: np.ndarray, refine_rewards: np.ndarray) -> dict[
             "pass1_on_failed_prompts": pass1_on_failed(rewards)}
 
 
-def critique_batch(run, params: Any, problems: Sequence[Problem], seed: int, critic: Any | None,
+def critique_batch(run: Sampling, params: Any, problems: Sequence[Problem], seed: int, source: CritiqueSource,
                    times: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Host arrays of one Critique-GRPO batch and its critique metrics (sampling seeds from ``seed``).
 
@@ -150,7 +121,7 @@ def critique_batch(run, params: Any, problems: Sequence[Problem], seed: int, cri
     """
     g, r = run.config.rl.group_size, run.config.critique.n_refine
     n0, b = g - r, len(problems)
-    out = critique_and_refine(run, params, problems, n0, seed, critic, times)
+    out = critique_and_refine(run, params, problems, n0, seed, source, times)
     initial, refined = out.initial, out.refined
 
     chosen = select_refinements(out.rewards, out.refine_rewards, r)  # [B, r]
@@ -178,7 +149,7 @@ def critique_batch(run, params: Any, problems: Sequence[Problem], seed: int, cri
 EVAL_SEED = 1 << 30
 
 
-def evaluate_refinement(run, params: Any, critic: Any | None, problems: Sequence[Problem],
+def evaluate_refinement(run: Sampling, params: Any, source: CritiqueSource, problems: Sequence[Problem],
                         step: int) -> dict[str, float]:
     """Refinement against resampling on held-out problems: per problem ``G - n_refine`` samples,
     each failed one critiqued and refined once, as in an RL step (chunks of
@@ -193,16 +164,9 @@ def evaluate_refinement(run, params: Any, critic: Any | None, problems: Sequence
     for start in range(0, len(problems), bp):
         chunk = list(problems[start:start + bp])
         padded = chunk + [chunk[-1]] * (bp - len(chunk))
-        out = critique_and_refine(run, params, padded, n0, EVAL_SEED + step * 1000 + start // bp, critic, {})
+        out = critique_and_refine(run, params, padded, n0, EVAL_SEED + step * 1000 + start // bp, source, {})
         rewards.append(out.rewards[:len(chunk)])
         refine_rewards.append(out.refine_rewards[:len(chunk)])
     r, rr = np.concatenate(rewards), np.concatenate(refine_rewards)
     metrics = refinement_metrics(r, rr) | {"initial_reward": float(r.mean()), "n_failed": float((r < 1).sum())}
     return {f"eval/critique/{k}": v for k, v in metrics.items()}
-
-
-def critique_accuracy(task, problems: Sequence[Problem], responses: Sequence[str],
-                      critiques: Sequence[str]) -> dict[str, float]:
-    """Generated critiques scored against the step checker (see ``score_critiques``)."""
-    scores = score_critiques(critiques, [task.check_steps(p, r) for p, r in zip(problems, responses)])
-    return {f"critique/{k}": v for k, v in scores.items() if k in ("verdict_acc", "first_wrong_acc", "parse_fail")}

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from critique_jax.data import Example
 from critique_jax.parallel.distributed import to_host
@@ -45,19 +46,32 @@ class Sampled:
     texts: list[str]
 
 
-def sample_texts(run: Any, model: tuple[nnx.GraphDef, Any], prompts: Sequence[str], buckets: Sequence[int],
-                 seed: int, group_size: int, temperature: float, times: dict[str, float] | None = None,
-                 sampler: SamplerConfig | None = None) -> Sampled:
-    """``group_size`` completions per prompt text with ``sampler`` (default: the run's; ``run``:
-    a trainer Run).
+class Sampling(Protocol):
+    """What sampling and scoring need of a run (:class:`critique_jax.runs.run.Run` has it): the
+    config, task, tokenizer, mesh, the policy's graph, the default sampler and batch sharding."""
 
-    Sample ``j`` of prompt ``i`` uses key ``fold_in(fold_in(key(seed), i), j)``. The call's
-    wall time is added to ``times["perf/sample_s"]`` when ``times`` is given.
+    config: Any
+    task: Task
+    tok: Tokenizer
+    mesh: Mesh
+    graphdef: nnx.GraphDef
+    sampler: SamplerConfig
+
+    def shard(self, x: np.ndarray) -> Any: ...
+
+
+def sample_texts(run: Sampling, model: tuple[nnx.GraphDef, Any], prompts: Sequence[str], buckets: Sequence[int],
+                 seed: int, group_size: int, temperature: float, times: dict[str, float] | None = None,
+                 sampler: SamplerConfig | None = None, first_id: int = 0) -> Sampled:
+    """``group_size`` completions per prompt text with ``sampler`` (default: the run's).
+
+    Sample ``j`` of prompt ``i`` uses key ``fold_in(fold_in(key(seed), first_id + i), j)``. The
+    call's wall time is added to ``times["perf/sample_s"]`` when ``times`` is given.
     """
     t0 = time.perf_counter()
     c = run.config
     pb = pad_prompts([run.tok.encode_prompt(p) for p in prompts], buckets, run.tok.pad_id)
-    keys = sample_keys(seed, np.arange(len(prompts)), group_size)
+    keys = sample_keys(seed, np.arange(first_id, first_id + len(prompts)), group_size)
     ro = generate(model, run.shard(pb.tokens), run.shard(pb.valid), run.shard(keys), sampler or run.sampler,
                   group_size=group_size, temperature=temperature, top_p=c.sampling.top_p, top_k=c.sampling.top_k,
                   mesh=run.mesh)
@@ -71,19 +85,22 @@ def sample_texts(run: Any, model: tuple[nnx.GraphDef, Any], prompts: Sequence[st
 @dataclasses.dataclass(frozen=True)
 class Generated:
     """Texts of one batched sampling pass: texts / finished [N·G]; entropy: mean response-token
-    entropy (nats)."""
+    entropy (nats); n_tokens: response tokens in all."""
 
     texts: list[str]
     finished: np.ndarray
     entropy: float
+    n_tokens: float
 
 
-def sample_chunked(run: Any, model: tuple[nnx.GraphDef, Any], prompts: Sequence[str],
+def sample_chunked(run: Sampling, model: tuple[nnx.GraphDef, Any], prompts: Sequence[str],
                    buckets: Sequence[int], group_size: int, temperature: float, chunk: int,
-                   seed: Callable[[int], int], sampler: SamplerConfig | None = None) -> Generated:
+                   seed: Callable[[int], int], sampler: SamplerConfig | None = None,
+                   global_ids: bool = False, times: dict[str, float] | None = None) -> Generated:
     """:func:`sample_texts` over ``chunk`` prompts per call (the last call padded by repeating its
-    last prompt, so every call has one shape); call ``i`` uses ``seed(i)``. No prompts: nothing
-    sampled."""
+    last prompt, so every call has one shape); call ``i`` uses ``seed(i)`` and, with
+    ``global_ids``, the prompts' positions in ``prompts`` for their keys (else their positions
+    in the call). No prompts: nothing sampled. ``times``: as for :func:`sample_texts`."""
     texts: list[str] = []
     finished = [np.zeros(0, bool)]
     entropy_sum, n_tokens = 0.0, 0.0
@@ -91,12 +108,12 @@ def sample_chunked(run: Any, model: tuple[nnx.GraphDef, Any], prompts: Sequence[
         part = list(prompts[start:start + chunk])
         n = len(part) * group_size
         s = sample_texts(run, model, part + [part[-1]] * (chunk - len(part)), buckets, seed(i), group_size,
-                         temperature, sampler=sampler)
+                         temperature, times, sampler=sampler, first_id=start if global_ids else 0)
         texts += s.texts[:n]
         finished.append(s.finished[:n].astype(bool))
         entropy_sum += float((s.entropy[:n] * s.mask[:n]).sum())
         n_tokens += float(s.mask[:n].sum())
-    return Generated(texts, np.concatenate(finished), entropy_sum / max(n_tokens, 1.0))
+    return Generated(texts, np.concatenate(finished), entropy_sum / max(n_tokens, 1.0), n_tokens)
 
 
 def masked_mean(x: np.ndarray, mask: np.ndarray) -> float:

@@ -1,6 +1,6 @@
 """RL step time: sample / score / update seconds and tokens/s, from the trainer's own timers.
 
-Runs ``critique_jax.rl.trainer.train`` on ``configs/quickstart.py`` (plus the overrides below)
+Runs ``critique_jax.runs.train`` on ``configs/quickstart.py`` (plus the overrides below)
 in a temporary workdir and reports medians of its ``perf/*`` metrics over the RL steps after
 the first one, which compiles. No SFT: the randomly initialised policy rarely samples the end
 token, so nearly every response runs the full ``max_new_tokens`` (close to the slowest case;
@@ -65,7 +65,7 @@ def _median(records: list[dict], key: str) -> float:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from critique_jax.rl.trainer import train  # after bench.py has set up the backend
+    from critique_jax.runs import train  # after bench.py has set up the backend
 
     rows = []
     for preset in args.preset:

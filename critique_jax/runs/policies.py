@@ -1,0 +1,78 @@
+"""A finished (or running) train run's policy, loaded again for analysis, read-only.
+
+    policy = load_policy("runs/repro/sft", "sft")            # or "final", or an RL step
+    sample = token_entropy.sample_policy(policy, token_entropy.problems(policy, "test", 64), group_size=8)
+
+The policy is restored from the run's own checkpoints with the run's ``config.json`` (a
+read-only :class:`~critique_jax.checkpoint.Checkpointer`: safe on a live run's directory) and
+sampled with the project's sampler (:mod:`critique_jax.analysis.token_entropy`). Nothing is
+written to the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import ml_collections
+
+from critique_jax import config as config_lib
+from critique_jax.analysis.token_entropy import Policy
+from critique_jax.checkpoint import Checkpointer
+from critique_jax.runs import roles
+from critique_jax.runs.layout import CHECKPOINTS, RunDir
+from critique_jax.runs.run import setup
+
+
+def _flatten(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The locked config of a run directory: its ``config.json`` over :func:`default_config`
+    (keys the file lacks keep their defaults). Errors name the file and the key."""
+    path = Path(RunDir(str(workdir)).config_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: not a run directory of critique_jax.train")
+    c = config_lib.default_config()  # locked: an unknown key raises
+    for key, value in _flatten(json.loads(path.read_text())):
+        try:
+            c.update_from_flattened_dict({key: value})
+        except (KeyError, AttributeError, TypeError) as e:
+            raise ValueError(f"{path}: key {key}={value!r} does not fit this version's config ({e})") from None
+    return c
+
+
+def checkpoint_steps(directory: str | Path) -> list[int]:
+    """The finished steps of a checkpoint directory (none when it does not exist), read-only."""
+    if not os.path.isdir(directory):
+        return []
+    with Checkpointer(directory, read_only=True) as ckpt:
+        return ckpt.all_steps()
+
+
+def load_policy(workdir: str | Path, which: str | int = "final") -> Policy:
+    """The policy of a run directory: ``"sft"`` (its ``sft_policy/``, the SFT warm-up's end),
+    ``"final"`` (the latest step of ``checkpoints/``) or an int step of ``checkpoints/``."""
+    workdir = str(workdir)
+    config = load_run_config(workdir)
+    if which == "sft":
+        directory = roles.init_from_dir(workdir)
+    elif which == "final" or isinstance(which, int):
+        directory = RunDir(workdir) / CHECKPOINTS
+    else:
+        raise ValueError(f"load_policy: which={which!r}; expected 'sft', 'final' or a step number")
+    if not checkpoint_steps(directory):
+        raise FileNotFoundError(f"{directory} holds no finished checkpoint")
+    with tempfile.TemporaryDirectory(prefix="critique_jax_analysis_") as scratch:  # setup locks it as a run directory
+        run = setup(config, scratch)
+    with Checkpointer(directory, read_only=True) as ckpt:
+        step = ckpt.latest_step() if not isinstance(which, int) else which
+        params = ckpt.restore(step, like={"params": run.abstract_params()}, partial=True)[0]["params"]
+    return Policy(run=run, params=params, source=os.path.join(directory, str(step)))

@@ -1,0 +1,127 @@
+"""The run: what every program (train, train_critic, self_train, analysis) sets up before it
+trains or samples: the validated config, the run directory, the mesh, the task's data, the
+tokenizer and the policy's model definition. Pure set-up; the loops live beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from critique_jax import config as config_lib
+from critique_jax.data import TaskSource, build_task_dataset
+from critique_jax.metrics import MetricsWriter
+from critique_jax.models import ModelConfig
+from critique_jax.parallel.distributed import is_main_process, to_global
+from critique_jax.parallel.mesh import batch_sharding, make_mesh
+from critique_jax.rl import policy_init
+from critique_jax.runlock import lock_run_dir
+from critique_jax.runs import roles
+from critique_jax.runs.layout import RunDir
+from critique_jax.sampling import SamplerConfig
+from critique_jax.tasks import Task, get_task
+from critique_jax.text import Tokenizer, default_cache_dir, solve_prompt
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a run holds that is not the train state.
+
+    model_cfg / graphdef / param_sh: the model this run trains or samples (the policy's; a
+    critic run replaces them with the critic's, :func:`critique_jax.runs.critic_run.setup_critic`);
+    sampler: its sampling settings; writer: set by the program once the resume step is known.
+    """
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    mesh: Mesh
+    task: Task
+    tok: Tokenizer
+    train: TaskSource
+    test: TaskSource
+    model_cfg: ModelConfig
+    graphdef: nnx.GraphDef
+    param_sh: Any
+    sampler: SamplerConfig
+    writer: MetricsWriter | None = None
+
+    @property
+    def dir(self) -> RunDir:
+        return RunDir(self.workdir)
+
+    def shard(self, x: np.ndarray | jax.Array) -> jax.Array:
+        """A global batch-sharded array from a full host array (or an array of PRNG keys)."""
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(self.shard(np.asarray(jax.random.key_data(x))))
+        return to_global(x, batch_sharding(self.mesh, np.ndim(x)))
+
+    @property
+    def prompt_width(self) -> int:
+        return max(self.config.sampling.prompt_buckets)
+
+    def abstract_params(self) -> Any:
+        """Shape/dtype/sharding structs of the model's parameters (restore targets)."""
+        return roles.abstract_params(self.model_cfg, self.param_sh)
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+    """Validates the config, locks the run directory, builds data, tokenizer, mesh and model
+    definition (the program then checks and writes config.json, :func:`rundir.save_config`)."""
+    config_lib.validate(config, jax.device_count())
+    if config.critique.type == "model":
+        roles.check_critic_source(config)
+    os.makedirs(workdir, exist_ok=True)
+    if is_main_process():
+        lock_run_dir(workdir)
+    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    task = get_task(config.task.name)
+    data_dir = config.data_dir or os.path.join(default_cache_dir(), "data")
+
+    def data_and_tokenizer():
+        splits = build_task_dataset(config.task.name, data_dir, seed=config.task.data_seed,
+                                    n_train=config.task.n_train, n_test=config.task.n_test,
+                                    difficulties=list(config.task.difficulties), n_solutions=config.task.n_solutions)
+        tok = policy_init.policy_tokenizer(config)
+        return splits, tok
+
+    if jax.process_count() > 1:  # process 0 builds the dataset and tokenizer; the others then load them
+        if is_main_process():
+            data_and_tokenizer()
+        multihost_utils.sync_global_devices("critique_jax: data and tokenizer ready")
+    splits, tok = data_and_tokenizer()
+    check_lengths(splits["train"], tok, config)
+    max_seq_len = max(prompt_buckets(config)) + config.sampling.max_new_tokens
+    config_lib.warn_sequence_length(config, max_seq_len)
+    model_cfg = policy_init.policy_model_config(config, tok, max_seq_len)
+    graphdef, param_sh = roles.define(model_cfg, mesh)
+    sampler = SamplerConfig(max_new_tokens=config.sampling.max_new_tokens, eos_ids=tok.eos_ids, pad_id=tok.pad_id)
+    return Run(config=config, workdir=workdir, mesh=mesh, task=task, tok=tok, train=splits["train"],
+               test=splits["test"], model_cfg=model_cfg, graphdef=graphdef, param_sh=param_sh, sampler=sampler)
+
+
+def prompt_buckets(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """Every prompt bucket the run samples with (solve, and critique/refine when critiquing)."""
+    buckets = tuple(config.sampling.prompt_buckets)
+    if config.critique.type != "none" or config.critique.sft_refine_every:
+        buckets += tuple(config.critique.prompt_buckets) + tuple(config.critique.refine_buckets)
+    return buckets
+
+
+def check_lengths(source: TaskSource, tok: Tokenizer, config: ml_collections.ConfigDict) -> None:
+    """Fails before training when prompts or reference solutions do not fit the configured widths."""
+    prompts = max(len(tok.encode_prompt(solve_prompt(source[i].problem.question))) for i in range(len(source)))
+    solutions = max(len(tok.encode(s, eos=True)) for i in range(len(source)) for s in source[i].solutions)
+    if prompts > max(config.sampling.prompt_buckets):
+        raise ValueError(f"the longest {config.task.name} prompt has {prompts} tokens: raise the largest "
+                         f"sampling.prompt_buckets entry (now {max(config.sampling.prompt_buckets)})")
+    if solutions > config.sampling.max_new_tokens:
+        raise ValueError(f"the longest {config.task.name} reference solution has {solutions} tokens (with the end "
+                         f"token): raise sampling.max_new_tokens (now {config.sampling.max_new_tokens})")

@@ -1,6 +1,6 @@
 """Run-directory logging: ``metrics.jsonl``, ``samples.jsonl``, TensorBoard events, progress.
 
-Layout (DESIGN §6): ``<workdir>/metrics.jsonl`` holds one JSON object per logged step,
+Layout: ``<workdir>/metrics.jsonl`` holds one JSON object per logged step,
 ``{"step": s, "train/entropy": ..., "eval/pass@1": ..., "perf/...": ...}``; TensorBoard
 scalars use the same names as tags, unchanged (``<workdir>/events.out.tfevents.*``, one
 event per step, written with tensorboardX, no TensorFlow needed); ``samples.jsonl`` holds

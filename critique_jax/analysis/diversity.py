@@ -1,5 +1,6 @@
 """Diversity and tail measures: distinct correct solutions, per-difficulty solve rates,
-pass@k curves and the token-entropy distribution (DESIGN §4.6, §4.7 tail narrowing, §5).
+pass@k curves and the token-entropy distribution (forking tokens: arXiv:2506.01939; tail
+narrowing: arXiv:2411.00750, and critique-in-the-loop self-training against it: arXiv:2411.16579).
 
 Everything here is host-side NumPy on decoded samples and per-token entropies.
 """
@@ -47,7 +48,7 @@ def solved_share_by_difficulty(
     """Share of problems with at least one correct sample, per difficulty level.
 
     ``problems[i]`` had ``correct_counts[i]`` correct samples. Returns ``{level: share}``
-    sorted by level, for the levels present (the tail-narrowing measure, DESIGN §4.7).
+    sorted by level, for the levels present (the tail-narrowing measure, arXiv:2411.00750).
     """
     counts = np.asarray(correct_counts)
     if counts.shape != (len(problems),):

@@ -1,4 +1,6 @@
 """Run-directory logging: ``metrics.jsonl``, ``samples.jsonl``, TensorBoard events, progress.
+Over 300 lines: the writers and ``read_metrics`` share one file format (the non-finite encoding,
+the truncation on resume), so both live here.
 
 Layout: ``<workdir>/metrics.jsonl`` holds one JSON object per logged step,
 ``{"step": s, "train/entropy": ..., "eval/pass@1": ..., "perf/...": ...}``; TensorBoard

@@ -1,4 +1,6 @@
 """Hyper-parameter sweeps: expand a grid into runs, run them (resumable), summarise them.
+Over 300 lines: one program (``scripts/sweep.py``) and the sweep file format it reads; the summary
+part (:func:`run_summary`, :func:`summarize`) is the piece to move out if it grows.
 
 A sweep file (``configs/sweeps/*.py``) defines ``get_sweep()`` returning a dict::
 

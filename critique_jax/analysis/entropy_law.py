@@ -1,4 +1,6 @@
 """The entropy-performance law of Cui et al. (arXiv:2505.22617) and the covariance-entropy link.
+Over 300 lines: the law's fit, its early-fit test and the covariance link pair the same metrics rows
+the same way (:func:`law_points_from_metrics`), so they stay together.
 
 Law: validation accuracy ``R = -a * exp(H) + b``, H the mean token entropy
 (nats) of the training rollouts; the predicted ceiling is ``b - a`` (R at H = 0). The law is

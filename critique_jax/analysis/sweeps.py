@@ -1,4 +1,6 @@
 """Sweep directories as data: runs grouped by label, metric series aligned on step, seed statistics.
+Over 300 lines: the notebooks' one import for a sweep (its runs, their seed statistics and the
+metric families they tabulate); the sections below are independent and can be split if it grows.
 
 A sweep directory (written by ``scripts/sweep.py``) holds ``manifest.json``::
 

@@ -1,4 +1,6 @@
 """``arithmetic``: evaluate a multi-step integer expression one operation per line.
+Over 300 lines: one task; its step checker (with notes) and perturber share the replay of
+reductions over one expression tree, and the solution writer and solution key its step format.
 
 Question: the expression alone, e.g. ``"(3 + 5) * 2 - 7"``. Operators ``+ - *`` on integers
 1..20; every intermediate value (every node of the expression) lies in 0..999.

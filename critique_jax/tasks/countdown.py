@@ -1,4 +1,6 @@
 """``countdown``: reach a target from a set of numbers with ``+ - * /``.
+Over 300 lines: one task; its generator, exhaustive solution search, step checker (with notes),
+perturbation plan and solution key share the expression trees and the pool of available numbers.
 
 Question: ``"numbers: 3 7 25 50, target: 82"`` (numbers sorted). Each number may be used at
 most once, each result becomes available to later steps, division must be exact; results may

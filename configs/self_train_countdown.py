@@ -1,4 +1,4 @@
-"""Self-training on countdown levels 1-3, with and without critique (tail narrowing, DESIGN §4.7).
+"""Self-training on countdown levels 1-3, with and without critique (tail narrowing, arXiv:2411.16579).
 
 The argument after ``:`` is ``critique.type`` (default ``rule_step``; ``none`` = plain
 self-training). Both variants share one SFT policy, trained with this same config (rl.steps

@@ -1,4 +1,6 @@
 """Training-state checkpoints: a thin wrapper around ``orbax.checkpoint.CheckpointManager``.
+Over 300 lines: one class, whose contract (retention, crash safety, integrity) is written out
+below, and whose sha256 integrity check must see every save and restore.
 
 A checkpoint is one step directory ``<directory>/<step>/`` with two orbax items:
 

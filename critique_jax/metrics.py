@@ -1,6 +1,8 @@
 """Run-directory logging: ``metrics.jsonl``, ``samples.jsonl``, TensorBoard events, progress.
+Over 300 lines: the writers and ``read_metrics`` share one file format (the non-finite encoding,
+the truncation on resume), so both live here.
 
-Layout (DESIGN §6): ``<workdir>/metrics.jsonl`` holds one JSON object per logged step,
+Layout: ``<workdir>/metrics.jsonl`` holds one JSON object per logged step,
 ``{"step": s, "train/entropy": ..., "eval/pass@1": ..., "perf/...": ...}``; TensorBoard
 scalars use the same names as tags, unchanged (``<workdir>/events.out.tfevents.*``, one
 event per step, written with tensorboardX, no TensorFlow needed); ``samples.jsonl`` holds

@@ -1,4 +1,6 @@
 """Hyper-parameter sweeps: expand a grid into runs, run them (resumable), summarise them.
+Over 300 lines: one program (``scripts/sweep.py``) and the sweep file format it reads; the summary
+part (:func:`run_summary`, :func:`summarize`) is the piece to move out if it grows.
 
 A sweep file (``configs/sweeps/*.py``) defines ``get_sweep()`` returning a dict::
 
@@ -144,10 +146,12 @@ def select(sweep: Sweep, labels: Sequence[str] = (), seeds: Sequence[int] = ()) 
 
 def write_manifest(sweep: Sweep, out: Path) -> None:
     """``manifest.json``: the sweep's runs (merged with runs already listed by earlier calls)."""
+    from critique_jax.analysis.sweeps import read_manifest
+
     path = out / "manifest.json"
     listed = {}
     if path.exists():
-        listed = {r["name"]: r for r in json.loads(path.read_text())["runs"]}
+        listed = {r["name"]: r for r in read_manifest(path)[1]}
     for r in sweep.runs:
         listed[r.name] = dict(dataclasses.asdict(r), workdir=r.name)
     path.write_text(json.dumps({"sweep": sweep.name, "base": sweep.base, "runs": list(listed.values())}, indent=1))
@@ -281,12 +285,12 @@ def run_summary(rows: list[dict]) -> dict[str, float]:
 def summarize(out: str | os.PathLike) -> list[dict]:
     """Writes ``summary.csv`` and ``summary.md`` for every finished run in the manifest of the
     sweep directory ``out``; returns the rows (one per finished run)."""
+    from critique_jax.analysis.sweeps import read_manifest
     from critique_jax.metrics import read_metrics
 
     out = Path(out)
-    manifest = json.loads((out / "manifest.json").read_text())
     rows = []
-    for r in manifest["runs"]:
+    for r in read_manifest(out / "manifest.json", {"params": dict})[1]:
         if not (out / r["workdir"] / "done.json").exists():
             continue
         head = {"name": r["name"], "label": r["label"], "seed": r["seed"]}

@@ -1,4 +1,5 @@
-"""Group advantage estimators vs float64 NumPy loops written from DESIGN.md 4.2.
+"""Group advantage estimators vs float64 NumPy loops written from the formulas in
+``critique_jax/rl/advantages.py`` (GRPO arXiv:2402.03300, Dr.GRPO arXiv:2503.20783, verl's functions).
 
 Conventions checked (verl's): unbiased std, eps added to the std, a group with one valid
 member keeps its raw reward; invalid samples get 0 and do not enter their group's statistics.

@@ -1,4 +1,6 @@
-"""Policy losses vs float64 NumPy references written here from DESIGN.md 4.3-4.7.
+"""Policy losses vs float64 NumPy references written here from the papers' formulas
+(the docstrings of ``critique_jax/rl/config.py`` and ``losses.py`` cite the paper or the verl
+function each loss follows).
 
 The reference computes, per token, the loss value and its derivative d(loss_t)/d(logp_t) from
 the formulas (stop-gradients spelled out by hand), then the aggregation weights, so it checks

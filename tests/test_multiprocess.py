@@ -1,4 +1,4 @@
-"""A 2-process run equals a 1-process run on the same 8-device mesh (DESIGN §1, principle 2).
+"""A 2-process run equals a 1-process run on the same 8-device mesh (README, "Multi-device and multi-host").
 
 Two processes with 4 virtual CPU devices each, joined by ``jax.distributed.initialize`` over
 loopback (cross-process collectives over gloo), run the real CLI

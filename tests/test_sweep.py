@@ -80,6 +80,30 @@ def test_run_summary_fits_the_law_on_eval_points():
     assert math.isnan(st["pass@1_final"]) and math.isnan(st["law_a"])
 
 
+
+def test_manifests_go_through_the_validated_reader(tmp_path):
+    """write_manifest merges and summarize reads manifest.json with analysis.sweeps.read_manifest:
+    what the sweep writes reads back, and a malformed file fails in one line naming it."""
+    from critique_jax.analysis import sweeps
+
+    s = sweep_lib.expand(dict(name="t", base="b.py", runs=[dict(label="a", grid={"rl.lr": (1.0, 2.0)})]))
+    sweep_lib.write_manifest(sweep_lib.select(s, ["a_lr=1"]), tmp_path)
+    sweep_lib.write_manifest(s, tmp_path)  # merges with the listed run
+    name, runs = sweeps.read_manifest(tmp_path / "manifest.json", {"params": dict})
+    assert name == "t" and [r["name"] for r in runs] == ["a_lr=1_s0", "a_lr=2_s0"]
+    assert runs[1]["params"] == {"rl.lr": 2.0} and runs[1]["workdir"] == "a_lr=2_s0"
+    assert sweep_lib.summarize(tmp_path) == []  # no run finished
+    path = tmp_path / "manifest.json"
+    entry = {k: v for k, v in runs[0].items() if k != "params"}
+    path.write_text(json.dumps({"sweep": "t", "runs": [entry]}))
+    with pytest.raises(ValueError, match=r"manifest.json: runs\[0\] \(a_lr=1_s0\) has no 'params'$"):
+        sweep_lib.summarize(tmp_path)
+    path.write_text('{"runs": [')
+    for call in (lambda: sweep_lib.write_manifest(s, tmp_path), lambda: sweep_lib.summarize(tmp_path)):
+        with pytest.raises(ValueError, match=r"manifest.json:1: malformed JSON") as err:
+            call()
+        assert str(path) in str(err.value) and "\n" not in str(err.value)
+
 TINY = """
 def get_sweep():
     return dict(

@@ -20,7 +20,7 @@ from critique_jax.tasks import (
 from critique_jax.tasks import arithmetic as arith_lib
 from critique_jax.tasks import countdown as cd_lib
 from critique_jax.tasks import expr as ex
-from critique_jax.tasks.base import Problem
+from critique_jax.tasks.base import Problem, Task
 
 GENERATED = ("arithmetic", "countdown")
 N_PER_LEVEL = 60
@@ -547,3 +547,27 @@ def test_step_notes_never_hold_a_decision_word_and_gsm8k_has_none():
                     assert not any(re.search(r"correct|wrong", n) for n in task.step_notes(p, text))
     with pytest.raises(NotImplementedError, match="task 'gsm8k' does not implement step_notes"):
         get_task("gsm8k").step_notes(Problem("gsm8k/x", "What is 2 + 2?", "4", 1), "2 + 2 = 4\nanswer: 4")
+
+
+def test_solution_key_is_a_task_method():
+    """``Task.solution_key`` (what the distinct-solutions count compares) per task: the same key
+    from a text and from its reasoning lines, and the sameness each task documents."""
+    countdown, arithmetic, gsm8k = get_task("countdown"), get_task("arithmetic"), get_task("gsm8k")
+    # countdown: step order, operand order of + and *, and grouping into lines do not matter.
+    cd = ["25 + 50 = 75\n75 + 7 = 82\nanswer: 82", "7 + 75 = 82\n50 + 25 = 75\nanswer: 82",
+          "(25 + 50) + 7 = 82\nanswer: 82"]
+    assert len({countdown.solution_key(t) for t in cd}) == 1
+    assert countdown.solution_key(cd[0]) == countdown.solution_key(split_steps(cd[0])[0])
+    assert countdown.solution_key(cd[0]) == (("+", 7, 75, 82), ("+", 25, 50, 75))
+    assert countdown.solution_key(cd[0]) != countdown.solution_key("25 + 7 = 32\n50 + 32 = 82\nanswer: 82")
+    # arithmetic: the sequence of reductions; the ", so" style and operand order do not matter.
+    plain = "3 + 5 = 8\n2 + 4 = 6\n8 * 6 = 48\nanswer: 48"
+    styled = "5 + 3 = 8, so 8 * (2 + 4)\n4 + 2 = 6, so 8 * 6\n6 * 8 = 48\nanswer: 48"
+    assert arithmetic.solution_key(plain) == arithmetic.solution_key(styled)
+    assert arithmetic.solution_key(plain) == (("+", 3, 5, 8), ("+", 2, 4, 6), ("*", 6, 8, 48))
+    assert arithmetic.solution_key(plain) != arithmetic.solution_key("2 + 4 = 6\n3 + 5 = 8\n8 * 6 = 48\nanswer: 48")
+    assert arithmetic.solution_key("2 +  4 = six") == ("2 + 4 = six",)
+    # gsm8k keeps the base class's free-text key: lines up to case and whitespace.
+    assert type(gsm8k).solution_key is Task.solution_key
+    assert gsm8k.solution_key("He has 2 + 2 = 4  Pens.\nanswer: 4") == ("he has 2 + 2 = 4 pens.",)
+    assert gsm8k.solution_key(["A  b", "C"]) == gsm8k.solution_key("a b\nc\nanswer: 1")

@@ -1,5 +1,6 @@
 """Diversity and tail measures: distinct correct solutions, per-difficulty solve rates,
-pass@k curves and the token-entropy distribution (DESIGN §4.6, §4.7 tail narrowing, §5).
+pass@k curves and the token-entropy distribution (forking tokens: arXiv:2506.01939; tail
+narrowing: arXiv:2411.00750, and critique-in-the-loop self-training against it: arXiv:2411.16579).
 
 Everything here is host-side NumPy on decoded samples and per-token entropies.
 """
@@ -8,67 +9,27 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import Any, Hashable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from critique_jax.analysis.passk import pass_at_k
-from critique_jax.tasks import Problem, Task, split_steps
-from critique_jax.tasks import expr as ex
-from critique_jax.tasks.countdown import canonical
+from critique_jax.tasks import Problem, Task
 
 #: Entropy thresholds (nats) whose token shares ``top_fraction_threshold`` reports by default.
 DEFAULT_THRESHOLDS = (0.01, 0.1, 0.5, 1.0, 2.0)
 
 
-def _countdown_key(lines: list[str]) -> Hashable:
-    """The multiset of operations ``(op, a, b, value)`` over all lines (``+``/``*`` operands
-    sorted; a line with several operations contributes each): the same computation written
-    in another order of independent steps, with commuted operands, or with steps merged into
-    one line has the same key (as :func:`critique_jax.tasks.countdown.canonical`)."""
-    ops: tuple = ()
-    for line in lines:
-        ops += canonical(ex.parse_step(line).lhs)
-    return tuple(sorted(ops))
-
-
-def _arithmetic_key(lines: list[str]) -> Hashable:
-    """The sequence of reductions ``(op, a, b, value)`` (``+``/``*`` operands sorted): every
-    correct solution reduces the same nodes, so solutions differ only in their order; the
-    written style (the ``, so <rest>`` tail) is ignored. The reward reads only the answer, so a
-    correct solution may hold a line that is not one reduction of two numbers (malformed, or
-    several operations at once): that line enters the key as its text."""
-    key: list[Hashable] = []
-    for line in lines:
-        step = ex.parse_step(line)
-        if step is None or not ex.is_node(step.lhs) or any(ex.is_node(v) for v in step.lhs[1:]):
-            key.append(" ".join(line.split()))
-            continue
-        op, a, b = step.lhs
-        if op in ex.COMMUTATIVE:
-            a, b = sorted((a, b))
-        key.append((op, a, b, step.result))
-    return tuple(key)
-
-
-def _text_key(lines: list[str]) -> Hashable:
-    """Fallback for free-text tasks: the lines, lower-cased with whitespace collapsed."""
-    return tuple(" ".join(line.lower().split()) for line in lines)
-
-
-_SOLUTION_KEYS = {"countdown": _countdown_key, "arithmetic": _arithmetic_key}
-
-
 def distinct_correct_solutions(task: Task, problem: Problem, texts: Iterable[str]) -> int:
     """Number of distinct correct solutions among sampled ``texts`` of ``problem``.
 
-    Correct: ``task.reward(problem, text) >= 1``. Sameness: for countdown, the multiset of
-    operations performed (line order, operand order of ``+``/``*`` and grouping of steps
-    into lines do not matter); for arithmetic, the sequence of reductions (the style does not
-    matter); for other tasks, the step lines up to case and whitespace.
+    Correct: ``task.reward(problem, text) >= 1``. Sameness: equal :meth:`Task.solution_key
+    <critique_jax.tasks.base.Task.solution_key>` (for countdown, the multiset of operations
+    performed: line order, operand order of ``+``/``*`` and grouping of steps into lines do
+    not matter; for arithmetic, the sequence of reductions: the style does not matter; for
+    other tasks, the step lines up to case and whitespace).
     """
-    key_of = _SOLUTION_KEYS.get(task.name, _text_key)
-    keys = {key_of(split_steps(t)[0]) for t in texts if task.reward(problem, t) >= 1.0}
+    keys = {task.solution_key(t) for t in texts if task.reward(problem, t) >= 1.0}
     return len(keys)
 
 
@@ -87,7 +48,7 @@ def solved_share_by_difficulty(
     """Share of problems with at least one correct sample, per difficulty level.
 
     ``problems[i]`` had ``correct_counts[i]`` correct samples. Returns ``{level: share}``
-    sorted by level, for the levels present (the tail-narrowing measure, DESIGN §4.7).
+    sorted by level, for the levels present (the tail-narrowing measure, arXiv:2411.00750).
     """
     counts = np.asarray(correct_counts)
     if counts.shape != (len(problems),):

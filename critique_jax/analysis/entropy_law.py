@@ -1,11 +1,13 @@
 """The entropy-performance law of Cui et al. (arXiv:2505.22617) and the covariance-entropy link.
+Over 300 lines: the law's fit, its early-fit test and the covariance link pair the same metrics rows
+the same way (:func:`law_points_from_metrics`), so they stay together.
 
-Law (DESIGN §4.4): validation accuracy ``R = -a * exp(H) + b``, H the mean token entropy
+Law: validation accuracy ``R = -a * exp(H) + b``, H the mean token entropy
 (nats) of the training rollouts; the predicted ceiling is ``b - a`` (R at H = 0). The law is
 linear in ``(a, b)`` given H, so :func:`fit_entropy_law` is ordinary least squares on the
 design ``[-exp(H), 1]`` with the usual standard errors.
 
-Pairing with ``metrics.jsonl`` (DESIGN §6, rows as returned by
+Pairing with ``metrics.jsonl`` (the layout of :mod:`critique_jax.metrics`, rows as returned by
 :func:`critique_jax.metrics.read_metrics`): the trainer logs ``train/entropy`` at RL step t
 for the rollouts sampled *before* update t (by the parameters after step t-1), and
 ``eval/pass@1`` at step t *after* update t. See :func:`law_points_from_metrics` and

@@ -1,4 +1,6 @@
 """Sweep directories as data: runs grouped by label, metric series aligned on step, seed statistics.
+Over 300 lines: the notebooks' one import for a sweep (its runs, their seed statistics and the
+metric families they tabulate); the sections below are independent and can be split if it grows.
 
 A sweep directory (written by ``scripts/sweep.py``) holds ``manifest.json``::
 
@@ -98,8 +100,16 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _manifest_runs(path: Path) -> tuple[str, list[dict]]:
-    """The sweep name and the validated run entries of ``path`` (a manifest.json)."""
+def read_manifest(path: str | Path, extra_fields: Mapping[str, type] | None = None) -> tuple[str, list[dict]]:
+    """The sweep name and the validated run entries of ``path`` (a manifest.json), the one
+    reader of sweep manifests (``critique_jax.sweep`` merges and summarises with it).
+
+    Every run entry must hold ``name``, ``label``, ``seed``, ``entry``, ``overrides`` and
+    ``workdir`` of their types, plus ``extra_fields`` (``{key: type}``, e.g. ``params``). A
+    missing or malformed file raises FileNotFoundError / ValueError, one line naming the file.
+    """
+    path = Path(path)
+    fields = {**_RUN_FIELDS, **(extra_fields or {})}
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: not a sweep directory (scripts/sweep.py writes it)")
     try:
@@ -111,7 +121,7 @@ def _manifest_runs(path: Path) -> tuple[str, list[dict]]:
     for i, run in enumerate(manifest["runs"]):
         if not isinstance(run, dict):
             raise ValueError(f"{path}: runs[{i}] is a {type(run).__name__}; expected an object")
-        for key, kind in _RUN_FIELDS.items():
+        for key, kind in fields.items():
             if key not in run:
                 raise ValueError(f"{path}: runs[{i}] ({run.get('name', '?')}) has no {key!r}")
             if not isinstance(run[key], kind) or isinstance(run[key], bool):
@@ -128,7 +138,7 @@ def read_sweep(path: str | Path, *, skip_missing: bool = False) -> SweepData:
     still running). A malformed manifest or metrics line raises ValueError naming the file.
     """
     path = Path(path).resolve()
-    name, entries = _manifest_runs(path / MANIFEST)
+    name, entries = read_manifest(path / MANIFEST)
     runs, missing = [], []
     for e in entries:
         workdir = path / e["workdir"]

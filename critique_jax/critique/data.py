@@ -1,4 +1,4 @@
-"""Supervised data for the step-level critique model (AutoMathCritique format, DESIGN §4.7).
+"""Supervised data for the step-level critique model (AutoMathCritique format, arXiv:2411.16579).
 
 A :class:`CritiqueExample` is a (problem, solution) pair labelled by the task's step checker;
 its prompt is :func:`~critique_jax.text.templates.critique_prompt` and its target, in one

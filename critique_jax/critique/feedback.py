@@ -1,4 +1,4 @@
-"""Critique texts by type, for responses the policy will refine (Critique-GRPO, DESIGN §4.7).
+"""Critique texts by type, for responses the policy will refine (Critique-GRPO, arXiv:2506.03106).
 
 Types (``critique.type`` in the config):
 

@@ -1,4 +1,6 @@
 """TFDS datasets of task problems (array_record files, read without TensorFlow).
+Over 300 lines: the builder that writes the records and the reader that decodes them must agree on
+the features, so both live here.
 
 One builder, :class:`CritiqueTaskDataset`, with one :class:`TaskDatasetConfig` per parameter
 set. The config name spells the parameters, so a built dataset can be found by name::

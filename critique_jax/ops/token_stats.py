@@ -1,4 +1,4 @@
-"""Per-token log-probabilities and entropies over the full vocabulary, in float32 (DESIGN §4.1).
+"""Per-token log-probabilities and entropies over the full vocabulary, in float32 (formulas below).
 
 Two entry points compute the same numbers:
 

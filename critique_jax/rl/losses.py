@@ -171,7 +171,7 @@ def _ppo(cfg: PPOConfig, ctx: TokenContext) -> tuple[Array, Array, Array]:
 
 @register_loss(PPOConfig)
 def ppo(cfg: PPOConfig, inputs: LossInputs, ctx: TokenContext):
-    """PPO / GRPO surrogate (DESIGN 4.3; verl ``compute_policy_loss_vanilla``)."""
+    """PPO / GRPO surrogate (arXiv:1707.06347, arXiv:2402.03300; verl ``compute_policy_loss_vanilla``)."""
     loss, clipped, dual = _ppo(cfg, ctx)
     return loss, {"clipfrac": clipped, "clipfrac_dual": dual}
 

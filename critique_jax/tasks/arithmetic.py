@@ -1,4 +1,6 @@
 """``arithmetic``: evaluate a multi-step integer expression one operation per line.
+Over 300 lines: one task; its step checker (with notes) and perturber share the replay of
+reductions over one expression tree, and the solution writer and solution key its step format.
 
 Question: the expression alone, e.g. ``"(3 + 5) * 2 - 7"``. Operators ``+ - *`` on integers
 1..20; every intermediate value (every node of the expression) lies in 0..999.
@@ -31,6 +33,8 @@ Step-checker error kinds:
 
 from __future__ import annotations
 
+from typing import Hashable, Sequence
+
 import numpy as np
 
 from critique_jax.tasks import expr as ex
@@ -42,6 +46,7 @@ from critique_jax.tasks.base import (
     join_steps,
     normalize_number,
     register_task,
+    solution_lines,
     split_steps,
 )
 
@@ -244,6 +249,24 @@ class Arithmetic(Task):
         if got != str(final):
             return notes, StepCheck(len(lines), "wrong_answer", n_steps)
         return notes, StepCheck(None, "ok", n_steps)
+
+    def solution_key(self, text_or_lines: str | Sequence[str]) -> Hashable:
+        """The sequence of reductions ``(op, a, b, value)`` (``+``/``*`` operands sorted): every
+        correct solution reduces the same nodes, so solutions differ only in their order; the
+        written style (the ``, so <rest>`` tail) is ignored. The reward reads only the answer, so a
+        correct solution may hold a line that is not one reduction of two numbers (malformed, or
+        several operations at once): that line enters the key as its text."""
+        key: list[Hashable] = []
+        for line in solution_lines(text_or_lines):
+            step = ex.parse_step(line)
+            if step is None or not ex.is_node(step.lhs) or any(ex.is_node(v) for v in step.lhs[1:]):
+                key.append(" ".join(line.split()))
+                continue
+            op, a, b = step.lhs
+            if op in ex.COMMUTATIVE:
+                a, b = sorted((a, b))
+            key.append((op, a, b, step.result))
+        return tuple(key)
 
     def perturb(self, problem: Problem, solution: str, rng: np.random.Generator) -> Perturbation:
         """One planted error (arithmetic slip propagated onwards, precedence/grouping slip,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import re
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -88,6 +88,14 @@ def split_steps(text: str) -> tuple[list[str], str | None]:
             return steps, line[len(ANSWER_PREFIX):].strip()
         steps.append(line)
     return steps, None
+
+
+def solution_lines(text_or_lines: str | Sequence[str]) -> list[str]:
+    """The reasoning lines of a solution: :func:`split_steps` of a text (answer line dropped),
+    or a sequence of lines as given."""
+    if isinstance(text_or_lines, str):
+        return split_steps(text_or_lines)[0]
+    return list(text_or_lines)
 
 
 def join_steps(steps: Sequence[str], answer: object) -> str:
@@ -168,6 +176,13 @@ class Task(abc.ABC):
         ``len(step_notes(p, t))`` equals the number of steps that critique lists for
         ``check_steps(p, t)``."""
         raise NotImplementedError(f"task {self.name!r} does not implement step_notes (the worked critique format)")
+
+    def solution_key(self, text_or_lines: str | Sequence[str]) -> Hashable:
+        """What makes two correct solutions the same solution (the distinct-solutions count of
+        :func:`critique_jax.analysis.diversity.distinct_correct_solutions`), from a solution
+        text or its reasoning lines (:func:`solution_lines`). Default, for free text: the
+        lines, lower-cased with whitespace collapsed."""
+        return tuple(" ".join(line.lower().split()) for line in solution_lines(text_or_lines))
 
     def extract_answer(self, text: str) -> str | None:
         return extract_answer(text)

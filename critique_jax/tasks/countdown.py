@@ -1,4 +1,6 @@
 """``countdown``: reach a target from a set of numbers with ``+ - * /``.
+Over 300 lines: one task; its generator, exhaustive solution search, step checker (with notes),
+perturbation plan and solution key share the expression trees and the pool of available numbers.
 
 Question: ``"numbers: 3 7 25 50, target: 82"`` (numbers sorted). Each number may be used at
 most once, each result becomes available to later steps, division must be exact; results may
@@ -42,7 +44,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 from fractions import Fraction
-from typing import Iterator
+from typing import Hashable, Iterator, Sequence
 
 import numpy as np
 
@@ -55,6 +57,7 @@ from critique_jax.tasks.base import (
     join_steps,
     normalize_number,
     register_task,
+    solution_lines,
     split_steps,
 )
 
@@ -430,6 +433,17 @@ class Countdown(Task):
     def reward(self, problem: Problem, text: str) -> float:
         """1.0 only for a solution whose every step checks (see the module docstring)."""
         return float(self.check_steps(problem, text).ok)
+
+    def solution_key(self, text_or_lines: str | Sequence[str]) -> Hashable:
+        """The multiset of operations ``(op, a, b, value)`` over all lines (``+``/``*`` operands
+        sorted; a line with several operations contributes each): the same computation written
+        in another order of independent steps, with commuted operands, or with steps merged into
+        one line has the same key (as :func:`canonical`). Meant for correct solutions: every
+        line must parse."""
+        ops: tuple = ()
+        for line in solution_lines(text_or_lines):
+            ops += canonical(ex.parse_step(line).lhs)
+        return tuple(sorted(ops))
 
     def perturb(self, problem: Problem, solution: str, rng: np.random.Generator) -> Perturbation:
         """One planted error: a wrong result (later lines recomputed from it), an operand that is

@@ -5,6 +5,7 @@ validation of the ``self_train`` section. The program is :mod:`critique_jax.runs
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import ml_collections
@@ -197,3 +198,43 @@ def fits(tok: Tokenizer, texts: Sequence[str], limit: int, eos: bool = False) ->
 def stream_seed(*parts: int) -> int:
     """A non-negative int32 sampling seed from integer parts (a stream per purpose and iteration)."""
     return int(np.random.SeedSequence([int(x) for x in parts]).generate_state(1)[0] >> 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolRound:
+    """One iteration's samples of the pool (host); P problems x K samples, problem-major.
+
+    texts / critiques / refinements: [P·K] ("" where a sample was not refined); correct,
+    usable, refined, refine_correct, refine_usable: [P, K] bool — usable = verified, ended
+    with the end token and fits ``sampling.max_new_tokens``; entropy: the samples' mean token
+    entropy; n_too_long: wrong samples left unrefined because a critique or refinement prompt
+    exceeded the largest bucket.
+    """
+
+    texts: list[str]
+    correct: np.ndarray
+    usable: np.ndarray
+    critiques: list[str]
+    refinements: list[str]
+    refined: np.ndarray
+    refine_correct: np.ndarray
+    refine_usable: np.ndarray
+    entropy: float
+    n_too_long: int
+
+
+def logged_samples(problems: Sequence[Problem], r: PoolRound, keep_sample: np.ndarray, keep_refine: np.ndarray,
+                    n: int) -> list[dict]:
+    """Up to ``n`` refined samples (with critique and refinement), else the first samples."""
+    k = r.correct.shape[1]
+    rows = np.flatnonzero(r.refined.reshape(-1)) if r.refined.any() else np.arange(r.correct.size)
+    out = []
+    for i in rows[:n]:
+        p = problems[i // k]
+        s = dict(uid=p.uid, difficulty=p.difficulty, question=p.question, sample=r.texts[i],
+                 correct=bool(r.correct.flat[i]), kept=bool(keep_sample.flat[i]))
+        if r.refined.flat[i]:
+            s |= dict(critique=r.critiques[i], refinement=r.refinements[i],
+                      refinement_correct=bool(r.refine_correct.flat[i]), refinement_kept=bool(keep_refine.flat[i]))
+        out.append(s)
+    return out

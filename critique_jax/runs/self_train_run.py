@@ -58,9 +58,9 @@ from flax import nnx
 
 from critique_jax.analysis.diversity import distinct_correct_solutions
 from critique_jax.critique.feedback import refinement_reward
+from critique_jax.critique.pool import (PoolRound, eval_metrics, fits, logged_samples, pool_metrics, select_kept,
+                                        sft_batches, stream_seed, training_pairs, validate_self_train)
 from critique_jax.critique.sources import CritiqueSource, critique_source
-from critique_jax.critique.pool import (eval_metrics, fits, pool_metrics, select_kept, sft_batches, stream_seed,
-                                        training_pairs, validate_self_train)
 from critique_jax.metrics import MetricsWriter, Progress
 from critique_jax.parallel.distributed import is_main_process
 from critique_jax.parallel.mesh import batch_shards
@@ -92,29 +92,6 @@ def check_init_run(config: ml_collections.ConfigDict) -> str:
 
 
 # ----------------------------------------------------------------------------- sampling
-
-
-@dataclasses.dataclass(frozen=True)
-class PoolRound:
-    """One iteration's samples of the pool (host); P problems x K samples, problem-major.
-
-    texts / critiques / refinements: [P·K] ("" where a sample was not refined); correct,
-    usable, refined, refine_correct, refine_usable: [P, K] bool — usable = verified, ended
-    with the end token and fits ``sampling.max_new_tokens``; entropy: the samples' mean token
-    entropy; n_too_long: wrong samples left unrefined because a critique or refinement prompt
-    exceeded the largest bucket.
-    """
-
-    texts: list[str]
-    correct: np.ndarray
-    usable: np.ndarray
-    critiques: list[str]
-    refinements: list[str]
-    refined: np.ndarray
-    refine_correct: np.ndarray
-    refine_usable: np.ndarray
-    entropy: float
-    n_too_long: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,23 +209,6 @@ def evaluate_levels(run: Run, params: nnx.State) -> dict[str, float]:
 # ----------------------------------------------------------------------------- the loop
 
 
-def _logged_samples(problems: Sequence[Problem], r: PoolRound, keep_sample: np.ndarray, keep_refine: np.ndarray,
-                    n: int) -> list[dict]:
-    """Up to ``n`` refined samples (with critique and refinement), else the first samples."""
-    k = r.correct.shape[1]
-    rows = np.flatnonzero(r.refined.reshape(-1)) if r.refined.any() else np.arange(r.correct.size)
-    out = []
-    for i in rows[:n]:
-        p = problems[i // k]
-        s = dict(uid=p.uid, difficulty=p.difficulty, question=p.question, sample=r.texts[i],
-                 correct=bool(r.correct.flat[i]), kept=bool(keep_sample.flat[i]))
-        if r.refined.flat[i]:
-            s |= dict(critique=r.critiques[i], refinement=r.refinements[i],
-                      refinement_correct=bool(r.refine_correct.flat[i]), refinement_kept=bool(keep_refine.flat[i]))
-        out.append(s)
-    return out
-
-
 def run_iteration(run: Run, params: nnx.State, source: CritiqueSource | None,
                   problems: Sequence[Problem], iteration: int, step_fn: Callable,
                   optimizer) -> tuple[nnx.State, dict[str, float]]:
@@ -273,7 +233,7 @@ def run_iteration(run: Run, params: nnx.State, source: CritiqueSource | None,
     metrics["self_train/sft/skipped_iteration"] = float(not targets)
     with timed(times, "perf/eval_s"):
         metrics |= evaluate_levels(run, params)
-    run.writer.write_samples(iteration, _logged_samples(problems, r, keep_sample, keep_refine,
+    run.writer.write_samples(iteration, logged_samples(problems, r, keep_sample, keep_refine,
                                                         c.eval.n_logged_samples))
     return params, metrics | times
 

@@ -31,7 +31,8 @@ def get_config(critique: str = "rule_step"):
     c.critique.refine_buckets = (128,)
     c.critique.sft_refine_every = 4  # in both variants: one shared SFT policy that can refine
     c.critique.type = critique
-    # The RL checks of `validate` tie a critique type to the critique_grpo loss; no RL runs here.
+    # The SFT policy is trained by a train run of this config (rl.steps = 0), whose validation ties a
+    # critique type to the critique_grpo loss.
     c.rl.loss.name = "ppo" if critique == "none" else "critique_grpo"
     c.sft.steps = 800
     c.sft.batch_size = 32

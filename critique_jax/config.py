@@ -15,13 +15,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import ml_collections
 
 from critique_jax.rl.config import LossConfig
 from critique_jax.rl.losses import get_loss, make_loss_config, registered_losses
 from critique_jax.critique import sources
+from critique_jax.critique.critic import validate_critic
+from critique_jax.critique.pool import validate_self_train
 from critique_jax.rl.advantages import ESTIMATORS
 from critique_jax.rl.train_step import SCHEDULES
 from critique_jax.models import FAMILIES, SIZES
@@ -202,9 +204,18 @@ def warn_sequence_length(c: ml_collections.ConfigDict, longest: int) -> None:
                     longest - c.sampling.max_new_tokens, longest, c.model.preset, preset, longest)
 
 
-def validate(c: ml_collections.ConfigDict, n_devices: int) -> None:
-    """Checks every number (:func:`check_numbers`) and the combinations of fields; each error
+#: The programs, each with its own validation (:func:`validate`).
+PROGRAMS = ("train", "critic", "self_train")
+
+
+def validate(c: ml_collections.ConfigDict, n_devices: int, program: str = "train") -> None:
+    """The validation of ``program`` (:data:`PROGRAMS`): every number (:func:`check_numbers`),
+    the settings every run uses (model, mesh, sampling, evaluation batches, critique type, policy
+    source), then the program's own section: ``train`` the SFT and RL settings and the loss,
+    ``critic`` the ``critic`` section, ``self_train`` the ``self_train`` section. Each error
     names the key(s) and the expected value."""
+    if program not in PROGRAMS:
+        raise ValueError(f"validate: program={program!r}; expected one of {PROGRAMS}")
     check_numbers(c)
 
     def need(cond: bool, msg: str) -> None:
@@ -224,18 +235,37 @@ def validate(c: ml_collections.ConfigDict, n_devices: int) -> None:
     data = c.mesh.data if c.mesh.data != -1 else n_devices // known
     fsdp = c.mesh.fsdp if c.mesh.fsdp != -1 else n_devices // known
     shards = data * fsdp
+    need(c.eval.batch_prompts >= 1 and c.eval.batch_prompts % shards == 0,
+         f"eval.batch_prompts={c.eval.batch_prompts}: must be a positive multiple of the {shards} batch shards "
+         "(mesh data x fsdp)")
+    need(c.eval.group_size >= 1, f"eval.group_size={c.eval.group_size}: expected >= 1")
+    need(c.sampling.temperature > 0, f"sampling.temperature={c.sampling.temperature}: RL sampling needs > 0")
+    need(0 < c.sampling.top_p <= 1, f"sampling.top_p={c.sampling.top_p}: expected a value in (0, 1]")
+    need(c.sampling.top_k >= 0, f"sampling.top_k={c.sampling.top_k}: expected >= 0 (0 = off)")
+    need(len(c.sampling.prompt_buckets) > 0, "sampling.prompt_buckets is empty")
+    for problem in sources.check_config(c):  # the critique type's own checks
+        need(False, problem)
+    policy_init.check_config(c)
+    if program == "critic":
+        validate_critic(c, shards)
+    elif program == "self_train":
+        validate_self_train(c, shards, c.task.n_train)
+    else:
+        _validate_train(c, shards, need)
+
+
+def _validate_train(c: ml_collections.ConfigDict, shards: int, need: Callable[[bool, str], None]) -> None:
+    """The train program's SFT, RL, loss and Critique-GRPO settings (``shards``: data x fsdp)."""
     need(c.rl.advantage in ESTIMATORS, f"rl.advantage={c.rl.advantage!r}: expected one of {sorted(ESTIMATORS)}")
     need(c.rl.group_size >= 2 or c.rl.advantage not in ("grpo", "drgrpo", "rloo"),
          f"rl.group_size={c.rl.group_size}: group-relative advantages ({c.rl.advantage}) need a group of >= 2")
-    for key, n in (("rl.prompts_per_step", c.rl.prompts_per_step), ("sft.batch_size", c.sft.batch_size),
-                   ("eval.batch_prompts", c.eval.batch_prompts)):
+    for key, n in (("rl.prompts_per_step", c.rl.prompts_per_step), ("sft.batch_size", c.sft.batch_size)):
         need(n >= 1 and n % shards == 0,
              f"{key}={n}: must be a positive multiple of the {shards} batch shards (mesh data x fsdp)")
     n_samples = c.rl.prompts_per_step * c.rl.group_size
     need(c.rl.minibatches >= 1 and n_samples % (c.rl.minibatches * shards) == 0,
          f"rl.minibatches={c.rl.minibatches}: rl.prompts_per_step x rl.group_size = {n_samples} samples must "
          f"split into minibatches that are multiples of the {shards} batch shards")
-    need(c.eval.group_size >= 1, f"eval.group_size={c.eval.group_size}: expected >= 1")
     need(c.rl.epochs >= 1, f"rl.epochs={c.rl.epochs}: expected >= 1")
     need(c.sft.steps >= 0 and c.rl.steps >= 0, f"sft.steps={c.sft.steps}, rl.steps={c.rl.steps}: expected >= 0")
     for phase in ("sft", "rl"):
@@ -247,13 +277,7 @@ def validate(c: ml_collections.ConfigDict, n_devices: int) -> None:
          f"task.n_train={c.task.n_train}")
     need(c.rl.lr_schedule in SCHEDULES, f"rl.lr_schedule={c.rl.lr_schedule!r}: expected one of {list(SCHEDULES)}")
     need(0 <= c.rl.end_lr_ratio <= 1, f"rl.end_lr_ratio={c.rl.end_lr_ratio}: expected a value in [0, 1]")
-    need(c.sampling.temperature > 0, f"sampling.temperature={c.sampling.temperature}: RL sampling needs > 0")
-    need(0 < c.sampling.top_p <= 1, f"sampling.top_p={c.sampling.top_p}: expected a value in (0, 1]")
-    need(c.sampling.top_k >= 0, f"sampling.top_k={c.sampling.top_k}: expected >= 0 (0 = off)")
-    need(len(c.sampling.prompt_buckets) > 0, "sampling.prompt_buckets is empty")
     need(c.checkpoint.every >= 1 and c.eval.every >= 1, "checkpoint.every and eval.every must be >= 1")
-    for problem in sources.check_config(c):  # the critique type's own checks
-        need(False, problem)
     if c.critique.type != "none":
         need(1 <= c.critique.n_refine < c.rl.group_size,
              f"critique.n_refine={c.critique.n_refine}: expected 1 <= n_refine < rl.group_size={c.rl.group_size}")
@@ -269,4 +293,3 @@ def validate(c: ml_collections.ConfigDict, n_devices: int) -> None:
     loss = loss_config(c)
     need(not (loss.ref_kl_coef > 0 and c.sft.steps == 0 and not c.init_from and not c.model.hf_dir),
          "rl.loss.ref_kl_coef > 0 needs a reference policy: set sft.steps > 0, init_from or model.hf_dir")
-    policy_init.check_config(c)

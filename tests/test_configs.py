@@ -5,8 +5,7 @@ import pathlib
 
 import pytest
 
-from critique_jax.config import loss_config, validate
-from critique_jax.critique.critic import validate_critic
+from critique_jax.config import PROGRAMS, loss_config, validate
 
 from critique_jax.critique.feedback import CRITIQUE_TYPES
 
@@ -26,8 +25,8 @@ def test_config_file_validates(path, arg):
     spec.loader.exec_module(module)
     config = module.get_config() if arg is None else module.get_config(arg)
     for devices in (1, 8):
-        validate(config, devices)
-        validate_critic(config, devices)  # every config carries the critic section too
+        for program in PROGRAMS:  # every config carries the critic and self_train sections too
+            validate(config, devices, program)
     loss = loss_config(config)
     assert loss.name == config.rl.loss.name
     if arg and "," in arg:  # type,loss: the loss is the critique_grpo base (or the whole loss without critique)
@@ -46,3 +45,24 @@ def test_critique_config_rejects_an_unknown_type():
     spec.loader.exec_module(module)
     with pytest.raises(ValueError, match=r"countdown_critique_grpo.py:oracle: critique type 'oracle', expected one of"):
         module.get_config("oracle")
+
+
+def test_each_program_checks_its_own_sections():
+    """RL settings are the train program's: a critic or self-training run does not fail on them,
+    and each program fails on its own section, naming the key."""
+    from critique_jax.config import default_config
+
+    c = default_config()
+    c.rl.prompts_per_step = 3  # not a multiple of the 8 batch shards
+    with pytest.raises(ValueError, match=r"rl.prompts_per_step=3"):
+        validate(c, 8, "train")
+    validate(c, 8, "critic")
+    validate(c, 8, "self_train")
+    c.critic.batch_size = 3
+    with pytest.raises(ValueError, match=r"critic.batch_size=3"):
+        validate(c, 8, "critic")
+    c.self_train.sft_batch_size = 3
+    with pytest.raises(ValueError, match=r"self_train.sft_batch_size=3"):
+        validate(c, 8, "self_train")
+    with pytest.raises(ValueError, match=r"program='evaluate'"):
+        validate(c, 8, "evaluate")

@@ -49,13 +49,12 @@ import numpy as np
 from flax import nnx
 
 from critique_jax.critique import data as data_lib
-from critique_jax.critique.critic import resolve_widths, validate_critic
+from critique_jax.critique.critic import resolve_widths
 from critique_jax.critique.data import CritiqueExample
 from critique_jax.critique.feedback import score_critiques
 from critique_jax.data import BatchIterator
 from critique_jax.metrics import MetricsWriter, Progress
 from critique_jax.parallel.distributed import is_main_process
-from critique_jax.parallel.mesh import batch_shards
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.rl.guard import NonFiniteGuard
 from critique_jax.rl.rollout import pack_pairs
@@ -121,9 +120,8 @@ def setup_critic(config: ml_collections.ConfigDict, workdir: str) -> Critic:
     held-out problem for the evaluation, each labelled by the step checker
     (:func:`critique_jax.critique.data.policy_examples`).
     """
-    run = setup(config, workdir)
+    run = setup(config, workdir, "critic")
     cc = config.critic
-    validate_critic(config, batch_shards(run.mesh))
     if cc.eval_n_problems > len(run.test):
         raise ValueError(f"config critic.eval_n_problems={cc.eval_n_problems} exceeds the {len(run.test)} test "
                          "problems (task.n_test)")

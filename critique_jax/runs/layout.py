@@ -68,3 +68,8 @@ class RunDir:
 def final_checkpointer(directory: str) -> Checkpointer:
     """A one-step, synchronous checkpointer of a final-parameters folder ``directory``."""
     return Checkpointer(directory, keep_last=1, keep_best=0, best_metric=None, async_save=False)
+
+
+def reader(directory: str) -> Checkpointer:
+    """A read-only checkpointer of ``directory`` (another run's, possibly live)."""
+    return Checkpointer(directory, read_only=True)

@@ -20,9 +20,8 @@ import ml_collections
 
 from critique_jax import config as config_lib
 from critique_jax.analysis.token_entropy import Policy
-from critique_jax.checkpoint import Checkpointer
 from critique_jax.runs import roles
-from critique_jax.runs.layout import CHECKPOINTS, RunDir
+from critique_jax.runs.layout import CHECKPOINTS, RunDir, reader
 from critique_jax.runs.run import setup
 
 
@@ -53,7 +52,7 @@ def checkpoint_steps(directory: str | Path) -> list[int]:
     """The finished steps of a checkpoint directory (none when it does not exist), read-only."""
     if not os.path.isdir(directory):
         return []
-    with Checkpointer(directory, read_only=True) as ckpt:
+    with reader(str(directory)) as ckpt:
         return ckpt.all_steps()
 
 
@@ -72,7 +71,7 @@ def load_policy(workdir: str | Path, which: str | int = "final") -> Policy:
         raise FileNotFoundError(f"{directory} holds no finished checkpoint")
     with tempfile.TemporaryDirectory(prefix="critique_jax_analysis_") as scratch:  # setup locks it as a run directory
         run = setup(config, scratch)
-    with Checkpointer(directory, read_only=True) as ckpt:
+    with reader(directory) as ckpt:
         step = ckpt.latest_step() if not isinstance(which, int) else which
         params = ckpt.restore(step, like={"params": run.abstract_params()}, partial=True)[0]["params"]
     return Policy(run=run, params=params, source=os.path.join(directory, str(step)))

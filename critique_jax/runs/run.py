@@ -72,10 +72,11 @@ class Run:
         return roles.abstract_params(self.model_cfg, self.param_sh)
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
-    """Validates the config, locks the run directory, builds data, tokenizer, mesh and model
-    definition (the program then checks and writes config.json, :func:`rundir.save_config`)."""
-    config_lib.validate(config, jax.device_count())
+def setup(config: ml_collections.ConfigDict, workdir: str, program: str = "train") -> Run:
+    """Validates the config for ``program`` (:data:`critique_jax.config.PROGRAMS`), locks the run
+    directory, builds data, tokenizer, mesh and the policy's model definition (the program then
+    checks and writes config.json, :func:`rundir.save_config`)."""
+    config_lib.validate(config, jax.device_count(), program)
     if config.critique.type == "model":
         roles.check_critic_source(config)
     os.makedirs(workdir, exist_ok=True)

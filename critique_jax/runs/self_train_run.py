@@ -59,11 +59,10 @@ from flax import nnx
 from critique_jax.analysis.diversity import distinct_correct_solutions
 from critique_jax.critique.feedback import refinement_reward
 from critique_jax.critique.pool import (PoolRound, eval_metrics, fits, logged_samples, pool_metrics, select_kept,
-                                        sft_batches, stream_seed, training_pairs, validate_self_train)
+                                        sft_batches, stream_seed, training_pairs)
 from critique_jax.critique.sources import CritiqueSource, critique_source
 from critique_jax.metrics import MetricsWriter, Progress
 from critique_jax.parallel.distributed import is_main_process
-from critique_jax.parallel.mesh import batch_shards
 from critique_jax.perf import timed
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.rl.train_step import SequenceBatch, make_optimizer
@@ -247,8 +246,7 @@ def self_train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool 
     """
     st = config.self_train
     policy_dir = check_init_run(config)
-    run = setup(config, workdir)
-    validate_self_train(config, batch_shards(run.mesh), len(run.train))
+    run = setup(config, workdir, "self_train")
     rd = RunDir(workdir)
     rd.refuse_overwrite(resume, CHECKPOINTS)
     save_config(config, workdir, resume, write=is_main_process())

@@ -34,10 +34,15 @@ def define_flags(config_help: str, workdir_help: str, resume_help: str, stop_nam
         workdir=flags.DEFINE_string("workdir", None, workdir_help),
         resume=flags.DEFINE_bool("resume", True, resume_help),
         stop=flags.DEFINE_integer(stop_name, None, stop_help),
-        verbose=flags.DEFINE_bool("verbose", False, "Show the traceback of an error, not only its message."),
+        verbose=define_verbose(),
     )
     flags.mark_flags_as_required(["config", "workdir"])
     return out
+
+
+def define_verbose() -> flags.FlagHolder:
+    """``--verbose``: show the traceback of an error (every entry point has it)."""
+    return flags.DEFINE_bool("verbose", False, "Show the traceback of an error, not only its message.")
 
 
 def start(argv: list[str], config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -60,7 +65,7 @@ def start(argv: list[str], config: ml_collections.ConfigDict) -> ml_collections.
 REPORTED_ERRORS = (ValueError, OSError, FloatingPointError)
 
 
-def run(main: Callable[[list[str]], None], run_flags: RunFlags) -> None:
+def run(main: Callable[[list[str]], None], verbose: flags.FlagHolder) -> None:
     """``app.run(main)``; a :data:`REPORTED_ERRORS` error is printed as one line
     ``error: <message>`` and exits with status 2 (re-raised with ``--verbose``)."""
 
@@ -68,7 +73,7 @@ def run(main: Callable[[list[str]], None], run_flags: RunFlags) -> None:
         try:
             main(argv)
         except REPORTED_ERRORS as e:
-            if run_flags.verbose.value:
+            if verbose.value:
                 raise
             print(f"error: {' '.join(str(e).split())} (--verbose for the traceback)", file=sys.stderr)
             sys.exit(2)

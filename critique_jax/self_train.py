@@ -28,4 +28,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, FLAGS)
+    cli.run(main, FLAGS.verbose)

@@ -16,4 +16,4 @@ for loss in ppo clip_cov; do
   python -m critique_jax.train --config=$CONFIG:$loss --workdir="$WORKDIR/$name" --config.init_from="$WORKDIR/sft" \
     --config.rl.steps=60 "$@"
 done
-python -m critique_jax.analysis.report "$WORKDIR/grpo" "$WORKDIR/clip_cov" --out "$WORKDIR/curves.png"
+python -m critique_jax.report "$WORKDIR/grpo" "$WORKDIR/clip_cov" --out "$WORKDIR/curves.png"

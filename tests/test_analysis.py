@@ -286,7 +286,7 @@ def test_entropy_histogram_and_input_checks(np_rng):
 
 
 def test_report_prints_the_last_critic_evaluation(tmp_path):
-    from critique_jax.analysis.report import critic_summary
+    from critique_jax.analysis.run_summary import critic_summary
 
     rows = [{"step": 1, "critic/nll": 2.0}, {"step": 100, "critic/verdict_acc": 0.5, "critic/first_wrong_acc": 0.1},
             {"step": 150, "critic/verdict_acc": 0.625, "critic/first_wrong_acc": 0.25, "critic/acc_on_wrong": 0.3}]
@@ -299,16 +299,15 @@ def test_report_prints_the_last_critic_evaluation(tmp_path):
 
 
 def test_report_compares_runs_side_by_side(tmp_path, capsys):
-    from critique_jax.analysis.report import main
+    from critique_jax.analysis.run_summary import summary
 
     for name, h in (("grpo", 0.4), ("clip_cov", 0.8)):
         rows = [{"step": s, "train/entropy": h / s, "train/reward": 0.1 * s} for s in range(1, 5)]
         rows += [{"step": s, "eval/pass@1": 0.1 * s, "eval/entropy": h / s} for s in (1, 4)]
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    main(["report", str(tmp_path / "grpo"), str(tmp_path / "clip_cov"), "--out", str(tmp_path / "both.png")])
-    out = capsys.readouterr().out
+    out = summary([str(tmp_path / "grpo"), str(tmp_path / "clip_cov")], out=str(tmp_path / "both.png"))
     assert "grpo (" in out and "clip_cov (" in out and "| eval/pass@1 | 0.1000 | 0.4000 | +0.3000 |" in out
     assert (tmp_path / "both.png").stat().st_size > 0
-    with pytest.raises(SystemExit, match="--critic needs a value"):
-        main(["report", str(tmp_path / "grpo"), "--critic"])
+    with pytest.raises(ValueError, match="no run directories"):
+        summary([])

@@ -18,7 +18,7 @@ from safetensors.numpy import load_file, save_file
 from critique_jax.models import (FAMILIES, Transformer, config_from_hf, load_pretrained, model_config, param_count,
                                  positions_from_valid, save_pretrained)
 from critique_jax.models.hf import hf_config
-from critique_jax.models.hf.memory import estimate, table
+from critique_jax.analysis.state_memory import estimate, table
 from critique_jax.models.hf.published import PUBLISHED
 from critique_jax.parallel.mesh import make_mesh
 from critique_jax.parallel.sharding import spec_for

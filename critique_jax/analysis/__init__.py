@@ -1,5 +1,5 @@
 """Analysis of runs: entropy-law fits, covariance vs entropy change, pass@k, diversity and
-tail measures, token-entropy distributions (run summaries and plots: ``analysis.report``).
+tail measures, token-entropy distributions (run summaries and plots: ``analysis.run_summary``).
 
 Notebook support: ``analysis.sweeps`` (sweep directories, seed statistics), ``analysis.plots``
 (one function per figure), ``analysis.token_entropy`` (a run's policy sampled again) and

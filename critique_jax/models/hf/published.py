@@ -1,5 +1,5 @@
 """Published Hugging Face configs (the fields that change the math) with their published
-parameter counts: named shapes for :mod:`critique_jax.models.hf.memory` and the tests."""
+parameter counts: named shapes for :mod:`critique_jax.analysis.state_memory` and the tests."""
 
 from __future__ import annotations
 

@@ -8,12 +8,11 @@ the rules of :mod:`critique_jax.parallel.sharding`. Not counted: activations, gr
 cache of sampling, and the frozen reference policy (one more parameter copy when
 ``rl.loss.ref_kl_coef > 0``).
 
-    python -m critique_jax.models.hf.memory Qwen2.5-0.5B path/to/config.json ...
+    python -m critique_jax.memory Qwen2.5-0.5B path/to/config.json ...
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any, Iterable
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import AbstractMesh, NamedSharding
+from jax.sharding import AbstractMesh
 
 from critique_jax.models.config import ModelConfig
 from critique_jax.models.hf.config import config_from_hf
@@ -99,16 +98,3 @@ def table(names: Iterable[str], mesh_sizes: tuple[int, ...] = (1, 8, 32),
             cells += ["n/a" if b is None else f"{b / GIB:.2f}" for b in e.per_device.values()]
             rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("models", nargs="*", default=list(PUBLISHED),
-                        help=f"published shapes ({', '.join(PUBLISHED)}) or config.json paths; default: all published")
-    parser.add_argument("--mesh-sizes", type=int, nargs="+", default=[1, 8, 32])
-    args = parser.parse_args(argv)
-    print(table(args.models, tuple(args.mesh_sizes)))
-
-
-if __name__ == "__main__":
-    main()

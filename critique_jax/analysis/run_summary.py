@@ -1,8 +1,9 @@
-"""Run summaries from ``metrics.jsonl``: a before/after table and entropy/reward curves.
+"""Run summaries from ``metrics.jsonl``: a before/after table and entropy/reward curves
+(the library of ``python -m critique_jax.report``).
 
-    python -m critique_jax.analysis.report runs/quickstart
+    python -m critique_jax.report runs/quickstart
 
-    python -m critique_jax.analysis.report runs/quickstart runs/quickstart/clip_cov --critic runs/quickstart/critic
+    python -m critique_jax.report runs/quickstart runs/quickstart/clip_cov --critic runs/quickstart/critic
 
 prints, per run, the evaluation at the start of RL (after SFT) next to the last evaluation, and
 writes ``<first run>/curves.png`` (train entropy, train reward and eval pass@1 against step, the
@@ -12,7 +13,6 @@ runs overlaid). ``--critic`` (a ``train_critic`` run) adds the critic's last hel
 from __future__ import annotations
 
 import os
-import sys
 
 import matplotlib
 
@@ -92,36 +92,14 @@ def critic_summary(workdir: str) -> str:
         f"{k.split('/')[1]} {last[k]:.3f}" for k in CRITIC_KEYS if k in last)
 
 
-USAGE = "usage: python -m critique_jax.analysis.report RUN_DIR [RUN_DIR ...] [--critic CRITIC_RUN_DIR] [--out PNG]"
-
-
-def _option(args: list[str], name: str) -> str | None:
-    """Removes ``name VALUE`` from ``args`` and returns VALUE (None when absent)."""
-    if name not in args:
-        return None
-    i = args.index(name)
-    if i + 1 >= len(args):
-        raise SystemExit(f"{name} needs a value; {USAGE}")
-    value = args.pop(i + 1)
-    args.pop(i)
-    return value
-
-
-def main(argv: list[str]) -> None:
-    """``report RUN [RUN ...] [--critic CRITIC_RUN] [--out PNG]``: a before/after table per RL
-    run, their curves overlaid (``--out``, default ``<first run>/curves.png``), and the critic's
+def summary(workdirs: list[str], critic: str | None = None, out: str | None = None) -> str:
+    """The report of ``python -m critique_jax.report``: a before/after table per RL run, their
+    curves overlaid (written to ``out``, default ``<first run>/curves.png``) and the critic's
     last evaluation."""
-    args = list(argv[1:])
-    critic, out = _option(args, "--critic"), _option(args, "--out")
-    if not args:
-        raise SystemExit(USAGE)
-    for workdir in args:
-        print(f"{run_label(workdir)} ({workdir}):")
-        print(before_after(workdir))
-    print(f"curves: {plot_curves(args, out)}")
+    if not workdirs:
+        raise ValueError("no run directories to report on")
+    parts = [f"{run_label(w)} ({w}):\n{before_after(w)}" for w in workdirs]
+    parts.append(f"curves: {plot_curves(workdirs, out)}")
     if critic is not None:
-        print(critic_summary(critic))
-
-
-if __name__ == "__main__":
-    main(sys.argv)
+        parts.append(critic_summary(critic))
+    return "\n".join(parts)

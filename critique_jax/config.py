@@ -205,15 +205,15 @@ def warn_sequence_length(c: ml_collections.ConfigDict, longest: int) -> None:
 
 
 #: The programs, each with its own validation (:func:`validate`).
-PROGRAMS = ("train", "critic", "self_train")
+PROGRAMS = ("train", "critic", "self_train", "evaluate")
 
 
 def validate(c: ml_collections.ConfigDict, n_devices: int, program: str = "train") -> None:
     """The validation of ``program`` (:data:`PROGRAMS`): every number (:func:`check_numbers`),
     the settings every run uses (model, mesh, sampling, evaluation batches, critique type, policy
     source), then the program's own section: ``train`` the SFT and RL settings and the loss,
-    ``critic`` the ``critic`` section, ``self_train`` the ``self_train`` section. Each error
-    names the key(s) and the expected value."""
+    ``critic`` the ``critic`` section, ``self_train`` the ``self_train`` section (``evaluate``:
+    nothing more). Each error names the key(s) and the expected value."""
     if program not in PROGRAMS:
         raise ValueError(f"validate: program={program!r}; expected one of {PROGRAMS}")
     check_numbers(c)
@@ -250,7 +250,7 @@ def validate(c: ml_collections.ConfigDict, n_devices: int, program: str = "train
         validate_critic(c, shards)
     elif program == "self_train":
         validate_self_train(c, shards, c.task.n_train)
-    else:
+    elif program == "train":
         _validate_train(c, shards, need)
 
 

@@ -52,6 +52,7 @@ LAYERS = {
     "critique_jax.sweep": 4,
     "critique_jax.report": 4,
     "critique_jax.memory": 4,
+    "critique_jax.evaluate": 4,
     "critique_jax.__main__": 4,
 }
 

@@ -85,35 +85,42 @@ def sample_texts(run: Sampling, model: tuple[nnx.GraphDef, Any], prompts: Sequen
 @dataclasses.dataclass(frozen=True)
 class Generated:
     """Texts of one batched sampling pass: texts / finished [N·G]; entropy: mean response-token
-    entropy (nats); n_tokens: response tokens in all."""
+    entropy (nats); n_tokens: response tokens in all; lengths / entropy_sums [N·G]: each sample's
+    response tokens and summed token entropy (nats)."""
 
     texts: list[str]
     finished: np.ndarray
     entropy: float
     n_tokens: float
+    lengths: np.ndarray
+    entropy_sums: np.ndarray
 
 
 def sample_chunked(run: Sampling, model: tuple[nnx.GraphDef, Any], prompts: Sequence[str],
                    buckets: Sequence[int], group_size: int, temperature: float, chunk: int,
                    seed: Callable[[int], int], sampler: SamplerConfig | None = None,
-                   global_ids: bool = False, times: dict[str, float] | None = None) -> Generated:
+                   global_ids: bool = False, times: dict[str, float] | None = None, first_id: int = 0) -> Generated:
     """:func:`sample_texts` over ``chunk`` prompts per call (the last call padded by repeating its
     last prompt, so every call has one shape); call ``i`` uses ``seed(i)`` and, with
-    ``global_ids``, the prompts' positions in ``prompts`` for their keys (else their positions
-    in the call). No prompts: nothing sampled. ``times``: as for :func:`sample_texts`."""
+    ``global_ids``, the prompts' positions in ``prompts`` plus ``first_id`` for their keys (else
+    their positions in the call). No prompts: nothing sampled. ``times``: as for :func:`sample_texts`."""
     texts: list[str] = []
-    finished = [np.zeros(0, bool)]
+    finished, lengths, entropy_sums = [np.zeros(0, bool)], [np.zeros(0, np.float32)], [np.zeros(0, np.float32)]
     entropy_sum, n_tokens = 0.0, 0.0
     for i, start in enumerate(range(0, len(prompts), chunk)):
         part = list(prompts[start:start + chunk])
         n = len(part) * group_size
         s = sample_texts(run, model, part + [part[-1]] * (chunk - len(part)), buckets, seed(i), group_size,
-                         temperature, times, sampler=sampler, first_id=start if global_ids else 0)
+                         temperature, times, sampler=sampler, first_id=first_id + start if global_ids else 0)
         texts += s.texts[:n]
         finished.append(s.finished[:n].astype(bool))
-        entropy_sum += float((s.entropy[:n] * s.mask[:n]).sum())
+        per_sample = s.entropy[:n] * s.mask[:n]
+        entropy_sum += float(per_sample.sum())
         n_tokens += float(s.mask[:n].sum())
-    return Generated(texts, np.concatenate(finished), entropy_sum / max(n_tokens, 1.0), n_tokens)
+        lengths.append(s.mask[:n].sum(1).astype(np.float32))
+        entropy_sums.append(per_sample.sum(1).astype(np.float32))
+    return Generated(texts, np.concatenate(finished), entropy_sum / max(n_tokens, 1.0), n_tokens,
+                     np.concatenate(lengths), np.concatenate(entropy_sums))
 
 
 def masked_mean(x: np.ndarray, mask: np.ndarray) -> float:

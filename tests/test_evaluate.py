@@ -1,0 +1,71 @@
+"""The evaluate program: the report from per-problem results (vs direct computation), and a
+resumable evaluation of a tiny run's policy."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from critique_jax.analysis.evaluation import ProblemResult, majority_correct, markdown, report
+from critique_jax.analysis.passk import pass_at_k
+from critique_jax.runs import train
+from critique_jax.runs.evaluation_run import RESULTS, EvalSettings, evaluate_policy
+from critique_jax.runs.policies import load_policy
+
+from test_trainer import tiny_config
+
+
+def test_majority_vote():
+    assert majority_correct(["3", "4", "3", None], [1, 0, 1, 0])
+    assert not majority_correct(["4", "4", "3"], [0, 0, 1])
+    assert majority_correct(["3", "4"], [1, 0])  # a tie: the first answer to reach the top count
+    assert not majority_correct([None, None], [0, 0])
+
+
+def _result(uid, level, correct, maj, distinct, n=4):
+    return ProblemResult(uid=uid, difficulty=level, n=n, correct=correct, majority_correct=maj, distinct=distinct,
+                         tokens=10.0 * n, entropy_sum=2.0 * n)
+
+
+def test_report_matches_direct_computation():
+    results = [_result("a", 1, 4, True, 2), _result("b", 1, 0, False, 0), _result("c", 2, 1, False, 1)]
+    rep = report(results)
+    for k in range(1, 5):
+        want = np.mean([pass_at_k(4, c, k) for c in (4, 0, 1)])
+        assert math.isclose(rep[f"pass@{k}"], want), k
+    assert rep["maj@4"] == pytest.approx(1 / 3) and rep["solved"] == pytest.approx(2 / 3)
+    assert rep["response_len"] == 10.0 and rep["entropy"] == pytest.approx(0.2)
+    assert rep["distinct_correct"] == pytest.approx(1.5)  # (2 + 1) / 2 solved problems
+    assert rep["per_level"]["1"]["pass@1"] == 0.5 and rep["per_level"]["2"]["pass@4"] == 1.0
+    assert "| 2 | 1 | 0.2500 | 1.0000 | 0.0000 |" in markdown(rep, "t")
+    with pytest.raises(ValueError, match="different sample counts"):
+        report(results + [_result("d", 1, 1, True, 1, n=2)])
+    with pytest.raises(ValueError, match="no problems"):
+        report([])
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("evaluate")
+    train(tiny_config(tmp, **{"rl.steps": 0, "sft.steps": 2}), str(tmp / "run"))
+    return load_policy(tmp / "run", "sft")
+
+
+def test_evaluation_resumes_to_the_same_report(policy, tmp_path):
+    settings = EvalSettings(source="tiny", split="test", n_problems=16, samples=2, temperature=1.0, seed=3,
+                            batch_prompts=8)
+    whole = evaluate_policy(policy.run, policy.params, str(tmp_path / "whole"), settings)
+    assert whole["n_problems"] == 16 and set(whole) >= {"pass@1", "pass@2", "maj@2", "per_level", "entropy"}
+    assert (tmp_path / "whole" / "passk.png").stat().st_size > 0
+    lines = (tmp_path / "whole" / RESULTS).read_text().splitlines()
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "evaluation.json").write_text((tmp_path / "whole" / "evaluation.json").read_text())
+    # A crash in the second chunk: one whole chunk written, then part of a line.
+    (cut / RESULTS).write_text("\n".join(lines[:9]) + "\n" + lines[9][:20])
+    resumed = evaluate_policy(policy.run, policy.params, str(cut), settings)
+    assert json.dumps(resumed, sort_keys=True) == json.dumps(whole, sort_keys=True)
+    assert (cut / RESULTS).read_text().splitlines() == lines
+    with pytest.raises(ValueError, match=r"samples=4 \(the folder has 2\)"):
+        evaluate_policy(policy.run, policy.params, str(cut), settings.__class__(**{**settings.__dict__, "samples": 4}))

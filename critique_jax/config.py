@@ -1,9 +1,10 @@
-"""The experiment configuration: defaults, validation, and the typed objects built from it.
+"""The experiment configuration: defaults and the typed loss config built from it (validation:
+:mod:`critique_jax.validation`).
 
 Config files under ``configs/`` start from :func:`default_config` and change fields; every
 field can be overridden on the command line (``--config.rl.loss.name=kl_cov``). The config is
-locked, so an unknown key fails with the key's name; :func:`validate` checks the
-combinations before anything compiles and names the offending key.
+locked, so an unknown key fails with the key's name; :func:`critique_jax.validation.validate`
+checks the combinations before anything compiles and names the offending key.
 
 Loss options have one source of truth, the loss dataclasses in ``critique_jax.rl.config``:
 ``rl.loss`` holds the shared terms, and one sub-dict per registered loss with that loss's own
@@ -13,24 +14,13 @@ fields and defaults (``rl.loss.clip_cov.ratio``).
 from __future__ import annotations
 
 import dataclasses
-import logging
-import math
-from typing import Any, Callable, Iterator
 
 import ml_collections
 
 from critique_jax.rl.config import LossConfig
 from critique_jax.rl.losses import get_loss, make_loss_config, registered_losses
-from critique_jax.critique import sources
-from critique_jax.critique.critic import validate_critic
-from critique_jax.critique.pool import validate_self_train
-from critique_jax.rl.advantages import ESTIMATORS
-from critique_jax.rl.train_step import SCHEDULES
-from critique_jax.models import FAMILIES, SIZES
 from critique_jax.models.config import OVERRIDABLE
-from critique_jax.rl import policy_init
 
-log = logging.getLogger("critique_jax")
 
 _SHARED_LOSS_FIELDS = tuple(f.name for f in dataclasses.fields(LossConfig))
 
@@ -77,6 +67,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.distributed = dict(coordinator_address="", num_processes=0, process_id=-1)
     c.sampling = dict(prompt_buckets=(24,), max_new_tokens=48, temperature=1.0, top_p=1.0, top_k=0)
+    # How prompts are written (critique_jax.text.prompt_format): auto = marker tokens with the
+    # project tokenizer, the chat template of a Hugging Face tokenizer that has one, else plain
+    # text; instruction "" = the task's answer-format instruction; system "" = no system prompt.
+    c.prompt = dict(format="auto", instruction="", system="")
     c.sft = dict(steps=400, batch_size=64, lr=2e-3, warmup_steps=20, weight_decay=0.0, log_every=20,
                  max_bad_steps=3)
     # RL: lr_schedule "constant" (the papers') or "cosine" (decays to lr x end_lr_ratio at the last
@@ -87,7 +81,8 @@ def default_config() -> ml_collections.ConfigDict:
                 lr_schedule="constant", end_lr_ratio=0.1,
                 warmup_steps=0, weight_decay=0.0, grad_clip=1.0, advantage="grpo",
                 recompute_old_logp=True, max_bad_steps=3, entropy_change=True,
-                pool_size=0)  # RL prompts from the first pool_size train problems only; 0 = all
+                pool_size=0,  # RL prompts from the first pool_size train problems only; 0 = all
+                rewards="correct")  # weighted reward terms, critique_jax.rl.rewards ("correct,format:0.1")
     c.rl.loss = _loss_defaults()
     # Critique in the loop (Critique-GRPO): critique type, refinements kept per group, where a
     # trained critique model lives (a train_critic run directory), and the prompt buckets of
@@ -150,146 +145,3 @@ def loss_config(c: ml_collections.ConfigDict) -> LossConfig:
         return make_loss_config(name, **opts)
     except ValueError as e:
         raise ValueError(f"config rl.loss ({name}): {e}") from None
-
-
-#: Numbers every field obeys unless listed here: finite, and >= 0 outside ``rl.loss`` (whose
-#: dataclasses check their own ranges). Keys whose -1 means "the rest" or "from the environment":
-_MINUS_ONE_ALLOWED = ("mesh.data", "mesh.fsdp", "mesh.tensor", "distributed.process_id")
-#: Integer fields (or tuples of them) that must be >= 1.
-_AT_LEAST_ONE = ("task.n_train", "task.n_test", "task.n_solutions", "task.difficulties", "tokenizer.vocab_size",
-                 "sampling.max_new_tokens", "sampling.prompt_buckets", "critique.prompt_buckets",
-                 "critique.refine_buckets", "eval.n_problems", "sft.log_every", "sft.max_bad_steps",
-                 "rl.max_bad_steps", "critic.max_bad_steps", "checkpoint.keep_last")
-#: Float fields with a narrower range: (low, high, low excluded).
-_RANGES = {**{f"{phase}.lr": (0.0, 1.0, True) for phase in ("sft", "rl", "critic", "self_train")},
-           "rl.grad_clip": (0.0, math.inf, True)}
-
-
-def _leaves(d: ml_collections.ConfigDict, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for k, v in d.items():
-        if isinstance(v, ml_collections.ConfigDict):
-            yield from _leaves(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
-
-
-def check_numbers(c: ml_collections.ConfigDict) -> None:
-    """Sign, finiteness and range of every numeric field (module constants); errors name the key."""
-    for key, value in _leaves(c):
-        values = value if isinstance(value, (tuple, list)) else (value,)
-        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        if not numbers:
-            continue
-        if not all(math.isfinite(v) for v in numbers):
-            raise ValueError(f"config {key}={value!r}: expected a finite number")
-        if key in _RANGES:
-            lo, hi, lo_open = _RANGES[key]
-            if not (lo < value if lo_open else lo <= value) or value > hi:
-                raise ValueError(f"config {key}={value!r}: expected a number in {'(' if lo_open else '['}{lo:g}, "
-                                 f"{hi:g}]")
-            continue
-        low = 1 if key in _AT_LEAST_ONE else -1 if key in _MINUS_ONE_ALLOWED else 0
-        if not key.startswith("rl.loss.") and min(numbers) < low:
-            raise ValueError(f"config {key}={value!r}: expected {'numbers' if len(values) > 1 else 'a number'} "
-                             f">= {low}")
-
-
-def warn_sequence_length(c: ml_collections.ConfigDict, longest: int) -> None:
-    """Logs when prompts + responses (``longest`` tokens) exceed the preset's ``max_seq_len``,
-    which the run then raises to ``longest`` (positions beyond the preset's are untested)."""
-    preset = SIZES[c.model.preset]["max_seq_len"]
-    if longest > preset:
-        log.warning("config sampling.max_new_tokens=%d with prompt buckets up to %d tokens needs %d positions: more "
-                    "than model.preset=%r's max_seq_len=%d, which is raised to %d", c.sampling.max_new_tokens,
-                    longest - c.sampling.max_new_tokens, longest, c.model.preset, preset, longest)
-
-
-#: The programs, each with its own validation (:func:`validate`).
-PROGRAMS = ("train", "critic", "self_train", "evaluate")
-
-
-def validate(c: ml_collections.ConfigDict, n_devices: int, program: str = "train") -> None:
-    """The validation of ``program`` (:data:`PROGRAMS`): every number (:func:`check_numbers`),
-    the settings every run uses (model, mesh, sampling, evaluation batches, critique type, policy
-    source), then the program's own section: ``train`` the SFT and RL settings and the loss,
-    ``critic`` the ``critic`` section, ``self_train`` the ``self_train`` section (``evaluate``:
-    nothing more). Each error names the key(s) and the expected value."""
-    if program not in PROGRAMS:
-        raise ValueError(f"validate: program={program!r}; expected one of {PROGRAMS}")
-    check_numbers(c)
-
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            raise ValueError(f"config {msg}")
-
-    need(c.model.preset in SIZES, f"model.preset={c.model.preset!r}: expected one of {sorted(SIZES)}")
-    need(c.model.family in FAMILIES, f"model.family={c.model.family!r}: expected one of {sorted(FAMILIES)}")
-
-    sizes = [c.mesh.data, c.mesh.fsdp, c.mesh.tensor]
-    need(sum(s == -1 for s in sizes) <= 1, f"mesh.data/fsdp/tensor={sizes}: at most one may be -1")
-    known = 1
-    for s in sizes:
-        need(s == -1 or s >= 1, f"mesh sizes {sizes}: expected positive integers or -1")
-        known *= s if s != -1 else 1
-    need(n_devices % known == 0, f"mesh {sizes}: {n_devices} devices are not divisible by {known}")
-    data = c.mesh.data if c.mesh.data != -1 else n_devices // known
-    fsdp = c.mesh.fsdp if c.mesh.fsdp != -1 else n_devices // known
-    shards = data * fsdp
-    need(c.eval.batch_prompts >= 1 and c.eval.batch_prompts % shards == 0,
-         f"eval.batch_prompts={c.eval.batch_prompts}: must be a positive multiple of the {shards} batch shards "
-         "(mesh data x fsdp)")
-    need(c.eval.group_size >= 1, f"eval.group_size={c.eval.group_size}: expected >= 1")
-    need(c.sampling.temperature > 0, f"sampling.temperature={c.sampling.temperature}: RL sampling needs > 0")
-    need(0 < c.sampling.top_p <= 1, f"sampling.top_p={c.sampling.top_p}: expected a value in (0, 1]")
-    need(c.sampling.top_k >= 0, f"sampling.top_k={c.sampling.top_k}: expected >= 0 (0 = off)")
-    need(len(c.sampling.prompt_buckets) > 0, "sampling.prompt_buckets is empty")
-    for problem in sources.check_config(c):  # the critique type's own checks
-        need(False, problem)
-    policy_init.check_config(c)
-    if program == "critic":
-        validate_critic(c, shards)
-    elif program == "self_train":
-        validate_self_train(c, shards, c.task.n_train)
-    elif program == "train":
-        _validate_train(c, shards, need)
-
-
-def _validate_train(c: ml_collections.ConfigDict, shards: int, need: Callable[[bool, str], None]) -> None:
-    """The train program's SFT, RL, loss and Critique-GRPO settings (``shards``: data x fsdp)."""
-    need(c.rl.advantage in ESTIMATORS, f"rl.advantage={c.rl.advantage!r}: expected one of {sorted(ESTIMATORS)}")
-    need(c.rl.group_size >= 2 or c.rl.advantage not in ("grpo", "drgrpo", "rloo"),
-         f"rl.group_size={c.rl.group_size}: group-relative advantages ({c.rl.advantage}) need a group of >= 2")
-    for key, n in (("rl.prompts_per_step", c.rl.prompts_per_step), ("sft.batch_size", c.sft.batch_size)):
-        need(n >= 1 and n % shards == 0,
-             f"{key}={n}: must be a positive multiple of the {shards} batch shards (mesh data x fsdp)")
-    n_samples = c.rl.prompts_per_step * c.rl.group_size
-    need(c.rl.minibatches >= 1 and n_samples % (c.rl.minibatches * shards) == 0,
-         f"rl.minibatches={c.rl.minibatches}: rl.prompts_per_step x rl.group_size = {n_samples} samples must "
-         f"split into minibatches that are multiples of the {shards} batch shards")
-    need(c.rl.epochs >= 1, f"rl.epochs={c.rl.epochs}: expected >= 1")
-    need(c.sft.steps >= 0 and c.rl.steps >= 0, f"sft.steps={c.sft.steps}, rl.steps={c.rl.steps}: expected >= 0")
-    for phase in ("sft", "rl"):
-        p = c[phase]
-        need(p.steps == 0 or 0 <= p.warmup_steps <= p.steps,  # no steps: no schedule, any warm-up
-             f"{phase}.warmup_steps={p.warmup_steps}: expected between 0 and {phase}.steps={p.steps}")
-    need(c.rl.pool_size == 0 or c.rl.prompts_per_step <= c.rl.pool_size <= c.task.n_train,
-         f"rl.pool_size={c.rl.pool_size}: expected 0 (all) or rl.prompts_per_step={c.rl.prompts_per_step} to "
-         f"task.n_train={c.task.n_train}")
-    need(c.rl.lr_schedule in SCHEDULES, f"rl.lr_schedule={c.rl.lr_schedule!r}: expected one of {list(SCHEDULES)}")
-    need(0 <= c.rl.end_lr_ratio <= 1, f"rl.end_lr_ratio={c.rl.end_lr_ratio}: expected a value in [0, 1]")
-    need(c.checkpoint.every >= 1 and c.eval.every >= 1, "checkpoint.every and eval.every must be >= 1")
-    if c.critique.type != "none":
-        need(1 <= c.critique.n_refine < c.rl.group_size,
-             f"critique.n_refine={c.critique.n_refine}: expected 1 <= n_refine < rl.group_size={c.rl.group_size}")
-        need(c.rl.loss.name == "critique_grpo",
-             f"critique.type={c.critique.type!r} needs rl.loss.name='critique_grpo' (got {c.rl.loss.name!r})")
-        need(c.rl.recompute_old_logp, "critique runs need rl.recompute_old_logp=True: refinements were sampled "
-             "with the critique in context, their old log-probs are recomputed under the solve prompt")
-    need(c.rl.loss.name != "critique_grpo" or c.critique.type != "none",
-         "rl.loss.name='critique_grpo' needs refinements: set critique.type (e.g. 'rule_step')")
-    need(c.critique.sft_refine_every >= 0, f"critique.sft_refine_every={c.critique.sft_refine_every}: expected >= 0")
-    need(c.critique.sft_refine_target in ("any", "source"),
-         f"critique.sft_refine_target={c.critique.sft_refine_target!r}: expected 'any' or 'source'")
-    loss = loss_config(c)
-    need(not (loss.ref_kl_coef > 0 and c.sft.steps == 0 and not c.init_from and not c.model.hf_dir),
-         "rl.loss.ref_kl_coef > 0 needs a reference policy: set sft.steps > 0, init_from or model.hf_dir")

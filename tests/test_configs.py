@@ -5,7 +5,8 @@ import pathlib
 
 import pytest
 
-from critique_jax.config import PROGRAMS, loss_config, validate
+from critique_jax.config import loss_config
+from critique_jax.validation import PROGRAMS, validate
 
 from critique_jax.critique.feedback import CRITIQUE_TYPES
 
@@ -64,5 +65,6 @@ def test_each_program_checks_its_own_sections():
     c.self_train.sft_batch_size = 3
     with pytest.raises(ValueError, match=r"self_train.sft_batch_size=3"):
         validate(c, 8, "self_train")
-    with pytest.raises(ValueError, match=r"program='evaluate'"):
-        validate(c, 8, "evaluate")
+    validate(c, 8, "evaluate")  # sampling and model settings only
+    with pytest.raises(ValueError, match=r"program='serve'"):
+        validate(c, 8, "serve")

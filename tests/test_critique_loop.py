@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from critique_jax import config as config_lib
+from critique_jax import validation
 from critique_jax.critique.feedback import refinement_reward, rule_critique
 from critique_jax.critique.loop import pass1_on_failed, refinement_metrics, select_refinements
 from critique_jax.critique.sources import critique_accuracy
@@ -221,7 +222,7 @@ def test_tiny_rule_step_critique_run(tmp_path):
 ])
 def test_critique_config_errors(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
-        config_lib.validate(tiny_config(tmp_path, **overrides), 8)
+        validation.validate(tiny_config(tmp_path, **overrides), 8)
 
 
 def test_a_critic_with_another_vocabulary_is_rejected_before_training(tmp_path):

@@ -44,6 +44,7 @@ LAYERS = {
     "critique_jax.runs": 3,
     "critique_jax.config": 3,
     "critique_jax.rundir": 3,
+    "critique_jax.validation": 3,
     # 4 entry points: programs
     "critique_jax.cli": 4,
     "critique_jax.train": 4,

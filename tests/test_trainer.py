@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 from critique_jax import config as config_lib
+from critique_jax import validation
 from critique_jax.checkpoint import Checkpointer
 from critique_jax.metrics import read_metrics
 from critique_jax.models import Transformer, load_pretrained, model_config, save_pretrained
@@ -197,7 +198,7 @@ def test_nonfinite_run_stops_without_nan_checkpoint(tmp_path, monkeypatch):
 def test_config_errors_name_the_key(tmp_path, key, value, message):
     cfg = tiny_config(tmp_path, **{key: value})
     with pytest.raises(ValueError, match=message):
-        config_lib.validate(cfg, 8)
+        validation.validate(cfg, 8)
 
 
 def test_nonfinite_sft_stops(tmp_path, monkeypatch):
@@ -240,13 +241,13 @@ def test_init_from_is_checked_before_anything_runs(tmp_path):
 def test_numbers_are_checked(tmp_path, key, value, message):
     cfg = tiny_config(tmp_path, **{key: value})
     with pytest.raises(ValueError, match=message):
-        config_lib.validate(cfg, 8)
+        validation.validate(cfg, 8)
 
 
 def test_longer_sequences_than_the_preset_are_announced(tmp_path, caplog):
     cfg = tiny_config(tmp_path, **{"sampling.max_new_tokens": 2000})
     with caplog.at_level("WARNING", logger="critique_jax"):
-        config_lib.warn_sequence_length(cfg, 2024)
+        validation.warn_sequence_length(cfg, 2024)
     assert "sampling.max_new_tokens=2000 with prompt buckets up to 24 tokens needs 2024 positions: more than " \
            "model.preset='tiny''s max_seq_len=256" in caplog.text
 
@@ -413,9 +414,9 @@ def test_pretrained_checkpoint_errors(tmp_path):
     (hf_dir / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"ckpt: missing file model.safetensors"):
         policy_tokenizer(_hf_config(tmp_path, hf_dir))
-    config_lib.validate(_hf_config(tmp_path, hf_dir, **{"sft.warmup_steps": 20}), 8)  # no SFT: its warm-up is moot
+    validation.validate(_hf_config(tmp_path, hf_dir, **{"sft.warmup_steps": 20}), 8)  # no SFT: its warm-up is moot
     with pytest.raises(ValueError, match=r"model.overrides \{'d_model': 32\} with model.hf_dir=.*unset the overrides"):
-        config_lib.validate(_hf_config(tmp_path, hf_dir, **{"model.overrides.d_model": 32}), 8)
+        validation.validate(_hf_config(tmp_path, hf_dir, **{"model.overrides.d_model": 32}), 8)
 
 
 def test_model_overrides_change_a_preset(tmp_path):

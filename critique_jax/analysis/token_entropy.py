@@ -25,7 +25,6 @@ from critique_jax.parallel.mesh import batch_shards
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.rl.advantages import compute_advantages
 from critique_jax.tasks import Problem
-from critique_jax.text.templates import solve_prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +76,7 @@ def sample_policy(policy: Policy, probs: Sequence[Problem], group_size: int, see
     (temperature: the run's ``sampling.temperature`` unless given) and scores them."""
     run = policy.run
     temp = run.config.sampling.temperature if temperature is None else temperature
-    s = rollout_lib.sample_texts(run, (run.graphdef, policy.params), [solve_prompt(p.question) for p in probs],
+    s = rollout_lib.sample_texts(run, (run.graphdef, policy.params), [run.prompts.solve(p.question) for p in probs],
                                  run.config.sampling.prompt_buckets, seed, group_size, temp)
     rewards = rollout_lib.score(run.task, probs, s.texts, group_size)
     return TokenSample(problems=tuple(probs), group_size=group_size, tokens=s.tokens, mask=s.mask.astype(bool),

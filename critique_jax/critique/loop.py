@@ -1,7 +1,8 @@
 """One Critique-GRPO batch (Critique-GRPO, arXiv:2506.03106).
 
 Per prompt: sample ``G - n_refine`` initial responses; critique every one of them with the run's
-:mod:`critique source <critique_jax.critique.sources>` (rules, the critique model, or the policy itself); the policy writes one refinement per response from
+:mod:`critique source <critique_jax.critique.sources>` (rules, the critique model, or the
+policy itself); the policy writes one refinement per response from
 ``(question, response, critique)``; per prompt ``n_refine`` refinements are kept — those of
 failed responses first, correct ones before wrong ones (first correct, else best) — and
 placed in the group as responses *to the original prompt* (critique removed). The group of
@@ -26,7 +27,6 @@ from critique_jax.perf import timed
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.rl.rollout import Sampled, Sampling, masked_mean, sample_texts
 from critique_jax.tasks import Problem
-from critique_jax.text.templates import refine_prompt, solve_prompt
 
 
 def select_refinements(initial_rewards: np.ndarray, refine_rewards: np.ndarray, n_refine: int) -> np.ndarray:
@@ -81,14 +81,14 @@ def critique_and_refine(run: Sampling, params: Any, problems: Sequence[Problem],
     policy = (run.graphdef, params)
     temp = c.sampling.temperature
 
-    initial = sample_texts(run, policy, [solve_prompt(p.question) for p in problems], c.sampling.prompt_buckets,
+    initial = sample_texts(run, policy, [run.prompts.solve(p.question) for p in problems], c.sampling.prompt_buckets,
                            seed, n0, temp, times)
     with timed(times, "perf/score_s"):
         init_rewards = rollout_lib.score(task, problems, initial.texts, n0)
     owners = [problems[i // n0] for i in range(b * n0)]
     written = source.write(run, params, owners, initial.texts, lambda j: seed + 1 + j, times=times)
     critiques = written.texts
-    refined = sample_texts(run, policy, [refine_prompt(p.question, t, k) for p, t, k in
+    refined = sample_texts(run, policy, [run.prompts.refine(p.question, t, k) for p, t, k in
                                          zip(owners, initial.texts, critiques)],
                            c.critique.refine_buckets, seed + 2, 1, temp, times)
     with timed(times, "perf/score_s"):

@@ -24,7 +24,7 @@ from critique_jax.perf import timed
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.sampling import SamplerConfig
 from critique_jax.tasks import Problem, Task, get_task
-from critique_jax.text.templates import POLICY_FORMATS, condense_critique, critique_prompt
+from critique_jax.text.templates import POLICY_FORMATS, condense_critique
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +90,7 @@ class GeneratedSource:
         model, sampler = (run.graphdef, params), None
         if self.critic is not None:
             model, sampler = self.critic.model, self.critic.sampler
-        prompts = [critique_prompt(p.question, r) for p, r in zip(owners, responses)]
+        prompts = [run.prompts.critique(p.question, r) for p, r in zip(owners, responses)]
         index = np.flatnonzero(fits(run.tok, prompts, max(self.buckets))) if drop_long else np.arange(len(prompts))
         metrics: dict[str, float] = {}
         if not len(index):

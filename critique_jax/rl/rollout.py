@@ -21,12 +21,7 @@ from critique_jax.parallel.distributed import to_host
 from critique_jax.sampling import PromptBatch, SamplerConfig, generate, pad_prompts, sample_keys
 from critique_jax.tasks import Problem, Task
 from critique_jax.text import Tokenizer
-from critique_jax.text.templates import solve_prompt
-
-
-def encode_solve_prompts(tok: Tokenizer, problems: Sequence[Problem], buckets: Sequence[int]) -> PromptBatch:
-    """Left-padded solve prompts in the smallest fitting bucket."""
-    return pad_prompts([tok.encode_prompt(solve_prompt(p.question)) for p in problems], buckets, tok.pad_id)
+from critique_jax.text.prompt_format import PromptFormat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,11 +43,13 @@ class Sampled:
 
 class Sampling(Protocol):
     """What sampling and scoring need of a run (:class:`critique_jax.runs.run.Run` has it): the
-    config, task, tokenizer, mesh, the policy's graph, the default sampler and batch sharding."""
+    config, task, tokenizer, prompt format, mesh, the policy's graph, the default sampler and
+    batch sharding."""
 
     config: Any
     task: Task
     tok: Tokenizer
+    prompts: PromptFormat
     mesh: Mesh
     graphdef: nnx.GraphDef
     sampler: SamplerConfig
@@ -177,12 +174,12 @@ def pack_pairs(tok: Tokenizer, prompts: Sequence[str], targets: Sequence[str], p
     return dict(tokens=tokens, valid=valid, response_mask=valid[:, prompt_width:].copy())
 
 
-def sft_arrays(tok: Tokenizer, examples: Sequence[Example], rng: np.random.Generator, prompt_width: int,
-               response_len: int) -> dict[str, np.ndarray]:
+def sft_arrays(tok: Tokenizer, prompt_format: PromptFormat, examples: Sequence[Example], rng: np.random.Generator,
+               prompt_width: int, response_len: int) -> dict[str, np.ndarray]:
     """One SFT batch: each example's solve prompt and one of its reference solutions.
 
     The solution is drawn uniformly from the example's solutions, so SFT sees every style.
     """
-    prompts = [solve_prompt(ex.problem.question) for ex in examples]
+    prompts = [prompt_format.solve(ex.problem.question) for ex in examples]
     targets = [ex.solutions[int(rng.integers(len(ex.solutions)))] for ex in examples]
     return pack_pairs(tok, prompts, targets, prompt_width, response_len, [ex.problem.uid for ex in examples])

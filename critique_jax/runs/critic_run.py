@@ -67,7 +67,6 @@ from critique_jax.runs.state import checkpoint_state, init_state, restored_state
 from critique_jax.runs.supervised import SupervisedLoop
 from critique_jax.sampling import SamplerConfig
 from critique_jax.tasks import Problem
-from critique_jax.text import solve_prompt
 
 log = logging.getLogger("critique_jax")
 
@@ -105,7 +104,7 @@ def sample_policy(run: Run, params: nnx.State, problems: Sequence[Problem], k: i
     as in RL (``sampling.temperature``, the solve prompt buckets), ``eval.batch_prompts`` prompts
     per call; call ``i`` uses seed ``seed + i``."""
     c = run.config
-    gen = rollout_lib.sample_chunked(run, (run.graphdef, params), [solve_prompt(p.question) for p in problems],
+    gen = rollout_lib.sample_chunked(run, (run.graphdef, params), [run.prompts.solve(p.question) for p in problems],
                                      c.sampling.prompt_buckets, k, c.sampling.temperature, c.eval.batch_prompts,
                                      lambda i: seed + i)
     return [(problems[i // k], text) for i, text in enumerate(gen.texts)]

@@ -11,13 +11,13 @@ from critique_jax.critique.loop import evaluate_refinement
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.critique.sources import CritiqueSource
 from critique_jax.runs.run import Run
-from critique_jax.text import solve_prompt
 
 
 def evaluate(run: Run, params: nnx.State, step: int, source: CritiqueSource | None = None) -> dict[str, float]:
     """Greedy and sampled pass@k on the first ``eval.n_problems`` test problems; logs samples.
     In a run with Critique-GRPO steps, also refinement against resampling on the same problems
-    (``eval/critique/*``, see ``evaluate_refinement``; ``source``: the run's critique source). An SFT-only run (``rl.steps = 0``) skips it: its
+    (``eval/critique/*``, see ``evaluate_refinement``; ``source``: the run's critique source).
+    An SFT-only run (``rl.steps = 0``) skips it: its
     critique settings may be sized for self-training, which leaves over-long prompts out.
 
     Sampling keys: greedy ``(seed, problem index)``, sampled ``(seed + 1, problem index, j)``,
@@ -27,7 +27,7 @@ def evaluate(run: Run, params: nnx.State, step: int, source: CritiqueSource | No
     n = min(c.eval.n_problems, len(run.test))
     problems = [run.test[i].problem for i in range(n)]
     g, bp = c.eval.group_size, c.eval.batch_prompts
-    prompts, model = [solve_prompt(p.question) for p in problems], (run.graphdef, params)
+    prompts, model = [run.prompts.solve(p.question) for p in problems], (run.graphdef, params)
     greedy = rollout_lib.sample_chunked(run, model, prompts, c.sampling.prompt_buckets, 1, 0.0, bp,
                                         lambda _: c.seed, global_ids=True)
     sampled = rollout_lib.sample_chunked(run, model, prompts, c.sampling.prompt_buckets, g, c.sampling.temperature,
@@ -35,7 +35,8 @@ def evaluate(run: Run, params: nnx.State, step: int, source: CritiqueSource | No
     g_rew = rollout_lib.score(run.task, problems, greedy.texts, 1)
     s_rew = rollout_lib.score(run.task, problems, sampled.texts, g).reshape(n, g)
     correct = s_rew.sum(1).astype(np.int64)
-    distinct = [distinct_correct_solutions(run.task, p, sampled.texts[i * g:(i + 1) * g]) for i, p in enumerate(problems)]
+    distinct = [distinct_correct_solutions(run.task, p, sampled.texts[i * g:(i + 1) * g])
+                for i, p in enumerate(problems)]
     metrics = {"eval/pass@1_greedy": float(np.mean(g_rew)),
                "eval/pass@1": float(pass_at_k(g, correct, 1).mean()),
                "eval/entropy": sampled.entropy,

@@ -33,7 +33,6 @@ from critique_jax.analysis.evaluation import ProblemResult, majority_correct, ma
 from critique_jax.metrics import Progress  # noqa: E402
 from critique_jax.rl import rollout as rollout_lib  # noqa: E402
 from critique_jax.runs.run import Run  # noqa: E402
-from critique_jax.text import solve_prompt  # noqa: E402
 
 SETTINGS, RESULTS = "evaluation.json", "problems.jsonl"
 REPORT_JSON, REPORT_MD, PLOT = "report.json", "report.md", "passk.png"
@@ -105,7 +104,8 @@ def evaluate_policy(run: Run, params: nnx.State, out: str, settings: EvalSetting
     with open(os.path.join(out, RESULTS), "a") as f:
         for start in range(len(results), n, bp):
             chunk = problems[start:start + bp]
-            gen = rollout_lib.sample_chunked(run, (run.graphdef, params), [solve_prompt(p.question) for p in chunk],
+            prompts = [run.prompts.solve(p.question) for p in chunk]
+            gen = rollout_lib.sample_chunked(run, (run.graphdef, params), prompts,
                                              run.config.sampling.prompt_buckets, g, settings.temperature, bp,
                                              lambda _: settings.seed, global_ids=True, first_id=start)
             rewards = rollout_lib.score(task, chunk, gen.texts, g).reshape(len(chunk), g)
@@ -115,7 +115,8 @@ def evaluate_policy(run: Run, params: nnx.State, out: str, settings: EvalSetting
                 new.append(ProblemResult(
                     uid=p.uid, difficulty=int(p.difficulty), n=g, correct=int((rewards[i] >= 1).sum()),
                     majority_correct=majority_correct([task.extract_answer(t) for t in texts], list(rewards[i])),
-                    distinct=distinct_correct_solutions(task, p, texts), tokens=float(gen.lengths[i * g:(i + 1) * g].sum()),
+                    distinct=distinct_correct_solutions(task, p, texts),
+                    tokens=float(gen.lengths[i * g:(i + 1) * g].sum()),
                     entropy_sum=float(gen.entropy_sums[i * g:(i + 1) * g].sum())))
             f.writelines(json.dumps(dataclasses.asdict(r)) + "\n" for r in new)
             f.flush()

@@ -30,6 +30,7 @@ from critique_jax.perf import CompileCounter, timed
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.rl.advantages import compute_advantages
 from critique_jax.rl.guard import NonFiniteGuard
+from critique_jax.rl.rewards import Reward, parse_rewards, score_rewards
 from critique_jax.rl.train_step import SequenceBatch, initial_response_mask, make_optimizer, rl_update, token_stats_fn
 from critique_jax.runs.evaluate import evaluate
 from critique_jax.runs.loop import Loop, Step
@@ -38,36 +39,37 @@ from critique_jax.runs.run import Run
 from critique_jax.runs.state import (all_finite, checkpoint_state, copy_tree, init_state, replicated_key,
                                      restored_state, scalars, state_shardings)
 from critique_jax.tasks import Problem
-from critique_jax.text import solve_prompt
 
 log = logging.getLogger("critique_jax")
 
 
-def plain_batch(run: Run, params: nnx.State, problems: list[Problem], step: int,
+def plain_batch(run: Run, params: nnx.State, problems: list[Problem], step: int, rewards_spec: list[Reward],
                 times: dict[str, float]) -> tuple[dict, dict]:
-    """GRPO rollouts: ``G`` samples per prompt, scored. Host arrays (see ``critique_batch``)."""
+    """GRPO rollouts: ``G`` samples per prompt, scored by the weighted ``rl.rewards`` terms
+    (``reward/<name>``: each term's batch mean). Host arrays (see ``critique_batch``)."""
     c = run.config
     g = c.rl.group_size
-    s = rollout_lib.sample_texts(run, (run.graphdef, params), [solve_prompt(p.question) for p in problems],
+    s = rollout_lib.sample_texts(run, (run.graphdef, params), [run.prompts.solve(p.question) for p in problems],
                                  c.sampling.prompt_buckets, c.seed * 1_000_003 + step, g, c.sampling.temperature,
                                  times)
     with timed(times, "perf/score_s"):
-        rewards = rollout_lib.score(run.task, problems, s.texts, g)
+        correct = rollout_lib.score(run.task, problems, s.texts, g)
+        rewards, terms = score_rewards(rewards_spec, run.task, problems, s.texts, g, correct)
     tokens, valid = rollout_lib.sequence_arrays(s.prompts, g, s.tokens, s.mask)
     arrays = dict(tokens=tokens, valid=valid, response_mask=s.mask, old_logp=s.logp, rewards=rewards)
     metrics = {"train/entropy": rollout_lib.masked_mean(s.entropy, s.mask),
                "train/finished_frac": float(s.finished.mean())}
-    return arrays, metrics
+    return arrays, metrics | (terms if len(rewards_spec) > 1 else {})
 
 
 def rl_batch(run: Run, params: nnx.State, source: CritiqueSource | None, problems: list[Problem],
-             step: int) -> tuple[SequenceBatch, dict]:
+             step: int, rewards_spec: list[Reward]) -> tuple[SequenceBatch, dict]:
     """Samples (with critiques and refinements if configured), scores and packs one RL batch."""
     c = run.config
     g = c.rl.group_size
     times: dict[str, float] = {"perf/sample_s": 0.0, "perf/score_s": 0.0}
     if source is None:
-        arrays, metrics = plain_batch(run, params, problems, step, times)
+        arrays, metrics = plain_batch(run, params, problems, step, rewards_spec, times)
     else:
         arrays, metrics = critique_batch(run, params, problems, c.seed * 1_000_003 + step, source, times)
         metrics["train/entropy"] = metrics["critique/initial_entropy"]
@@ -134,13 +136,14 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, source: Critique
     stats_fn = jax.jit(functools.partial(token_stats_fn, run.graphdef, temperature=c.sampling.temperature))
     initial_mean = jax.jit(lambda ent, b: masked_mean(ent, initial_response_mask(b)))
     guard = NonFiniteGuard("RL", c.rl.max_bad_steps, "rl.max_bad_steps")
+    rewards_spec = parse_rewards(c.rl.rewards)
     live = {"state": state, "key": key}
 
     def step(n: int) -> dict[str, float]:
         t0 = time.perf_counter()
         with CompileCounter() as compiles:
             problems = [ex.problem for ex in next(it)]
-            batch, metrics = rl_batch(run, live["state"].params, source, problems, n)
+            batch, metrics = rl_batch(run, live["state"].params, source, problems, n, rewards_spec)
             times: dict[str, float] = {}
             with timed(times, "perf/update_s"):
                 # The entropy of the batch's initial responses before the update: the recompute's
@@ -171,9 +174,9 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, source: Critique
 
     def save(s_: Step, with_metrics: bool) -> None:
         st = live["state"]
+        evals = {k: v for k, v in s_.log.items() if k.startswith("eval/")} if with_metrics else {}
         ckpt.save(s_.n, checkpoint_state(st, key=live["key"], ref_params=ref_params),
-                  {"phase": "rl", "iterator": it.get_state()},
-                  metrics=({k: v for k, v in s_.log.items() if k.startswith("eval/")} or None) if with_metrics else None)
+                  {"phase": "rl", "iterator": it.get_state()}, metrics=evals or None)
 
     def checkpoint(s_: Step) -> None:
         if not bool(all_finite(live["state"].params)):

@@ -16,7 +16,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from critique_jax import config as config_lib
+from critique_jax import validation
 from critique_jax.data import TaskSource, build_task_dataset
 from critique_jax.metrics import MetricsWriter
 from critique_jax.models import ModelConfig
@@ -28,13 +28,15 @@ from critique_jax.runs import roles
 from critique_jax.runs.layout import RunDir
 from critique_jax.sampling import SamplerConfig
 from critique_jax.tasks import Task, get_task
-from critique_jax.text import Tokenizer, default_cache_dir, solve_prompt
+from critique_jax.text import Tokenizer, default_cache_dir
+from critique_jax.text.prompt_format import PromptFormat, prompt_format
 
 
 @dataclasses.dataclass
 class Run:
     """Everything a run holds that is not the train state.
 
+    prompts: how prompts are written (:mod:`critique_jax.text.prompt_format`);
     model_cfg / graphdef / param_sh: the model this run trains or samples (the policy's; a
     critic run replaces them with the critic's, :func:`critique_jax.runs.critic_run.setup_critic`);
     sampler: its sampling settings; writer: set by the program once the resume step is known.
@@ -45,6 +47,7 @@ class Run:
     mesh: Mesh
     task: Task
     tok: Tokenizer
+    prompts: PromptFormat
     train: TaskSource
     test: TaskSource
     model_cfg: ModelConfig
@@ -73,10 +76,10 @@ class Run:
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str, program: str = "train") -> Run:
-    """Validates the config for ``program`` (:data:`critique_jax.config.PROGRAMS`), locks the run
+    """Validates the config for ``program`` (:data:`critique_jax.validation.PROGRAMS`), locks the run
     directory, builds data, tokenizer, mesh and the policy's model definition (the program then
     checks and writes config.json, :func:`rundir.save_config`)."""
-    config_lib.validate(config, jax.device_count(), program)
+    validation.validate(config, jax.device_count(), program)
     if config.critique.type == "model":
         roles.check_critic_source(config)
     os.makedirs(workdir, exist_ok=True)
@@ -98,13 +101,15 @@ def setup(config: ml_collections.ConfigDict, workdir: str, program: str = "train
             data_and_tokenizer()
         multihost_utils.sync_global_devices("critique_jax: data and tokenizer ready")
     splits, tok = data_and_tokenizer()
-    check_lengths(splits["train"], tok, config)
+    prompts = prompt_format(config.prompt.format, tok, config.prompt.instruction or task.instructions,
+                            config.prompt.system)
+    check_lengths(splits["train"], tok, prompts, config)
     max_seq_len = max(prompt_buckets(config)) + config.sampling.max_new_tokens
-    config_lib.warn_sequence_length(config, max_seq_len)
+    validation.warn_sequence_length(config, max_seq_len)
     model_cfg = policy_init.policy_model_config(config, tok, max_seq_len)
     graphdef, param_sh = roles.define(model_cfg, mesh)
     sampler = SamplerConfig(max_new_tokens=config.sampling.max_new_tokens, eos_ids=tok.eos_ids, pad_id=tok.pad_id)
-    return Run(config=config, workdir=workdir, mesh=mesh, task=task, tok=tok, train=splits["train"],
+    return Run(config=config, workdir=workdir, mesh=mesh, task=task, tok=tok, prompts=prompts, train=splits["train"],
                test=splits["test"], model_cfg=model_cfg, graphdef=graphdef, param_sh=param_sh, sampler=sampler)
 
 
@@ -116,9 +121,10 @@ def prompt_buckets(config: ml_collections.ConfigDict) -> tuple[int, ...]:
     return buckets
 
 
-def check_lengths(source: TaskSource, tok: Tokenizer, config: ml_collections.ConfigDict) -> None:
+def check_lengths(source: TaskSource, tok: Tokenizer, prompt_fmt: PromptFormat,
+                  config: ml_collections.ConfigDict) -> None:
     """Fails before training when prompts or reference solutions do not fit the configured widths."""
-    prompts = max(len(tok.encode_prompt(solve_prompt(source[i].problem.question))) for i in range(len(source)))
+    prompts = max(len(tok.encode_prompt(prompt_fmt.solve(source[i].problem.question))) for i in range(len(source)))
     solutions = max(len(tok.encode(s, eos=True)) for i in range(len(source)) for s in source[i].solutions)
     if prompts > max(config.sampling.prompt_buckets):
         raise ValueError(f"the longest {config.task.name} prompt has {prompts} tokens: raise the largest "

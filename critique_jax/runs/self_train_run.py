@@ -73,7 +73,6 @@ from critique_jax.runs.run import Run, setup
 from critique_jax.runs.state import init_state, sft_step_fn
 from critique_jax.runs.supervised import SupervisedLoop
 from critique_jax.tasks import Problem
-from critique_jax.text.templates import refine_prompt, solve_prompt
 
 log = logging.getLogger("critique_jax")
 
@@ -117,7 +116,7 @@ def refine_wrong(run: Run, params: nnx.State, source: CritiqueSource, owners: Se
     written = source.write(run, params, [owners[i] for i in idx], [texts[i] for i in idx],
                            functools.partial(stream_seed, c.seed, _CRITIQUE, iteration), chunk=chunk, drop_long=True)
     idx, crits = idx[written.index], written.texts
-    prompts = [refine_prompt(owners[i].question, texts[i], t) for i, t in zip(idx, crits)]
+    prompts = [run.prompts.refine(owners[i].question, texts[i], t) for i, t in zip(idx, crits)]
     ok = fits(run.tok, prompts, max(c.critique.refine_buckets))
     idx, crits = idx[ok], [t for t, o in zip(crits, ok) if o]
     ref = rollout_lib.sample_chunked(run, (run.graphdef, params), [p for p, o in zip(prompts, ok) if o],
@@ -135,7 +134,7 @@ def sample_pool(run: Run, params: nnx.State, source: CritiqueSource | None,
     ones (steps 1-3)."""
     c, st = run.config, run.config.self_train
     k = st.samples_per_problem
-    gen = rollout_lib.sample_chunked(run, (run.graphdef, params), [solve_prompt(p.question) for p in problems],
+    gen = rollout_lib.sample_chunked(run, (run.graphdef, params), [run.prompts.solve(p.question) for p in problems],
                          c.sampling.prompt_buckets, k, c.sampling.temperature, st.batch_prompts,
                          functools.partial(stream_seed, c.seed, _POOL, iteration))
     n, shape = len(problems) * k, (len(problems), k)
@@ -167,7 +166,7 @@ def sft_on(run: Run, step_fn: Callable, optimizer, params: nnx.State, problems: 
     from ``params`` with a fresh optimiser state; returns the new parameters and
     ``self_train/sft/...`` metrics (the last step's, plus ``nll_first`` and ``skipped``)."""
     c, st = run.config, run.config.self_train
-    prompts = [solve_prompt(p.question) for p in problems]
+    prompts = [run.prompts.solve(p.question) for p in problems]
     rows = sft_batches(len(targets), st.sft_batch_size, st.sft_steps, seed)
 
     def batch_at(n: int) -> SequenceBatch:
@@ -197,7 +196,7 @@ def evaluate_levels(run: Run, params: nnx.State) -> dict[str, float]:
     c = run.config
     n, g = min(c.eval.n_problems, len(run.test)), c.eval.group_size
     problems = [run.test[i].problem for i in range(n)]
-    gen = rollout_lib.sample_chunked(run, (run.graphdef, params), [solve_prompt(p.question) for p in problems],
+    gen = rollout_lib.sample_chunked(run, (run.graphdef, params), [run.prompts.solve(p.question) for p in problems],
                          c.sampling.prompt_buckets, g, c.sampling.temperature, c.eval.batch_prompts,
                          functools.partial(stream_seed, c.seed, _EVAL, 0))
     counts = (rollout_lib.score(run.task, problems, gen.texts, g) >= 1).reshape(n, g).sum(1)

@@ -22,7 +22,6 @@ from critique_jax.runs import roles
 from critique_jax.runs.loop import Loop, Step
 from critique_jax.runs.run import Run
 from critique_jax.runs.state import checkpoint_state, init_state, replicated_key, restored_state, scalars, sft_step_fn
-from critique_jax.text import refine_prompt
 
 log = logging.getLogger("critique_jax")
 
@@ -127,7 +126,8 @@ def run_sft(run: Run, ckpt: Checkpointer, progress: Progress) -> nnx.State:
         if c.critique.sft_refine_every and step % c.critique.sft_refine_every == 0:
             arrays = refine_sft_arrays(run, examples, rng)
         else:
-            arrays = rollout_lib.sft_arrays(run.tok, examples, rng, run.prompt_width, c.sampling.max_new_tokens)
+            arrays = rollout_lib.sft_arrays(run.tok, run.prompts, examples, rng, run.prompt_width,
+                                            c.sampling.max_new_tokens)
         return SequenceBatch(**{k: run.shard(v) for k, v in arrays.items()})
 
     loop = SupervisedLoop(state, sft_step_fn(run, state.params, optimizer, schedule), batch_at, prefix="sft",
@@ -152,7 +152,7 @@ def refine_sft_arrays(run: Run, examples: list, rng: np.random.Generator) -> dic
         p = ex.problem
         source = ex.solutions[int(rng.integers(len(ex.solutions)))]
         wrong = run.task.perturb(p, source, rng).solution
-        prompts.append(refine_prompt(p.question, wrong, rule_critique("rule_step", run.task, p, wrong, c.format)))
+        prompts.append(run.prompts.refine(p.question, wrong, rule_critique("rule_step", run.task, p, wrong, c.format)))
         target = source if c.sft_refine_target == "source" else ex.solutions[int(rng.integers(len(ex.solutions)))]
         targets.append(target)
     return rollout_lib.pack_pairs(run.tok, prompts, targets, max(run.config.critique.refine_buckets),

@@ -1,6 +1,7 @@
 """The evaluate program: the report from per-problem results (vs direct computation), and a
 resumable evaluation of a tiny run's policy."""
 
+import dataclasses
 import json
 import math
 
@@ -39,6 +40,8 @@ def test_report_matches_direct_computation():
     assert rep["distinct_correct"] == pytest.approx(1.5)  # (2 + 1) / 2 solved problems
     assert rep["per_level"]["1"]["pass@1"] == 0.5 and rep["per_level"]["2"]["pass@4"] == 1.0
     assert "| 2 | 1 | 0.2500 | 1.0000 | 0.0000 |" in markdown(rep, "t")
+    steps_decide = report([dataclasses.replace(r, majority_correct=None) for r in results])
+    assert math.isnan(steps_decide["maj@4"]) and steps_decide["pass@1"] == rep["pass@1"]
     with pytest.raises(ValueError, match="different sample counts"):
         report(results + [_result("d", 1, 1, True, 1, n=2)])
     with pytest.raises(ValueError, match="no problems"):

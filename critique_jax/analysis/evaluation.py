@@ -4,7 +4,7 @@
 Per problem, ``n`` samples: how many are correct, whether the majority answer is correct, how
 many distinct correct solutions (:meth:`~critique_jax.tasks.base.Task.solution_key`), response
 tokens and their summed token entropy. The report: pass@k for k = 1..n (unbiased estimator),
-majority vote (maj@n), solved share, per-level pass@1 / pass@n / maj@n, mean response length
+majority vote (maj@n; NaN for tasks whose steps decide the reward), solved share, per-level pass@1 / pass@n / maj@n, mean response length
 (tokens), mean token entropy (nats) and distinct correct solutions per solved problem.
 """
 
@@ -23,14 +23,16 @@ from critique_jax.analysis.passk import pass_at_k
 @dataclasses.dataclass(frozen=True)
 class ProblemResult:
     """One problem's ``n`` samples: ``correct`` of them verified, ``majority_correct`` (the most
-    frequent extracted answer is right), ``distinct`` distinct correct solutions, ``tokens``
-    response tokens in all and ``entropy_sum`` their summed token entropy (nats)."""
+    frequent extracted answer is right; None where the task's reward is not a function of the
+    answer, :attr:`~critique_jax.tasks.base.Task.answer_graded`), ``distinct`` distinct correct
+    solutions, ``tokens`` response tokens in all and ``entropy_sum`` their summed token entropy
+    (nats)."""
 
     uid: str
     difficulty: int
     n: int
     correct: int
-    majority_correct: bool
+    majority_correct: bool | None
     distinct: int
     tokens: float
     entropy_sum: float
@@ -50,7 +52,8 @@ def majority_correct(answers: Sequence[str | None], rewards: Sequence[float]) ->
 def _block(results: Sequence[ProblemResult], n: int) -> dict[str, float]:
     correct = np.asarray([r.correct for r in results])
     return {f"pass@{k}": float(pass_at_k(n, correct, k).mean()) for k in range(1, n + 1)} | {
-        f"maj@{n}": float(np.mean([r.majority_correct for r in results])),
+        f"maj@{n}": (float("nan") if any(r.majority_correct is None for r in results)
+                     else float(np.mean([r.majority_correct for r in results]))),
         "solved": float(np.mean(correct > 0)),
         "n_problems": float(len(results))}
 

@@ -114,7 +114,8 @@ def evaluate_policy(run: Run, params: nnx.State, out: str, settings: EvalSetting
                 texts = gen.texts[i * g:(i + 1) * g]
                 new.append(ProblemResult(
                     uid=p.uid, difficulty=int(p.difficulty), n=g, correct=int((rewards[i] >= 1).sum()),
-                    majority_correct=majority_correct([task.extract_answer(t) for t in texts], list(rewards[i])),
+                    majority_correct=(majority_correct([task.extract_answer(t) for t in texts], list(rewards[i]))
+                                      if task.answer_graded else None),
                     distinct=distinct_correct_solutions(task, p, texts),
                     tokens=float(gen.lengths[i * g:(i + 1) * g].sum()),
                     entropy_sum=float(gen.entropy_sums[i * g:(i + 1) * g].sum())))

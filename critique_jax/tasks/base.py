@@ -144,6 +144,10 @@ class Task(abc.ABC):
     #: True when ``check_steps`` follows every step (so its critique is an oracle, the
     #: ``rule_step`` critique type); False when it checks only what free text makes checkable.
     exact_step_checker: bool = True
+    #: The reward is a function of the extracted answer alone, so a majority vote over answers
+    #: (maj@n) means something; False where the steps decide (countdown: the target is always
+    #: the answer).
+    answer_graded: bool = True
 
     @abc.abstractmethod
     def generate(self, rng: np.random.Generator, difficulty: int) -> Problem:

@@ -361,6 +361,7 @@ class Countdown(Task):
 
     difficulties = (1, 2, 3)
     default_difficulty = 2
+    answer_graded = False  # every solution ends with the target: the steps decide
     instructions = (
         "Reach the target with + - * /, using each given number at most once; every result "
         "can be used in later steps and division must be exact. Write one operation per line "

@@ -16,6 +16,7 @@ and one warning says so.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import contextlib
 import logging
@@ -165,6 +166,7 @@ def _get_pool() -> tuple[cf.ProcessPoolExecutor, int]:
             workers = _settings["workers"] or default_workers()
             _pool = cf.ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), initializer=_worker_init)
             _fresh = True
+            atexit.register(shutdown)
         return _pool, _pool._max_workers
 
 

@@ -27,6 +27,7 @@ from critique_jax.rl.train_step import SCHEDULES
 from critique_jax.models import FAMILIES, SIZES
 from critique_jax.models.config import OVERRIDABLE
 from critique_jax.rl import policy_init
+from critique_jax.tasks import files, get_task, task_names
 
 log = logging.getLogger("critique_jax")
 
@@ -62,7 +63,10 @@ def default_config() -> ml_collections.ConfigDict:
     """Every field of an experiment, with the defaults used by ``configs/*.py``."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.task = dict(name="countdown", difficulties=(1,), data_seed=0, n_train=4000, n_test=256, n_solutions=4)
+    # File-backed tasks (gsm8k, math) read JSONL/Parquet files, train_files/test_files (tuples of paths;
+    # n_train/n_test then cap the problems read, difficulties filter them); generated tasks take none.
+    c.task = dict(name="countdown", difficulties=(1,), data_seed=0, n_train=4000, n_test=256, n_solutions=4,
+                  train_files=(), test_files=())
     c.data_dir = ""  # "" = <cache>/data (CRITIQUE_JAX_CACHE or ~/.cache/critique_jax)
     c.tokenizer = dict(vocab_size=512, seed=0)
     # The policy: a size preset x a family, with any ModelConfig field of models.config.OVERRIDABLE
@@ -202,6 +206,27 @@ def warn_sequence_length(c: ml_collections.ConfigDict, longest: int) -> None:
                     longest - c.sampling.max_new_tokens, longest, c.model.preset, preset, longest)
 
 
+def check_task_files(c: ml_collections.ConfigDict) -> None:
+    """File-backed tasks have existing JSONL/Parquet ``task.train_files`` and ``task.test_files``,
+    generated tasks none (errors name the key and the path)."""
+    task = get_task(c.task.name)
+    for key in ("train_files", "test_files"):
+        paths = c.task[key]
+        if isinstance(paths, str):
+            raise ValueError(f"config task.{key}={paths!r}: expected a tuple of paths")
+        if task.generative and paths:
+            raise ValueError(f"config task.{key}={tuple(paths)}: task.name={c.task.name!r} generates its problems; "
+                             "files are for the file-backed tasks (gsm8k, math)")
+        if not task.generative and not paths:
+            raise ValueError(f"config task.{key} is empty: task.name={c.task.name!r} reads its problems from JSONL or "
+                             "Parquet files (README: Train on GSM8K / MATH)")
+        for path in paths:
+            try:
+                files.check_exists(path)
+            except (FileNotFoundError, ValueError) as e:
+                raise ValueError(f"config task.{key}: {e}") from None
+
+
 def validate(c: ml_collections.ConfigDict, n_devices: int) -> None:
     """Checks every number (:func:`check_numbers`) and the combinations of fields; each error
     names the key(s) and the expected value."""
@@ -211,6 +236,7 @@ def validate(c: ml_collections.ConfigDict, n_devices: int) -> None:
         if not cond:
             raise ValueError(f"config {msg}")
 
+    need(c.task.name in task_names(), f"task.name={c.task.name!r}: expected one of {task_names()}")
     need(c.model.preset in SIZES, f"model.preset={c.model.preset!r}: expected one of {sorted(SIZES)}")
     need(c.model.family in FAMILIES, f"model.family={c.model.family!r}: expected one of {sorted(FAMILIES)}")
 
@@ -270,3 +296,4 @@ def validate(c: ml_collections.ConfigDict, n_devices: int) -> None:
     need(not (loss.ref_kl_coef > 0 and c.sft.steps == 0 and not c.init_from and not c.model.hf_dir),
          "rl.loss.ref_kl_coef > 0 needs a reference policy: set sft.steps > 0, init_from or model.hf_dir")
     policy_init.check_config(c)
+    check_task_files(c)  # last: the combinations above are errors whatever the files

@@ -1,6 +1,6 @@
 """Problems of file-backed tasks (``gsm8k``, ``math``) from local JSONL or Parquet files.
 
-A file is JSONL (``.jsonl``/``.json``: one JSON object per line, blank lines skipped) or Parquet
+A file is JSONL (``.jsonl``: one JSON object per line, blank lines skipped) or Parquet
 (``.parquet``, read with ``pyarrow``: ``pip install -e .[data]``). Each row becomes a problem
 through the task's :meth:`~critique_jax.tasks.base.Task.problem_from_record`; its uid is
 ``<task>/<split>/<file stem>/<line>`` (JSONL, 1-based) or ``.../<row>`` (Parquet, 0-based).
@@ -21,7 +21,7 @@ from critique_jax.tasks.base import Problem, Task
 
 log = logging.getLogger("critique_jax")
 
-JSONL_SUFFIXES = (".jsonl", ".json")
+JSONL_SUFFIXES = (".jsonl",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 

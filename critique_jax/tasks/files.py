@@ -133,9 +133,11 @@ def load_split(
         log.info("%s %s split: %d rows skipped by the task, %d questions also in the test split left out",
                  task.name, split, skipped, excluded)
     if not problems:
-        why = f"; {off_level} rows at other difficulties than {sorted(levels)}" if off_level else ""
+        why = [f"{n} {what}" for n, what in ((skipped, "rows skipped by the task"),
+                                             (off_level, f"rows at other difficulties than {sorted(levels or ())}"),
+                                             (excluded, "questions also in the test split")) if n]
         raise ValueError(f"{', '.join(paths)}: no {task.name} problems for the {split} split "
-                         f"({skipped} rows skipped, {excluded} also in the test split{why})")
+                         f"({'; '.join(why) or 'no rows'})")
     return problems
 
 

@@ -2,7 +2,8 @@
 with a timeout per check.
 
 :func:`equivalent_many` first compares :func:`critique_jax.tasks.latex.normalize_latex` forms
-(equal strings are equivalent, no process involved); the remaining pairs go to a backend,
+(equal strings are equivalent, two different decimal numbers are not; no process involved); the
+remaining pairs go to a backend,
 by default :func:`math_verify_equal` (``math-verify``, sympy-based; ``pip install -e .[data]``),
 run in a ``concurrent.futures`` process pool made once, lazily, with
 :func:`default_workers` processes (``spawn`` start method: forking a process that runs JAX's
@@ -23,6 +24,7 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 import signal
 import sys
 import threading
@@ -45,6 +47,7 @@ STARTUP_S = 120.0
 #: (reference, answer) -> equivalent; must be a module-level function (it is pickled by name).
 Backend = Callable[[str, str], bool]
 
+_PLAIN_NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")  # what normalize_latex makes of a decimal number
 _lock = threading.Lock()
 _pool: cf.ProcessPoolExecutor | None = None
 _fresh = False
@@ -210,7 +213,7 @@ def equivalent_many(
             continue
         if a == r:
             out[i] = True
-        else:
+        elif not (_PLAIN_NUMBER.match(a) and _PLAIN_NUMBER.match(r)):  # two different numbers: not equivalent
             pending.append(i)
     if backend is None:
         if not has_math_verify():

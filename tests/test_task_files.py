@@ -213,3 +213,17 @@ def test_config_validates_task_files(tmp_path):
     for task, message in cases:
         with pytest.raises(ValueError, match=message):
             config_lib.validate(_config(**task), 1)
+
+
+def test_a_file_task_tokenizer_trains_on_the_train_files(tmp_path):
+    from critique_jax.text import tokenizer_for_task
+
+    rows = [dict(r, question=r["question"].replace("Tom", name)) for name in ("Tom", "Ann", "Bob") for r in GSM_ROWS]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    tok = tokenizer_for_task("gsm8k", cache_dir=tmp_path / "cache", train_files=[train])
+    (path,) = (tmp_path / "cache" / "tokenizers").iterdir()
+    assert path.name.startswith(f"gsm8k-f{files_digest([('train', [train])])}-")
+    question = GSM_ROWS[3]["question"]
+    assert tok.decode(tok.encode(question)) == question
+    with pytest.raises(ValueError, match="task 'gsm8k' reads its problems from files: its tokenizer needs train_files"):
+        tokenizer_for_task("gsm8k", cache_dir=tmp_path / "cache")

@@ -34,5 +34,8 @@ setup(
     extras_require={
         "test": ["pytest>=8.0", "pytest-timeout>=2.3"],
         "notebooks": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+        # GSM8K / MATH from local files: Parquet (pyarrow, also pulled in by tensorflow-datasets)
+        # and MATH answer equivalence (math-verify: sympy + latex2sympy2_extended).
+        "data": ["pyarrow>=14", "math-verify>=0.9.0"],
     },
 )

@@ -54,7 +54,10 @@ def default_config() -> ml_collections.ConfigDict:
     """Every field of an experiment, with the defaults used by ``configs/*.py``."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.task = dict(name="countdown", difficulties=(1,), data_seed=0, n_train=4000, n_test=256, n_solutions=4)
+    # File-backed tasks (gsm8k, math) read JSONL/Parquet files, train_files/test_files (tuples of paths;
+    # n_train/n_test then cap the problems read, difficulties filter them); generated tasks take none.
+    c.task = dict(name="countdown", difficulties=(1,), data_seed=0, n_train=4000, n_test=256, n_solutions=4,
+                  train_files=(), test_files=())
     c.data_dir = ""  # "" = <cache>/data (CRITIQUE_JAX_CACHE or ~/.cache/critique_jax)
     c.tokenizer = dict(vocab_size=512, seed=0)
     # The policy: a size preset x a family, with any ModelConfig field of models.config.OVERRIDABLE

@@ -20,6 +20,7 @@ from critique_jax.rl import policy_init
 from critique_jax.rl.advantages import ESTIMATORS
 from critique_jax.rl.rewards import parse_rewards
 from critique_jax.rl.train_step import SCHEDULES
+from critique_jax.tasks import files, get_task, task_names
 from critique_jax.text.prompt_format import PROMPT_FORMATS
 
 log = logging.getLogger("critique_jax")
@@ -76,6 +77,27 @@ def warn_sequence_length(c: ml_collections.ConfigDict, longest: int) -> None:
                     longest - c.sampling.max_new_tokens, longest, c.model.preset, preset, longest)
 
 
+def check_task_files(c: ml_collections.ConfigDict) -> None:
+    """File-backed tasks have existing JSONL/Parquet ``task.train_files`` and ``task.test_files``,
+    generated tasks none (errors name the key and the path)."""
+    task = get_task(c.task.name)
+    for key in ("train_files", "test_files"):
+        paths = c.task[key]
+        if isinstance(paths, str):
+            raise ValueError(f"config task.{key}={paths!r}: expected a tuple of paths")
+        if task.generative and paths:
+            raise ValueError(f"config task.{key}={tuple(paths)}: task.name={c.task.name!r} generates its problems; "
+                             "files are for the file-backed tasks (gsm8k, math)")
+        if not task.generative and not paths:
+            raise ValueError(f"config task.{key} is empty: task.name={c.task.name!r} reads its problems from JSONL or "
+                             "Parquet files (README: Train on GSM8K / MATH)")
+        for path in paths:
+            try:
+                files.check_exists(path)
+            except (FileNotFoundError, ValueError) as e:
+                raise ValueError(f"config task.{key}: {e}") from None
+
+
 #: The programs, each with its own validation (:func:`validate`).
 PROGRAMS = ("train", "critic", "self_train", "evaluate")
 
@@ -94,6 +116,7 @@ def validate(c: ml_collections.ConfigDict, n_devices: int, program: str = "train
         if not cond:
             raise ValueError(f"config {msg}")
 
+    need(c.task.name in task_names(), f"task.name={c.task.name!r}: expected one of {task_names()}")
     need(c.model.preset in SIZES, f"model.preset={c.model.preset!r}: expected one of {sorted(SIZES)}")
     need(c.model.family in FAMILIES, f"model.family={c.model.family!r}: expected one of {sorted(FAMILIES)}")
 
@@ -125,6 +148,7 @@ def validate(c: ml_collections.ConfigDict, n_devices: int, program: str = "train
         validate_self_train(c, shards, c.task.n_train)
     elif program == "train":
         _validate_train(c, shards, need)
+    check_task_files(c)  # last: the combinations above are errors whatever the files
 
 
 def _validate_train(c: ml_collections.ConfigDict, shards: int, need: Callable[[bool, str], None]) -> None:

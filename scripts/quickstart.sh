@@ -5,7 +5,7 @@
 # fixed pool of 128 prompts, 32 x 8 samples per step). Prints a before/after table per run and
 # writes runs/quickstart/curves.png (the two entropy curves). Re-running resumes. Extra arguments
 # go to every run, e.g. `bash scripts/quickstart.sh --config.rl.steps=10`.
-EXTRAS="test,notebooks"  # the same extras as test.sh: one install serves both
+EXTRAS="test,notebooks,data"  # the same extras as test.sh: one install serves both
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 WORKDIR="${WORKDIR:-runs/quickstart}"

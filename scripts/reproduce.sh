@@ -6,7 +6,7 @@
 #
 #   bash scripts/reproduce.sh
 #   ROOT=runs/repro2 PARALLEL=4 bash scripts/reproduce.sh
-EXTRAS="test,notebooks"
+EXTRAS="test,notebooks,data"
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 ROOT="${ROOT:-runs/repro}"

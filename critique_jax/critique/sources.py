@@ -138,7 +138,7 @@ def check_config(c: ml_collections.ConfigDict) -> list[str]:
         problems.append("critique.type='model' needs critique.critic_from (a train_critic run directory)")
     if c.critique.type == "rule_step" and not task.exact_step_checker:
         problems.append(f"critique.type='rule_step' needs a task whose step checker follows every step; task.name="
-                        f"{c.task.name!r} checks only explicit equations: use 'ground_truth', 'indicative' or 'model'")
+                        f"{c.task.name!r} does not check every step: use 'ground_truth', 'indicative' or 'model'")
     if c.critique.format not in POLICY_FORMATS:
         problems.append(f"critique.format={c.critique.format!r}: expected one of {list(POLICY_FORMATS)}")
     elif c.critique.format != "plain" and not task.has_step_notes:

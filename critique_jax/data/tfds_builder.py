@@ -14,6 +14,12 @@ Splits: ``test`` holds problems ``iter_problems(task, "test", seed, n_test, diff
 ``train`` holds ``iter_problems(task, "train", ...)`` minus any question that is in test.
 Records keep generation order (no TFDS shuffling): record ``i`` is problem ``i``.
 
+File-backed tasks (``gsm8k``, ``math``: ``Task.generative`` False) read their splits from
+``train_files``/``test_files`` (JSONL or Parquet, :mod:`critique_jax.tasks.files`): the first
+``n_test`` test problems at ``difficulties``, the first ``n_train`` train problems there whose
+question is not in test (fewer when the files hold fewer). The name ends in ``-f<digest>``, a
+hash of the files' contents, so changed files build a new dataset (``seed`` is unused).
+
 Features: ``uid``, ``question``, ``answer`` (text), ``difficulty`` (int32), ``meta`` (JSON text
 of ``Problem.meta``, sorted keys) and ``solutions`` (up to ``n_solutions`` distinct correct
 reference solutions, for SFT). :func:`build_task_dataset` returns :class:`TaskSource` objects
@@ -36,13 +42,14 @@ from etils import epath
 import critique_jax.tasks  # noqa: F401  (registers the tasks)
 from critique_jax.runlock import file_lock
 from critique_jax.tasks.base import SPLIT_IDS, Problem, Task, get_task, iter_problems
+from critique_jax.tasks.files import files_digest, load_split
 
 SPLITS = ("train", "test")
 # Last element of the RNG key of reference solutions; make_problem's keys have 4 elements.
 _SOLUTIONS_STREAM = 1
 _NAME = re.compile(
     r"^(?P<task>[A-Za-z]\w*)-d(?P<levels>\d+(?:\.\d+)*)-s(?P<seed>\d+)"
-    r"-tr(?P<n_train>\d+)-te(?P<n_test>\d+)-n(?P<n_solutions>\d+)$"
+    r"-tr(?P<n_train>\d+)-te(?P<n_test>\d+)-n(?P<n_solutions>\d+)(?:-f(?P<files>[0-9a-f]+))?$"
 )
 
 
@@ -56,6 +63,9 @@ class TaskDatasetConfig(tfds.core.BuilderConfig):
     n_test: int = 0
     difficulties: tuple[int, ...] = ()
     n_solutions: int = 4
+    train_files: tuple[str, ...] = ()  # file-backed tasks only
+    test_files: tuple[str, ...] = ()
+    files_digest: str = ""  # of the files' contents; set without files: a config to read a dataset
 
     @classmethod
     def make(
@@ -66,9 +76,22 @@ class TaskDatasetConfig(tfds.core.BuilderConfig):
         n_test: int,
         difficulties: Sequence[int] | None = None,
         n_solutions: int = 4,
+        train_files: Sequence[str | os.PathLike] = (),
+        test_files: Sequence[str | os.PathLike] = (),
+        digest: str = "",
     ) -> TaskDatasetConfig:
-        """Validated config; ``difficulties=None`` means all of the task's levels."""
+        """Validated config; ``difficulties=None`` means all of the task's levels. File-backed
+        tasks need ``train_files`` and ``test_files`` (or, to read a built dataset, its digest);
+        generated tasks take none."""
         task = get_task(task_name)
+        train_files = tuple(os.fspath(p) for p in train_files)
+        test_files = tuple(os.fspath(p) for p in test_files)
+        if task.generative and (train_files or test_files or digest):
+            raise ValueError(f"task {task_name!r} generates its problems: it takes no train/test files")
+        if not task.generative and not digest and not (train_files and test_files):
+            raise ValueError(f"task {task_name!r} reads its problems from files: give train_files and test_files")
+        if train_files or test_files:
+            digest = files_digest([("train", train_files), ("test", test_files)])
         levels = tuple(task.difficulties if difficulties is None else difficulties)
         if not levels:
             raise ValueError(f"task {task_name!r}: empty difficulty list")
@@ -84,7 +107,7 @@ class TaskDatasetConfig(tfds.core.BuilderConfig):
                 raise ValueError(f"{key}={value}: expected >= {low}")
         name = (
             f"{task_name}-d{'.'.join(map(str, levels))}-s{seed}"
-            f"-tr{n_train}-te{n_test}-n{n_solutions}"
+            f"-tr{n_train}-te{n_test}-n{n_solutions}" + (f"-f{digest}" if digest else "")
         )
         return cls(
             name=name,
@@ -96,6 +119,9 @@ class TaskDatasetConfig(tfds.core.BuilderConfig):
             n_test=n_test,
             difficulties=levels,
             n_solutions=n_solutions,
+            train_files=train_files,
+            test_files=test_files,
+            files_digest=digest,
         )
 
     @classmethod
@@ -104,7 +130,7 @@ class TaskDatasetConfig(tfds.core.BuilderConfig):
         m = _NAME.match(name)
         if m is None:
             raise ValueError(
-                f"config name {name!r}: expected <task>-d<l1.l2...>-s<seed>-tr<n>-te<n>-n<k>"
+                f"config name {name!r}: expected <task>-d<l1.l2...>-s<seed>-tr<n>-te<n>-n<k>[-f<digest>]"
             )
         return cls.make(
             m["task"],
@@ -113,6 +139,7 @@ class TaskDatasetConfig(tfds.core.BuilderConfig):
             int(m["n_test"]),
             tuple(int(x) for x in m["levels"].split(".")),
             int(m["n_solutions"]),
+            digest=m["files"] or "",
         )
 
 
@@ -164,6 +191,12 @@ class CritiqueTaskDataset(tfds.core.GeneratorBasedBuilder):
         del dl_manager
         cfg: TaskDatasetConfig = self.builder_config
         task = get_task(cfg.task_name)
+        if not task.generative:
+            test, train = _file_splits(cfg)
+            return {
+                "train": self._generate_examples(task, train, "train"),
+                "test": self._generate_examples(task, test, "test"),
+            }
         test = list(iter_problems(task, "test", cfg.seed, cfg.n_test, cfg.difficulties))
         train = iter_problems(
             task,
@@ -199,6 +232,18 @@ class CritiqueTaskDataset(tfds.core.GeneratorBasedBuilder):
 
     def _log_download_done(self) -> None:
         logging.info("built %s", self.data_dir)
+
+
+def _file_splits(cfg: TaskDatasetConfig) -> tuple[list[Problem], list[Problem]]:
+    """The test and train problems of a file-backed config (see the module docstring)."""
+    if not cfg.train_files:
+        raise ValueError(f"dataset {cfg.name} is built from files: build it with "
+                         "build_task_dataset(..., train_files=..., test_files=...)")
+    task = get_task(cfg.task_name)
+    test = load_split(task, cfg.test_files, "test", cfg.difficulties, cfg.n_test)
+    train = load_split(task, cfg.train_files, "train", cfg.difficulties, cfg.n_train,
+                       exclude_questions=frozenset(p.question for p in test))
+    return test, train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,16 +320,20 @@ def build_task_dataset(
     difficulties: Sequence[int] | None = None,
     n_solutions: int = 4,
     *,
+    train_files: Sequence[str | os.PathLike] = (),
+    test_files: Sequence[str | os.PathLike] = (),
     progress_bar: bool = False,
 ) -> dict[str, TaskSource]:
     """Builds the dataset under ``data_dir`` if missing (under a lock file there, so concurrent
-    runs build it once); returns ``{"train", "test"}`` sources.
+    runs build it once); returns ``{"train", "test"}`` sources. File-backed tasks read
+    ``train_files``/``test_files`` (JSONL or Parquet; see the module docstring).
 
-    A dataset on disk that no longer matches the task's generator (its first test problem
-    differs from a fresh one) raises ValueError naming its directory: delete it to rebuild.
-    ``progress_bar`` sets TFDS's global progress-bar switch.
+    A dataset on disk that no longer matches the task's generator or file reader (its first
+    test problem differs from a fresh one) raises ValueError naming its directory: delete it to
+    rebuild. ``progress_bar`` sets TFDS's global progress-bar switch.
     """
-    config = TaskDatasetConfig.make(task_name, seed, n_train, n_test, difficulties, n_solutions)
+    config = TaskDatasetConfig.make(task_name, seed, n_train, n_test, difficulties, n_solutions,
+                                    train_files, test_files)
     builder = task_builder(config, data_dir)
     tfds.display_progress_bar(progress_bar)
     if not builder.is_prepared():
@@ -297,11 +346,15 @@ def build_task_dataset(
         split: TaskSource(src, config, split)
         for split, src in builder.as_data_source().items()
     }
-    fresh = next(iter_problems(get_task(task_name), "test", seed, 1, config.difficulties))
+    task = get_task(task_name)
+    if task.generative:
+        fresh = next(iter_problems(task, "test", seed, 1, config.difficulties))
+    else:
+        fresh = load_split(task, config.test_files, "test", config.difficulties, 1)[0]
     stored = sources["test"][0].problem
     if (stored.uid, stored.question, stored.answer) != (fresh.uid, fresh.question, fresh.answer):
         raise ValueError(
             f"dataset {builder.data_dir} is stale: test record 0 is {stored.question!r}, the "
-            f"task now generates {fresh.question!r}; delete the directory to rebuild"
+            f"task now makes {fresh.question!r}; delete the directory to rebuild"
         )
     return sources

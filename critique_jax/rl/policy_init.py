@@ -64,7 +64,8 @@ def policy_tokenizer(c: ml_collections.ConfigDict) -> Tokenizer | HFTokenizer:
     """The task's SentencePiece tokenizer, or the checkpoint's, checked against its config.json:
     a tokenizer with more ids than the model's ``vocab_size`` does not belong to it."""
     if not c.model.hf_dir:
-        return tokenizer_for_task(c.task.name, vocab_size=c.tokenizer.vocab_size, seed=c.tokenizer.seed)
+        return tokenizer_for_task(c.task.name, vocab_size=c.tokenizer.vocab_size, seed=c.tokenizer.seed,
+                                  train_files=tuple(c.task.train_files))
     directory, cfg = _checkpoint(c)
     tok = load_tokenizer(directory)
     vocab = cfg.vocab_size

@@ -130,10 +130,11 @@ def decode_responses(tok: Tokenizer, tokens: np.ndarray, mask: np.ndarray) -> li
 
 
 def score(task: Task, problems: Sequence[Problem], texts: Sequence[str], group_size: int) -> np.ndarray:
-    """Verifier rewards [N] float32; sample ``i`` answers ``problems[i // group_size]``."""
+    """Verifier rewards [N] float32; sample ``i`` answers ``problems[i // group_size]`` (the task's
+    batched :meth:`~critique_jax.tasks.base.Task.rewards`: in parallel where verification is slow)."""
     if len(texts) != len(problems) * group_size:
         raise ValueError(f"{len(texts)} responses for {len(problems)} problems x group {group_size}")
-    return np.asarray([task.reward(problems[i // group_size], t) for i, t in enumerate(texts)], np.float32)
+    return task.rewards([problems[i // group_size] for i in range(len(texts))], texts)
 
 
 def sequence_arrays(prompts: PromptBatch, group_size: int, response_tokens: np.ndarray,

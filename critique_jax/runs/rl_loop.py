@@ -38,7 +38,7 @@ from critique_jax.critique.sources import CritiqueSource
 from critique_jax.runs.run import Run
 from critique_jax.runs.state import (all_finite, checkpoint_state, copy_tree, init_state, replicated_key,
                                      restored_state, scalars, state_shardings)
-from critique_jax.tasks import Problem
+from critique_jax.tasks import Problem, verifier
 
 log = logging.getLogger("critique_jax")
 
@@ -81,6 +81,9 @@ def rl_batch(run: Run, params: nnx.State, source: CritiqueSource | None, problem
                           old_logp=run.shard(arrays["old_logp"]) if "old_logp" in arrays else None,
                           advantages=run.shard(adv),
                           is_refinement=run.shard(arrays["is_refinement"]) if "is_refinement" in arrays else None)
+    timeouts = verifier.take_timeout_count()  # answer checks cut by their timeout this step (scored wrong)
+    if timeouts:
+        metrics["train/verify_timeouts"] = float(timeouts)
     per_group = rewards.reshape(-1, g).mean(1)
     mask = arrays["response_mask"]
     metrics |= {

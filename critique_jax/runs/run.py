@@ -92,7 +92,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, program: str = "train
     def data_and_tokenizer():
         splits = build_task_dataset(config.task.name, data_dir, seed=config.task.data_seed,
                                     n_train=config.task.n_train, n_test=config.task.n_test,
-                                    difficulties=list(config.task.difficulties), n_solutions=config.task.n_solutions)
+                                    difficulties=list(config.task.difficulties), n_solutions=config.task.n_solutions,
+                                    train_files=tuple(config.task.train_files), test_files=tuple(config.task.test_files))
         tok = policy_init.policy_tokenizer(config)
         return splits, tok
 

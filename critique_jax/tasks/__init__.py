@@ -1,10 +1,11 @@
 """Verifiable reasoning tasks: generators, answer verifiers, step checkers, perturbers.
 
-Importing this package registers ``arithmetic``, ``countdown`` and ``gsm8k`` (file-backed:
-problems come from :func:`load_jsonl`). ``get_task(name)`` returns a task instance.
+Importing this package registers the generated tasks ``arithmetic`` and ``countdown`` and the
+file-backed ``gsm8k`` and ``math`` (problems from JSONL/Parquet files, :mod:`.files`; ``math``
+answers are verified by :mod:`.verifier`). ``get_task(name)`` returns a task instance.
 """
 
-from critique_jax.tasks import arithmetic, countdown, gsm8k  # noqa: F401  (register the tasks)
+from critique_jax.tasks import arithmetic, competition_math, countdown, gsm8k  # noqa: F401  (register the tasks)
 from critique_jax.tasks.base import (
     ANSWER_PREFIX,
     SPLIT_IDS,

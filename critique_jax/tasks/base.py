@@ -139,14 +139,16 @@ class Task(abc.ABC):
     default_difficulty: int = 0
     #: The rules and the solution format in one paragraph, for prompts that state them.
     instructions: str = ""
-    #: False for tasks whose problems come from files: ``generate`` raises NotImplementedError.
+    #: False for tasks whose problems come from files (``task.train_files``/``test_files``, read by
+    #: :mod:`critique_jax.tasks.files` through :meth:`problem_from_record`): ``generate`` raises
+    #: NotImplementedError.
     generative: bool = True
+    #: File-backed tasks: the fields every row of a file must have.
+    record_fields: tuple[str, ...] = ()
     #: True when ``check_steps`` follows every step (so its critique is an oracle, the
     #: ``rule_step`` critique type); False when it checks only what free text makes checkable.
     exact_step_checker: bool = True
-    #: The reward is a function of the extracted answer alone, so a majority vote over answers
-    #: (maj@n) means something; False where the steps decide (countdown: the target is always
-    #: the answer).
+    #: The reward is a function of the answer alone (maj@n means something); False: steps decide.
     answer_graded: bool = True
 
     @abc.abstractmethod
@@ -164,6 +166,12 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def perturb(self, problem: Problem, solution: str, rng: np.random.Generator) -> Perturbation:
         """Plants one plausible error in a correct ``solution``; the result must fail."""
+
+    def problem_from_record(self, record: Mapping[str, Any], where: str, uid: str) -> Problem | None:
+        """File-backed tasks: the problem of one file row (a dict with :attr:`record_fields`,
+        checked by the caller), or None for a row the task skips; a malformed row raises
+        ValueError starting with ``where`` (``<file>:<line>`` or ``<file>: row <i>``)."""
+        raise NotImplementedError(f"task {self.name!r} generates its problems; it reads no files")
 
     @property
     def has_step_notes(self) -> bool:
@@ -200,6 +208,13 @@ class Task(abc.ABC):
         """1.0 when the extracted answer equals the problem's answer, else 0.0."""
         got = normalize_number(self.extract_answer(text))
         return float(got is not None and got == normalize_number(problem.answer))
+
+    def rewards(self, problems: Sequence[Problem], texts: Sequence[str]) -> np.ndarray:
+        """:meth:`reward` of each (problem, text) pair: float32 ``[len(texts)]``. Tasks with a slow
+        verifier override this to check the batch in parallel."""
+        if len(problems) != len(texts):
+            raise ValueError(f"rewards: {len(problems)} problems but {len(texts)} texts")
+        return np.asarray([self.reward(p, t) for p, t in zip(problems, texts)], dtype=np.float32)
 
     def check_difficulty(self, difficulty: int) -> None:
         if difficulty not in self.difficulties:

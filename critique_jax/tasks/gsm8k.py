@@ -10,7 +10,9 @@ reference solution in the shared format::
 
 The task is registered (so configs, rewards, critiques and perturbations treat it like the
 generated tasks) but it cannot generate problems: ``generative`` is False and
-:meth:`GSM8K.generate` raises NotImplementedError; load problems with :func:`load_jsonl`.
+:meth:`GSM8K.generate` raises NotImplementedError. Runs read JSONL or Parquet files named by
+``task.train_files``/``task.test_files`` (:mod:`critique_jax.tasks.files`); :func:`load_jsonl`
+loads one JSONL file.
 A problem's difficulty is the number of rationale lines, clipped to 1..8 (a proxy for the
 number of reasoning steps, for per-level solve rates).
 
@@ -26,15 +28,15 @@ one to its own number of decimals). Kinds: ``arithmetic`` (an equation is wrong)
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from fractions import Fraction
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from critique_jax.tasks import expr as ex
+from critique_jax.tasks.files import check_record, read_records
 from critique_jax.tasks.base import (
     Perturbation,
     Problem,
@@ -116,13 +118,9 @@ def rationale_to_solution(rationale: str, answer: str) -> str:
     return join_steps([s for s in lines if s], answer)
 
 
-def _problem(record: object, where: str, uid: str) -> Problem:
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    for key in ("question", "answer"):
-        if not isinstance(record.get(key), str):
-            raise ValueError(f"{where}: expected a string field {key!r}")
-    rationale, mark, final = record["answer"].rpartition(FINAL_MARK)
+def _problem(record: Mapping[str, Any], where: str, uid: str) -> Problem:
+    """The problem of one checked GSM8K row (see :meth:`GSM8K.problem_from_record`)."""
+    rationale, mark, final = str(record["answer"]).rpartition(FINAL_MARK)
     if not mark:
         raise ValueError(f"{where}: expected the answer to end with '{FINAL_MARK} <number>'")
     answer = normalize_number(final)
@@ -131,29 +129,19 @@ def _problem(record: object, where: str, uid: str) -> Problem:
     solution = rationale_to_solution(rationale, answer)
     difficulty = min(max(len(split_steps(solution)[0]), 1), MAX_DIFFICULTY)
     meta = {"solution": solution}
-    return Problem(uid, record["question"].strip(), answer, difficulty, meta)
+    return Problem(uid, str(record["question"]).strip(), answer, difficulty, meta)
 
 
 def load_jsonl(path: str | os.PathLike) -> list[Problem]:
     """Problems of a GSM8K-format JSONL file; uid ``gsm8k/<file stem>/<1-based line>``.
 
     Blank lines are skipped. A malformed line raises ValueError naming the file and line.
+    (Runs read ``task.train_files``/``test_files`` through :mod:`critique_jax.tasks.files`.)
     """
-    path = os.fspath(path)
-    stem = os.path.splitext(os.path.basename(path))[0]
-    problems = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON ({e.msg}); expected an object with "
-                                 "'question' and 'answer'") from None
-            problems.append(_problem(record, where, f"gsm8k/{stem}/{lineno}"))
-    return problems
+    stem = os.path.splitext(os.path.basename(os.fspath(path)))[0]
+    fields = GSM8K.record_fields
+    return [_problem(check_record(record, fields, where), where, f"gsm8k/{stem}/{lineno}")
+            for where, lineno, record in read_records(path)]
 
 
 @register_task("gsm8k")
@@ -163,6 +151,7 @@ class GSM8K(Task):
     difficulties = tuple(range(1, MAX_DIFFICULTY + 1))
     default_difficulty = 3
     generative = False
+    record_fields = ("question", "answer")
     exact_step_checker = False  # only explicit equations are checked
     instructions = (
         "Solve the problem step by step, one step per line, writing each calculation as "
@@ -171,9 +160,13 @@ class GSM8K(Task):
 
     def generate(self, rng: np.random.Generator, difficulty: int) -> Problem:
         raise NotImplementedError(
-            "gsm8k cannot generate problems; load them with "
-            "critique_jax.tasks.gsm8k.load_jsonl(path)"
+            "gsm8k cannot generate problems: runs read them from task.train_files/test_files; "
+            "code loads a file with critique_jax.tasks.gsm8k.load_jsonl(path)"
         )
+
+    def problem_from_record(self, record: Mapping[str, Any], where: str, uid: str) -> Problem:
+        """A row ``{"question", "answer": "<rationale>\\n#### <number>"}``."""
+        return _problem(record, where, uid)
 
     def solutions(self, problem: Problem, rng: np.random.Generator, n: int) -> list[str]:
         """The dataset's rationale (GSM8K has one reference solution per problem)."""

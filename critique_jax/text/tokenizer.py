@@ -33,6 +33,7 @@ import sentencepiece as spm
 
 import critique_jax.tasks  # noqa: F401  (registers the tasks)
 from critique_jax.tasks.base import Problem, get_task, iter_problems
+from critique_jax.tasks.files import files_digest, load_split
 from critique_jax.text import templates
 
 DEFAULT_VOCAB_SIZE = 512
@@ -264,9 +265,19 @@ def tokenizer_for_task(
     vocab_size: int = DEFAULT_VOCAB_SIZE,
     cache_dir: str | os.PathLike | None = None,
     seed: int = 0,
+    train_files: Sequence[str | os.PathLike] = (),
 ) -> Tokenizer:
-    """The tokenizer of a task: loaded from the cache, else trained on :func:`task_corpus`."""
-    path = tokenizer_cache_path(task_name, vocab_size, seed, cache_dir)
+    """The tokenizer of a task: loaded from the cache, else trained on :func:`task_corpus`.
+    A file-backed task (gsm8k, math) trains on the first 400 problems of ``train_files``; its
+    cache name carries their content digest (``gsm8k-f<digest>-v1-512-s0.model``)."""
+    task = get_task(task_name)
+    name = task_name
+    if not task.generative:
+        if not train_files:
+            raise ValueError(f"task {task_name!r} reads its problems from files: its tokenizer needs train_files")
+        name = f"{task_name}-f{files_digest([('train', train_files)])}"
+    path = tokenizer_cache_path(name, vocab_size, seed, cache_dir)
     if path.is_file():
         return Tokenizer.load(path)
-    return train_tokenizer(task_corpus(task_name, seed), path, vocab_size, seed)
+    problems = None if task.generative else load_split(task, train_files, "train", limit=400)
+    return train_tokenizer(task_corpus(task_name, seed, problems=problems), path, vocab_size, seed)

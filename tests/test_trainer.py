@@ -358,10 +358,10 @@ def test_rerun_after_sft_policy_keeps_the_post_sft_logs(straight_run, tmp_path):
 HF_TOKENIZER = Path(__file__).parent / "goldens" / "hf" / "tokenizer"
 
 
-def _write_checkpoint(directory: Path, vocab_size: int = 384) -> Path:
+def _write_checkpoint(directory: Path, vocab_size: int = 384, max_seq_len: int = 128) -> Path:
     """A tiny random qwen2 checkpoint with the golden HF tokenizer (320 ids, several end ids, as
     Qwen's): vocab_size > the tokenizer's, as real checkpoints pad their embeddings."""
-    cfg = model_config("tiny", vocab_size, family="qwen2", max_seq_len=128, n_layers=1)  # 1 layer: compiles fast
+    cfg = model_config("tiny", vocab_size, family="qwen2", max_seq_len=max_seq_len, n_layers=1)  # 1 layer: compiles fast
     model = Transformer(cfg, rngs=nnx.Rngs(5))
     save_pretrained(model, directory, tokenizer=load_tokenizer(HF_TOKENIZER))
     return directory
@@ -371,11 +371,12 @@ def _hf_config(tmp_path, hf_dir, **overrides):
     """2 RL steps from the checkpoint. To compile little: data parallel only (sharded loading is
     tested in test_hf.py), a plain loss without the reference KL (the reference is the initial
     policy, checked apart), one minibatch, the sampler's log-probs, evaluation sampling in the
-    shapes of RL's."""
+    shapes of RL's; short plain prompts (chat-template prompts: test_task_files.py)."""
     return tiny_config(tmp_path, **{"model.hf_dir": str(hf_dir), "sft.steps": 0, "rl.steps": 2, "rl.minibatches": 1,
                                     "rl.loss.name": "ppo", "rl.loss.ref_kl_coef": 0.0, "rl.recompute_old_logp": False,
                                     "rl.entropy_change": False, "eval.group_size": 4,
-                                    "sampling.prompt_buckets": (48,), **overrides})
+                                    "sampling.prompt_buckets": (56,), "prompt.format": "plain",
+                                    "prompt.instruction": "Solve.", **overrides})
 
 
 def test_rl_from_a_pretrained_checkpoint_resumes_exactly(tmp_path):
@@ -386,7 +387,7 @@ def test_rl_from_a_pretrained_checkpoint_resumes_exactly(tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(cfg, str(straight))
     run = setup(cfg, str(straight))
-    assert run.model_cfg == load_config(hf_dir, max_seq_len=48 + cfg.sampling.max_new_tokens)
+    assert run.model_cfg == load_config(hf_dir, max_seq_len=56 + cfg.sampling.max_new_tokens)
     assert (run.sampler.eos_ids, run.sampler.pad_id) == ((3, 4), 0)
     want = nnx.state(load_pretrained(hf_dir))
     got = Checkpointer(straight / "sft_policy").restore(like={"params": run.abstract_params()})[0]["params"]

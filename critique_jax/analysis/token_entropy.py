@@ -75,9 +75,9 @@ def sample_policy(policy: Policy, probs: Sequence[Problem], group_size: int, see
     """Samples ``group_size`` responses per problem with the run's sampler settings
     (temperature: the run's ``sampling.temperature`` unless given) and scores them."""
     run = policy.run
-    temp = run.config.sampling.temperature if temperature is None else temperature
+    temp = run.sampling.temperature if temperature is None else temperature
     s = rollout_lib.sample_texts(run, (run.graphdef, policy.params), [run.prompts.solve(p.question) for p in probs],
-                                 run.config.sampling.prompt_buckets, seed, group_size, temp)
+                                 run.sampling.prompt_buckets, seed, group_size, temp)
     rewards = rollout_lib.score(run.task, probs, s.texts, group_size)
     return TokenSample(problems=tuple(probs), group_size=group_size, tokens=s.tokens, mask=s.mask.astype(bool),
                        logp=s.logp, entropy=s.entropy, texts=s.texts, rewards=rewards)

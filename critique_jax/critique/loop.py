@@ -58,6 +58,24 @@ def pass1_on_failed(initial_rewards: np.ndarray) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
+class RefineSettings:
+    """Critique-GRPO's group layout, from the config once per run: ``group_size`` G
+    (``rl.group_size``), ``n_refine`` refinements kept per group (``critique.n_refine``),
+    ``prompts_per_step`` (``rl.prompts_per_step``, the held-out evaluation's chunk) and the
+    refinement prompts' ``refine_buckets`` (``critique.refine_buckets``)."""
+
+    group_size: int
+    n_refine: int
+    prompts_per_step: int
+    refine_buckets: tuple[int, ...]
+
+    @classmethod
+    def from_config(cls, c: Any) -> RefineSettings:
+        return cls(int(c.rl.group_size), int(c.critique.n_refine), int(c.rl.prompts_per_step),
+                   tuple(int(b) for b in c.critique.refine_buckets))
+
+
+@dataclasses.dataclass(frozen=True)
 class Refinements:
     """``n0`` initial responses to each of ``B`` prompts, their critiques and one refinement of
     each (rows prompt-major: response ``j`` of prompt ``i`` is row ``i * n0 + j``)."""
@@ -71,17 +89,16 @@ class Refinements:
 
 
 def critique_and_refine(run: Sampling, params: Any, problems: Sequence[Problem], n0: int, seed: int,
-                        source: CritiqueSource, times: dict[str, float]) -> Refinements:
+                        source: CritiqueSource, refine_buckets: Sequence[int], times: dict[str, float]) -> Refinements:
     """Samples ``n0`` responses per problem, critiques each with ``source`` and has the policy
     refine each once. Sampling calls use seeds ``seed``, ``seed + 1`` (critiques) and
     ``seed + 2`` (refinements); their wall time is added to ``times`` (``perf/sample_s``,
     ``perf/score_s``)."""
-    c, task = run.config, run.task
-    b = len(problems)
+    task, b = run.task, len(problems)
     policy = (run.graphdef, params)
-    temp = c.sampling.temperature
+    temp = run.sampling.temperature
 
-    initial = sample_texts(run, policy, [run.prompts.solve(p.question) for p in problems], c.sampling.prompt_buckets,
+    initial = sample_texts(run, policy, [run.prompts.solve(p.question) for p in problems], run.sampling.prompt_buckets,
                            seed, n0, temp, times)
     with timed(times, "perf/score_s"):
         init_rewards = rollout_lib.score(task, problems, initial.texts, n0)
@@ -90,7 +107,7 @@ def critique_and_refine(run: Sampling, params: Any, problems: Sequence[Problem],
     critiques = written.texts
     refined = sample_texts(run, policy, [run.prompts.refine(p.question, t, k) for p, t, k in
                                          zip(owners, initial.texts, critiques)],
-                           c.critique.refine_buckets, seed + 2, 1, temp, times)
+                           refine_buckets, seed + 2, 1, temp, times)
     with timed(times, "perf/score_s"):
         ref_rewards = np.asarray([refinement_reward(task, p, t, source.kind) for p, t in zip(owners, refined.texts)],
                                  np.float32)
@@ -110,7 +127,7 @@ def refinement_metrics(rewards: np.ndarray, refine_rewards: np.ndarray) -> dict[
 
 
 def critique_batch(run: Sampling, params: Any, problems: Sequence[Problem], seed: int, source: CritiqueSource,
-                   times: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+                   settings: RefineSettings, times: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Host arrays of one Critique-GRPO batch and its critique metrics (sampling seeds from ``seed``).
 
     Returns ``tokens``, ``valid`` [B·G, P + L], ``response_mask`` [B·G, L], ``rewards`` [B·G],
@@ -119,9 +136,9 @@ def critique_batch(run: Sampling, params: Any, problems: Sequence[Problem], seed
     writing critiques, inside ``perf/sample_s`` for generated ones and ``perf/score_s`` for
     rule ones) and, for generated critiques, ``perf/critique_tokens_per_s``.
     """
-    g, r = run.config.rl.group_size, run.config.critique.n_refine
+    g, r = settings.group_size, settings.n_refine
     n0, b = g - r, len(problems)
-    out = critique_and_refine(run, params, problems, n0, seed, source, times)
+    out = critique_and_refine(run, params, problems, n0, seed, source, settings.refine_buckets, times)
     initial, refined = out.initial, out.refined
 
     chosen = select_refinements(out.rewards, out.refine_rewards, r)  # [B, r]
@@ -149,8 +166,8 @@ def critique_batch(run: Sampling, params: Any, problems: Sequence[Problem], seed
 EVAL_SEED = 1 << 30
 
 
-def evaluate_refinement(run: Sampling, params: Any, source: CritiqueSource, problems: Sequence[Problem],
-                        step: int) -> dict[str, float]:
+def evaluate_refinement(run: Sampling, params: Any, source: CritiqueSource, settings: RefineSettings,
+                        problems: Sequence[Problem], step: int) -> dict[str, float]:
     """Refinement against resampling on held-out problems: per problem ``G - n_refine`` samples,
     each failed one critiqued and refined once, as in an RL step (chunks of
     ``rl.prompts_per_step`` problems, the last padded and the padding dropped, so the shapes are
@@ -158,13 +175,13 @@ def evaluate_refinement(run: Sampling, params: Any, source: CritiqueSource, prob
     ``.../refine_success_on_correct``, ``.../pass1_on_failed_prompts``, ``.../initial_reward``
     (the initial samples' mean reward) and ``.../n_failed`` (the failed responses behind the
     first)."""
-    c = run.config
-    n0, bp = c.rl.group_size - c.critique.n_refine, c.rl.prompts_per_step
+    n0, bp = settings.group_size - settings.n_refine, settings.prompts_per_step
     rewards, refine_rewards = [], []
     for start in range(0, len(problems), bp):
         chunk = list(problems[start:start + bp])
         padded = chunk + [chunk[-1]] * (bp - len(chunk))
-        out = critique_and_refine(run, params, padded, n0, EVAL_SEED + step * 1000 + start // bp, source, {})
+        out = critique_and_refine(run, params, padded, n0, EVAL_SEED + step * 1000 + start // bp, source,
+                                  settings.refine_buckets, {})
         rewards.append(out.rewards[:len(chunk)])
         refine_rewards.append(out.refine_rewards[:len(chunk)])
     r, rr = np.concatenate(rewards), np.concatenate(refine_rewards)

@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from critique_jax.data import Example
 from critique_jax.parallel.distributed import to_host
-from critique_jax.sampling import PromptBatch, SamplerConfig, generate, pad_prompts, sample_keys
+from critique_jax.sampling import PromptBatch, SamplerConfig, SamplingSettings, generate, pad_prompts, sample_keys
 from critique_jax.tasks import Problem, Task
 from critique_jax.text import Tokenizer
 from critique_jax.text.prompt_format import PromptFormat
@@ -43,10 +43,10 @@ class Sampled:
 
 class Sampling(Protocol):
     """What sampling and scoring need of a run (:class:`critique_jax.runs.run.Run` has it): the
-    config, task, tokenizer, prompt format, mesh, the policy's graph, the default sampler and
-    batch sharding."""
+    sampling settings, task, tokenizer, prompt format, mesh, the policy's graph, the default
+    sampler and batch sharding."""
 
-    config: Any
+    sampling: SamplingSettings
     task: Task
     tok: Tokenizer
     prompts: PromptFormat
@@ -66,11 +66,10 @@ def sample_texts(run: Sampling, model: tuple[nnx.GraphDef, Any], prompts: Sequen
     call's wall time is added to ``times["perf/sample_s"]`` when ``times`` is given.
     """
     t0 = time.perf_counter()
-    c = run.config
     pb = pad_prompts([run.tok.encode_prompt(p) for p in prompts], buckets, run.tok.pad_id)
     keys = sample_keys(seed, np.arange(first_id, first_id + len(prompts)), group_size)
     ro = generate(model, run.shard(pb.tokens), run.shard(pb.valid), run.shard(keys), sampler or run.sampler,
-                  group_size=group_size, temperature=temperature, top_p=c.sampling.top_p, top_k=c.sampling.top_k,
+                  group_size=group_size, temperature=temperature, top_p=run.sampling.top_p, top_k=run.sampling.top_k,
                   mesh=run.mesh)
     tokens, mask = to_host(ro.tokens), to_host(ro.mask)
     if times is not None:

@@ -7,7 +7,7 @@ from flax import nnx
 
 from critique_jax.analysis.diversity import distinct_correct_solutions, distinct_per_solved
 from critique_jax.analysis.passk import pass_at_k
-from critique_jax.critique.loop import evaluate_refinement
+from critique_jax.critique.loop import RefineSettings, evaluate_refinement
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.critique.sources import CritiqueSource
 from critique_jax.runs.run import Run
@@ -45,7 +45,7 @@ def evaluate(run: Run, params: nnx.State, step: int, source: CritiqueSource | No
     for k in range(2, g + 1):  # pass@k for every k = 1..G (pass@1 above)
         metrics[f"eval/pass@k/{k}"] = float(pass_at_k(g, correct, k).mean())
     if source is not None and c.rl.steps > 0:
-        metrics |= evaluate_refinement(run, params, source, problems, step)
+        metrics |= evaluate_refinement(run, params, source, RefineSettings.from_config(c), problems, step)
     samples = [dict(uid=p.uid, question=p.question, greedy=greedy.texts[i], greedy_reward=float(g_rew[i]),
                     sampled=sampled.texts[i * g], sampled_reward=float(s_rew[i, 0]))
                for i, p in enumerate(problems[:c.eval.n_logged_samples])]

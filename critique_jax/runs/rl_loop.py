@@ -22,7 +22,7 @@ from flax import nnx
 
 from critique_jax import config as config_lib
 from critique_jax.checkpoint import Checkpointer
-from critique_jax.critique.loop import critique_batch
+from critique_jax.critique.loop import RefineSettings, critique_batch
 from critique_jax.data import BatchIterator
 from critique_jax.metrics import Progress
 from critique_jax.ops.masked import masked_mean
@@ -71,7 +71,8 @@ def rl_batch(run: Run, params: nnx.State, source: CritiqueSource | None, problem
     if source is None:
         arrays, metrics = plain_batch(run, params, problems, step, rewards_spec, times)
     else:
-        arrays, metrics = critique_batch(run, params, problems, c.seed * 1_000_003 + step, source, times)
+        arrays, metrics = critique_batch(run, params, problems, c.seed * 1_000_003 + step, source,
+                                         RefineSettings.from_config(c), times)
         metrics["train/entropy"] = metrics["critique/initial_entropy"]
     rewards = arrays["rewards"]
     groups = np.repeat(np.arange(len(problems)), g)

@@ -26,7 +26,7 @@ from critique_jax.rl import policy_init
 from critique_jax.runlock import lock_run_dir
 from critique_jax.runs import roles
 from critique_jax.runs.layout import RunDir
-from critique_jax.sampling import SamplerConfig
+from critique_jax.sampling import SamplerConfig, SamplingSettings
 from critique_jax.tasks import Task, get_task
 from critique_jax.text import Tokenizer, default_cache_dir
 from critique_jax.text.prompt_format import PromptFormat, prompt_format
@@ -36,7 +36,8 @@ from critique_jax.text.prompt_format import PromptFormat, prompt_format
 class Run:
     """Everything a run holds that is not the train state.
 
-    prompts: how prompts are written (:mod:`critique_jax.text.prompt_format`);
+    prompts: how prompts are written (:mod:`critique_jax.text.prompt_format`); sampling: the
+    ``sampling`` section, typed (what the layers below read instead of the config);
     model_cfg / graphdef / param_sh: the model this run trains or samples (the policy's; a
     critic run replaces them with the critic's, :func:`critique_jax.runs.critic_run.setup_critic`);
     sampler: its sampling settings; writer: set by the program once the resume step is known.
@@ -48,6 +49,7 @@ class Run:
     task: Task
     tok: Tokenizer
     prompts: PromptFormat
+    sampling: SamplingSettings
     train: TaskSource
     test: TaskSource
     model_cfg: ModelConfig
@@ -110,7 +112,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, program: str = "train
     model_cfg = policy_init.policy_model_config(config, tok, max_seq_len)
     graphdef, param_sh = roles.define(model_cfg, mesh)
     sampler = SamplerConfig(max_new_tokens=config.sampling.max_new_tokens, eos_ids=tok.eos_ids, pad_id=tok.pad_id)
-    return Run(config=config, workdir=workdir, mesh=mesh, task=task, tok=tok, prompts=prompts, train=splits["train"],
+    return Run(config=config, workdir=workdir, mesh=mesh, task=task, tok=tok, prompts=prompts,
+               sampling=SamplingSettings.from_section(config.sampling), train=splits["train"],
                test=splits["test"], model_cfg=model_cfg, graphdef=graphdef, param_sh=param_sh, sampler=sampler)
 
 

@@ -17,6 +17,7 @@ import logging
 import math
 from typing import Any, Iterator
 
+import jax
 import ml_collections
 
 from critique_jax.rl.config import LossConfig
@@ -25,7 +26,7 @@ from critique_jax.critique import sources
 from critique_jax.rl.advantages import ESTIMATORS
 from critique_jax.rl.train_step import SCHEDULES
 from critique_jax.models import FAMILIES, SIZES
-from critique_jax.models.config import OVERRIDABLE
+from critique_jax.models.config import ATTENTION_IMPLS, OVERRIDABLE, REMAT_POLICIES
 from critique_jax.rl import policy_init
 
 log = logging.getLogger("critique_jax")
@@ -69,14 +70,18 @@ def default_config() -> ml_collections.ConfigDict:
     # changed by model.overrides (None = the preset's; --config.model.overrides.d_model=512), or,
     # with hf_dir, a Hugging Face checkpoint directory whose config.json, tokenizer and weights
     # are the initial policy (preset, family and the tokenizer section are then unused; see
-    # critique_jax.rl.policy_init).
-    c.model = dict(preset="small", family="qwen2", dtype="float32", param_dtype="float32", hf_dir="")
+    # critique_jax.rl.policy_init). Computation (README "Precision and memory"): dtype (activations),
+    # param_dtype (parameters, the optimiser's master weights), remat (REMAT_POLICIES), attention
+    # (ATTENTION_IMPLS).
+    c.model = dict(preset="small", family="qwen2", dtype="float32", param_dtype="float32", hf_dir="",
+                   remat="none", attention="reference")
     c.model.overrides = {name: _field(None, t) for name, t in OVERRIDABLE.items()}
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.distributed = dict(coordinator_address="", num_processes=0, process_id=-1)
     c.sampling = dict(prompt_buckets=(24,), max_new_tokens=48, temperature=1.0, top_p=1.0, top_k=0)
+    # adam_mu_dtype (sft, rl): the dtype of Adam's first moment ("" = the parameters' dtype).
     c.sft = dict(steps=400, batch_size=64, lr=2e-3, warmup_steps=20, weight_decay=0.0, log_every=20,
-                 max_bad_steps=3)
+                 max_bad_steps=3, adam_mu_dtype="")
     # RL: lr_schedule "constant" (the papers') or "cosine" (decays to lr x end_lr_ratio at the last
     # step); warmup_steps counts RL steps; the schedule advances once per optimiser update
     # (epochs x minibatches per step). entropy_change: re-measure the batch's initial-response
@@ -85,7 +90,7 @@ def default_config() -> ml_collections.ConfigDict:
                 lr_schedule="constant", end_lr_ratio=0.1,
                 warmup_steps=0, weight_decay=0.0, grad_clip=1.0, advantage="grpo",
                 recompute_old_logp=True, max_bad_steps=3, entropy_change=True,
-                pool_size=0)  # RL prompts from the first pool_size train problems only; 0 = all
+                adam_mu_dtype="", pool_size=0)  # RL prompts from the first pool_size train problems only; 0 = all
     c.rl.loss = _loss_defaults()
     # Critique in the loop (Critique-GRPO): critique type, refinements kept per group, where a
     # trained critique model lives (a train_critic run directory), and the prompt buckets of
@@ -213,6 +218,15 @@ def validate(c: ml_collections.ConfigDict, n_devices: int) -> None:
 
     need(c.model.preset in SIZES, f"model.preset={c.model.preset!r}: expected one of {sorted(SIZES)}")
     need(c.model.family in FAMILIES, f"model.family={c.model.family!r}: expected one of {sorted(FAMILIES)}")
+    need(c.model.remat in REMAT_POLICIES, f"model.remat={c.model.remat!r}: expected one of {list(REMAT_POLICIES)}")
+    need(c.model.attention in ATTENTION_IMPLS,
+         f"model.attention={c.model.attention!r}: expected one of {list(ATTENTION_IMPLS)}")
+    need(c.model.attention != "cudnn" or jax.default_backend() == "gpu",
+         f"model.attention='cudnn' needs a GPU (backend here: {jax.default_backend()}); use 'xla'")
+    for phase in ("sft", "rl"):
+        need(c[phase].adam_mu_dtype in ("", "float32", "bfloat16"),
+             f"{phase}.adam_mu_dtype={c[phase].adam_mu_dtype!r}: expected '' (the parameters' dtype), "
+             "'float32' or 'bfloat16'")
 
     sizes = [c.mesh.data, c.mesh.fsdp, c.mesh.tensor]
     need(sum(s == -1 for s in sizes) <= 1, f"mesh.data/fsdp/tensor={sizes}: at most one may be -1")

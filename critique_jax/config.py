@@ -64,8 +64,11 @@ def default_config() -> ml_collections.ConfigDict:
     # changed by model.overrides (None = the preset's; --config.model.overrides.d_model=512), or,
     # with hf_dir, a Hugging Face checkpoint directory whose config.json, tokenizer and weights
     # are the initial policy (preset, family and the tokenizer section are then unused; see
-    # critique_jax.rl.policy_init).
-    c.model = dict(preset="small", family="qwen2", dtype="float32", param_dtype="float32", hf_dir="")
+    # critique_jax.rl.policy_init). Computation (README "Precision and memory"): dtype (activations),
+    # param_dtype (parameters, the optimiser's master weights), remat (REMAT_POLICIES), attention
+    # (ATTENTION_IMPLS).
+    c.model = dict(preset="small", family="qwen2", dtype="float32", param_dtype="float32", hf_dir="",
+                   remat="none", attention="reference")
     c.model.overrides = {name: _field(None, t) for name, t in OVERRIDABLE.items()}
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.distributed = dict(coordinator_address="", num_processes=0, process_id=-1)
@@ -74,8 +77,9 @@ def default_config() -> ml_collections.ConfigDict:
     # project tokenizer, the chat template of a Hugging Face tokenizer that has one, else plain
     # text; instruction "" = the task's answer-format instruction; system "" = no system prompt.
     c.prompt = dict(format="auto", instruction="", system="")
+    # adam_mu_dtype (sft, rl): the dtype of Adam's first moment ("" = the parameters' dtype).
     c.sft = dict(steps=400, batch_size=64, lr=2e-3, warmup_steps=20, weight_decay=0.0, log_every=20,
-                 max_bad_steps=3)
+                 max_bad_steps=3, adam_mu_dtype="")
     # RL: lr_schedule "constant" (the papers') or "cosine" (decays to lr x end_lr_ratio at the last
     # step); warmup_steps counts RL steps; the schedule advances once per optimiser update
     # (epochs x minibatches per step). entropy_change: re-measure the batch's initial-response
@@ -84,7 +88,7 @@ def default_config() -> ml_collections.ConfigDict:
                 lr_schedule="constant", end_lr_ratio=0.1,
                 warmup_steps=0, weight_decay=0.0, grad_clip=1.0, advantage="grpo",
                 recompute_old_logp=True, max_bad_steps=3, entropy_change=True,
-                pool_size=0,  # RL prompts from the first pool_size train problems only; 0 = all
+                adam_mu_dtype="", pool_size=0,  # RL prompts from the first pool_size train problems only; 0 = all
                 rewards="correct")  # weighted reward terms, critique_jax.rl.rewards ("correct,format:0.1")
     c.rl.loss = _loss_defaults()
     # Critique in the loop (Critique-GRPO): critique type, refinements kept per group, where a

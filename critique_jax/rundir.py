@@ -26,7 +26,8 @@ RESUMABLE = ("rl.steps", "critic.steps", "self_train.iterations",  # extend (or 
              "checkpoint.every", "critic.checkpoint_every", "checkpoint.keep_last", "checkpoint.keep_best",
              "checkpoint.async_save",
              "sft.max_bad_steps", "rl.max_bad_steps", "critic.max_bad_steps",
-             "distributed.", "data_dir")
+             "distributed.", "data_dir",
+             "model.remat", "model.attention")  # how the same numbers are computed (memory, kernels)
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -9,6 +9,7 @@ import logging
 import math
 from typing import Any, Callable, Iterator
 
+import jax
 import ml_collections
 
 from critique_jax.config import loss_config
@@ -16,6 +17,7 @@ from critique_jax.critique import sources
 from critique_jax.critique.critic import validate_critic
 from critique_jax.critique.pool import validate_self_train
 from critique_jax.models import FAMILIES, SIZES
+from critique_jax.models.config import ATTENTION_IMPLS, REMAT_POLICIES
 from critique_jax.rl import policy_init
 from critique_jax.rl.advantages import ESTIMATORS
 from critique_jax.rl.rewards import parse_rewards
@@ -119,6 +121,15 @@ def validate(c: ml_collections.ConfigDict, n_devices: int, program: str = "train
     need(c.task.name in task_names(), f"task.name={c.task.name!r}: expected one of {task_names()}")
     need(c.model.preset in SIZES, f"model.preset={c.model.preset!r}: expected one of {sorted(SIZES)}")
     need(c.model.family in FAMILIES, f"model.family={c.model.family!r}: expected one of {sorted(FAMILIES)}")
+    need(c.model.remat in REMAT_POLICIES, f"model.remat={c.model.remat!r}: expected one of {list(REMAT_POLICIES)}")
+    need(c.model.attention in ATTENTION_IMPLS,
+         f"model.attention={c.model.attention!r}: expected one of {list(ATTENTION_IMPLS)}")
+    need(c.model.attention != "cudnn" or jax.default_backend() == "gpu",
+         f"model.attention='cudnn' needs a GPU (backend here: {jax.default_backend()}); use 'xla'")
+    for phase in ("sft", "rl"):
+        need(c[phase].adam_mu_dtype in ("", "float32", "bfloat16"),
+             f"{phase}.adam_mu_dtype={c[phase].adam_mu_dtype!r}: expected '' (the parameters' dtype), "
+             "'float32' or 'bfloat16'")
 
     sizes = [c.mesh.data, c.mesh.fsdp, c.mesh.tensor]
     need(sum(s == -1 for s in sizes) <= 1, f"mesh.data/fsdp/tensor={sizes}: at most one may be -1")
@@ -138,7 +149,8 @@ def validate(c: ml_collections.ConfigDict, n_devices: int, program: str = "train
     need(0 < c.sampling.top_p <= 1, f"sampling.top_p={c.sampling.top_p}: expected a value in (0, 1]")
     need(c.sampling.top_k >= 0, f"sampling.top_k={c.sampling.top_k}: expected >= 0 (0 = off)")
     need(len(c.sampling.prompt_buckets) > 0, "sampling.prompt_buckets is empty")
-    need(c.prompt.format in PROMPT_FORMATS, f"prompt.format={c.prompt.format!r}: expected one of {list(PROMPT_FORMATS)}")
+    need(c.prompt.format in PROMPT_FORMATS,
+         f"prompt.format={c.prompt.format!r}: expected one of {list(PROMPT_FORMATS)}")
     for problem in sources.check_config(c):  # the critique type's own checks
         need(False, problem)
     policy_init.check_config(c)

@@ -14,6 +14,12 @@ from typing import Any
 import jax.numpy as jnp
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+#: ``remat`` values: no rematerialisation; each block's activations recomputed in the backward
+#: pass ("full"); or recomputed except matmul outputs ("dots_saveable", jax's policy of that name).
+REMAT_POLICIES = ("none", "full", "dots_saveable")
+#: ``attention`` values (critique_jax.models.attention): the einsum path; jax.nn.dot_product_attention
+#: with XLA; the same with cuDNN (GPU only, bf16/f16 activations).
+ATTENTION_IMPLS = ("reference", "xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +48,10 @@ class ModelConfig:
 
     Dtypes: ``param_dtype`` for stored parameters, ``dtype`` for activations and matmuls
     (attention softmax, norms and output log-probs are always computed in float32).
+
+    Computation only (the parameters do not depend on them): ``remat``, one of
+    :data:`REMAT_POLICIES`, rematerialises each block in the backward pass of the uncached
+    forward; ``attention``, one of :data:`ATTENTION_IMPLS`, the attention implementation.
     """
 
     vocab_size: int
@@ -68,6 +78,8 @@ class ModelConfig:
     sandwich_norms: bool = False
     param_dtype: str = "float32"
     dtype: str = "float32"
+    remat: str = "none"
+    attention: str = "reference"
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -85,6 +97,14 @@ class ModelConfig:
         for f in ("param_dtype", "dtype"):
             need(getattr(self, f) in _DTYPES,
                  f"{f}={getattr(self, f)!r}: expected one of {sorted(_DTYPES)}")
+        need(self.remat in REMAT_POLICIES, f"remat={self.remat!r}: expected one of {list(REMAT_POLICIES)}")
+        need(self.attention in ATTENTION_IMPLS,
+             f"attention={self.attention!r}: expected one of {list(ATTENTION_IMPLS)}")
+        need(self.attention == "reference" or self.attn_logit_softcap is None,
+             f"attention={self.attention!r} has no attention-score soft-capping (attn_logit_softcap="
+             f"{self.attn_logit_softcap}, Gemma 2): use attention='reference'")
+        need(self.attention != "cudnn" or self.dtype in ("bfloat16", "float16"),
+             f"attention='cudnn' needs dtype bfloat16 or float16, not {self.dtype!r}")
         for f in ("final_logit_softcap", "attn_logit_softcap", "query_pre_attn_scalar", "sliding_window"):
             v = getattr(self, f)
             need(v is None or v > 0, f"{f}={v!r}: expected None or > 0")
@@ -137,9 +157,9 @@ SIZES: dict[str, dict[str, int]] = {
 
 
 # Fields ``model.overrides`` may change on a preset, with their types. Not here: vocab_size (the
-# tokenizer's), max_seq_len (the run's widths), the dtypes (their own keys) and rope_llama3 (a
-# tuple; real Llama 3 checkpoints bring it in their config.json).
-_NOT_OVERRIDABLE = ("vocab_size", "max_seq_len", "param_dtype", "dtype", "rope_llama3")
+# tokenizer's), max_seq_len (the run's widths), the dtypes, remat and attention (their own keys)
+# and rope_llama3 (a tuple; real Llama 3 checkpoints bring it in their config.json).
+_NOT_OVERRIDABLE = ("vocab_size", "max_seq_len", "param_dtype", "dtype", "remat", "attention", "rope_llama3")
 _OPTIONAL_TYPES = {"final_logit_softcap": float, "attn_logit_softcap": float, "query_pre_attn_scalar": float,
                    "sliding_window": int}
 OVERRIDABLE: dict[str, type] = {f.name: _OPTIONAL_TYPES.get(f.name) or type(f.default)

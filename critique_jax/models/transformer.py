@@ -21,9 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from critique_jax.models.attention import attend
 from critique_jax.models.config import ModelConfig
-
-_MASKED = -1e30  # large finite negative: a fully masked row (a padding query) stays finite
 
 
 @jax.tree_util.register_dataclass
@@ -162,15 +161,7 @@ class Attention(nnx.Module):
             v_all = jax.lax.dynamic_update_slice(cache_kv[1], v[None].astype(cache_kv[1].dtype), at)
             cache_kv = (k_all, v_all)
             k, v = k_all[layer], v_all[layer]
-        groups = cfg.n_heads // cfg.n_kv_heads
-        q = q.reshape(b, t, cfg.n_kv_heads, groups, cfg.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-        scores = scores / math.sqrt(cfg.query_pre_attn_scalar or cfg.head_dim)
-        if cfg.attn_logit_softcap is not None:
-            scores = cfg.attn_logit_softcap * jnp.tanh(scores / cfg.attn_logit_softcap)
-        scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, cfg.n_heads * cfg.head_dim)
+        out = attend(q, k, v, mask, cfg, cached=cache_kv is not None).reshape(b, t, cfg.n_heads * cfg.head_dim)
         return self.o_proj(out), cache_kv
 
 
@@ -211,6 +202,15 @@ class Block(nnx.Module):
         return x + h, cache_kv
 
 
+#: ``ModelConfig.remat`` -> the ``jax.checkpoint`` policy: what the forward saves for the backward.
+_REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable,
+                   "dots_saveable": jax.checkpoint_policies.dots_saveable}
+
+
+def _uncached_block(block: Block, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+    return block(x, positions, mask, None, 0, None)[0]
+
+
 class Transformer(nnx.Module):
     """The decoder. ``__call__`` returns final normed hidden states; ``logits`` projects them."""
 
@@ -235,7 +235,8 @@ class Transformer(nnx.Module):
         Without a cache: causal self-attention among the T tokens. With a cache: the tokens
         are written at slots ``[cache.end, cache.end + T)`` and attend to every valid earlier
         slot (within ``sliding_window`` slots on sliding layers); the updated cache is
-        returned. Output hidden: [B, T, d_model] in ``cfg.dtype``.
+        returned. Output hidden: [B, T, d_model] in ``cfg.dtype``. ``cfg.remat`` applies to
+        the uncached forward (the one that is differentiated).
         """
         cfg = self.cfg
         b, t = tokens.shape
@@ -256,9 +257,13 @@ class Transformer(nnx.Module):
         mask = keys_valid[:, None, :] & (back >= 0)[None]
         local = None if cfg.sliding_window is None else mask & (back < cfg.sliding_window)[None]
         kv = None if cache is None else (cache.k, cache.v)
+        policy = _REMAT_POLICIES.get(cfg.remat) if cache is None else None
         for i, block in enumerate(self.layers):
             layer_mask = local if local is not None and i % 2 == 0 else mask
-            x, kv = block(x, positions, layer_mask, kv, i, write_at)
+            if policy is None:
+                x, kv = block(x, positions, layer_mask, kv, i, write_at)
+            else:  # uncached: recompute the block in the backward pass
+                x = nnx.remat(_uncached_block, policy=policy)(block, x, positions, layer_mask)
         hidden = self.final_norm(x)
         if cache is None:
             return hidden, None

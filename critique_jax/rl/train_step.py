@@ -65,13 +65,18 @@ class SequenceBatch:
 def response_stats(
     model: Transformer, batch: SequenceBatch, temperature: float | jax.Array = 1.0, chunk_size: int = 512
 ) -> tuple[jax.Array, jax.Array]:
-    """Teacher-forced log-probs and entropies of the response tokens: ([N, L], [N, L]) float32."""
+    """Teacher-forced log-probs and entropies of the response tokens: ([N, L], [N, L]) float32.
+
+    The unembedding is cast to the activations' dtype (``model.dtype``, as in ``model.logits``):
+    with bf16 activations the vocabulary matmul runs in bf16 with float32 accumulation, and
+    everything after it in float32.
+    """
     positions = jnp.maximum(jnp.cumsum(batch.valid.astype(jnp.int32), axis=1) - 1, 0)
     hidden, _ = model(batch.tokens, positions, batch.valid)
     length = batch.response_len
     h = hidden[:, -length - 1:-1]  # the hidden state before each response token predicts it
     targets = batch.tokens[:, -length:]
-    return chunked_logprobs_and_entropy(h, model.unembed(), targets, temperature,
+    return chunked_logprobs_and_entropy(h, model.unembed().astype(h.dtype), targets, temperature,
                                         chunk_size=chunk_size, softcap=model.cfg.final_logit_softcap)
 
 
@@ -104,15 +109,18 @@ def make_schedule(lr: float, warmup_steps: int, total_steps: int, kind: str = "c
 
 def make_optimizer(lr: float, warmup_steps: int, total_steps: int, *, weight_decay: float = 0.0,
                    b1: float = 0.9, b2: float = 0.999, grad_clip: float = 1.0,
-                   end_lr_ratio: float = 0.1, schedule: str = "cosine") -> tuple[optax.GradientTransformation, Callable]:
+                   end_lr_ratio: float = 0.1, schedule: str = "cosine",
+                   mu_dtype: str | None = None) -> tuple[optax.GradientTransformation, Callable]:
     """AdamW on :func:`make_schedule`'s learning rate, after global-norm gradient clipping.
 
-    ``warmup_steps`` and ``total_steps`` count optimiser updates. Returns ``(optimizer,
-    schedule)``; ``schedule(count)`` is the learning rate of update ``count`` (0-based).
+    ``warmup_steps`` and ``total_steps`` count optimiser updates. ``mu_dtype``: the dtype of
+    Adam's first moment (e.g. "bfloat16" halves it beside float32 parameters); None or "" =
+    the parameters' dtype. The second moment stays in the parameters' dtype. Returns
+    ``(optimizer, schedule)``; ``schedule(count)`` is the learning rate of update ``count``.
     """
     lr_schedule = make_schedule(lr, warmup_steps, total_steps, schedule, end_lr_ratio)
     opt = optax.chain(optax.clip_by_global_norm(grad_clip),
-                      optax.adamw(lr_schedule, b1=b1, b2=b2, weight_decay=weight_decay))
+                      optax.adamw(lr_schedule, b1=b1, b2=b2, weight_decay=weight_decay, mu_dtype=mu_dtype or None))
     return opt, lr_schedule
 
 

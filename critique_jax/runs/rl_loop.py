@@ -103,7 +103,7 @@ def rl_optimizer(c: ml_collections.ConfigDict) -> tuple[optax.GradientTransforma
     updates = c.rl.epochs * c.rl.minibatches
     return make_optimizer(c.rl.lr, c.rl.warmup_steps * updates, max(c.rl.steps, 1) * updates,
                           weight_decay=c.rl.weight_decay, grad_clip=c.rl.grad_clip,
-                          schedule=c.rl.lr_schedule, end_lr_ratio=c.rl.end_lr_ratio)
+                          schedule=c.rl.lr_schedule, end_lr_ratio=c.rl.end_lr_ratio, mu_dtype=c.rl.adam_mu_dtype)
 
 
 def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, source: CritiqueSource | None, progress: Progress,

@@ -107,7 +107,8 @@ def run_sft(run: Run, ckpt: Checkpointer, progress: Progress) -> nnx.State:
               else roles.init_params(run, c.seed))
     if c.sft.steps == 0:  # no optimiser state: a pretrained policy's Adam moments would triple its memory
         return params
-    optimizer, schedule = make_optimizer(c.sft.lr, c.sft.warmup_steps, c.sft.steps, weight_decay=c.sft.weight_decay)
+    optimizer, schedule = make_optimizer(c.sft.lr, c.sft.warmup_steps, c.sft.steps, weight_decay=c.sft.weight_decay,
+                                         mu_dtype=c.sft.adam_mu_dtype)
     state = init_state(run, params, optimizer)
     it = BatchIterator(run.train, c.sft.batch_size, seed=c.seed)
     key = replicated_key(run, c.seed)

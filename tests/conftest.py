@@ -9,9 +9,17 @@ import tempfile
 import zlib
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_flag = "--xla_force_host_platform_device_count=8"
-if _flag not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+# XLA's cheapest CPU back-end settings: the tests' programs are tiny, so compiling them, not running
+# them, is most of the suite's time, and these flags about halve it. The HLO (what the tests check:
+# the computation, shardings, collectives) is the same; only LLVM's code generation is lighter.
+# The subprocess tests (multiprocess, notebooks) used them already; subprocesses inherit them.
+# CRITIQUE_JAX_TEST_OPTIMIZED=1 keeps XLA's default optimisation.
+_flags = ["--xla_force_host_platform_device_count=8"]
+if os.environ.get("CRITIQUE_JAX_TEST_OPTIMIZED", "") != "1":
+    _flags += ["--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true"]
+for _flag in _flags:
+    if _flag not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

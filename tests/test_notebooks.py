@@ -112,9 +112,9 @@ def executed(tmp_path_factory):
     notebooks' samplers have the same shapes) and compiles fast; the programs are tiny."""
     tmp = tmp_path_factory.mktemp("notebooks")
     root, out = tmp / "root", tmp / "out"
-    env = {"XLA_FLAGS": "--xla_backend_optimization_level=0", "JAX_PLATFORMS": "cpu",
-           "JAX_COMPILATION_CACHE_DIR": str(tmp / "jax_cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    env = {"XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
+           "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(tmp / "jax_cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CRITIQUE_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
         for k, v in env.items():

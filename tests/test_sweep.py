@@ -15,6 +15,7 @@ import pytest
 from critique_jax import sweep as sweep_lib
 
 ROOT = Path(__file__).resolve().parents[1]
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"  # as conftest's
 
 
 def test_expand_grid_seeds_names_and_override_order():
@@ -99,7 +100,7 @@ def test_sweep_runs_skips_finished_runs_reports_failures_and_summarises(tmp_path
                                                       data=str(tmp_path / "data"))))
     out = tmp_path / "sweep"
     cmd = [sys.executable, str(ROOT / "scripts" / "sweep.py"), "--config", str(sweep_file), "--out", str(out)]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2 " + FAST_COMPILE)
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 1, first.stdout + first.stderr
     assert "1 run(s) failed: broken_s0" in first.stderr

@@ -9,9 +9,17 @@ import tempfile
 import zlib
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_flag = "--xla_force_host_platform_device_count=8"
-if _flag not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+# XLA's cheapest CPU back-end settings: the tests' programs are tiny, so compiling them, not running
+# them, is most of the suite's time, and these flags about halve it. The HLO (what the tests check:
+# the computation, shardings, collectives) is the same; only LLVM's code generation is lighter.
+# The subprocess tests (multiprocess, notebooks) used them already; subprocesses inherit them.
+# CRITIQUE_JAX_TEST_OPTIMIZED=1 keeps XLA's default optimisation.
+_flags = ["--xla_force_host_platform_device_count=8"]
+if os.environ.get("CRITIQUE_JAX_TEST_OPTIMIZED", "") != "1":
+    _flags += ["--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true"]
+for _flag in _flags:
+    if _flag not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -31,7 +39,46 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
+    for job in getattr(config, "_background", {}).values():
+        for proc in job["procs"]:
+            if proc.poll() is None:  # the session ended before its test waited for it
+                proc.kill()
+                proc.wait()
     shutil.rmtree(getattr(config, "_jax_cache", ""), ignore_errors=True)
+
+
+def pytest_collection_finish(session):
+    """Starts the subprocess work of the collected test modules that have some, as soon as the tests are
+    collected, so that it runs on the other CPU core while the in-process tests run (they use about one).
+
+    A module opts in with ``start_background(tmp_path_factory) -> {"procs": [Popen, ...], ...}`` and
+    ``BACKGROUND_FIXTURE``, the fixture that waits for it: the work starts when a test using that fixture
+    was collected (not for ``-k`` selections without one). The fixture gets the returned dict from the
+    ``background`` fixture. Processes still running when the session ends are killed."""
+    config = session.config
+    config._background = {}
+    if config.option.collectonly:
+        return
+    for item in session.items:
+        module = getattr(item, "module", None)
+        start = getattr(module, "start_background", None)
+        if (start is not None and module.__name__ not in config._background
+                and getattr(module, "BACKGROUND_FIXTURE", None) in item.fixturenames):
+            config._background[module.__name__] = start(config._tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def background(request, tmp_path_factory):
+    """``background(module)``: the dict ``module.start_background`` returned at collection (started
+    now if it was not, e.g. under ``--collect-only`` then a direct call)."""
+
+    def get(module):
+        jobs = request.config.__dict__.setdefault("_background", {})
+        if module.__name__ not in jobs:
+            jobs[module.__name__] = module.start_background(tmp_path_factory)
+        return jobs[module.__name__]
+
+    return get
 
 
 @pytest.fixture

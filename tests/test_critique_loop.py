@@ -149,7 +149,7 @@ def test_critique_accuracy_scoring():
 
 @pytest.mark.parametrize("base", ["ppo", "clip_cov"])
 def test_critique_grpo_sharded_step_equals_single_device(base, np_rng):
-    cfg = model_config("tiny", 128)
+    cfg = model_config("tiny", 128, n_layers=1)  # 1 layer: compiles fast; every parameter kind is sharded
     graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
     optimizer = optax.sgd(0.5)  # see test_trainer: Adam amplifies the zero-gradient k-bias noise
     # A wide Clip-Cov band, so that its random selection among the initial tokens is exercised.

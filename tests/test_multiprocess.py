@@ -13,6 +13,8 @@ logged non-``perf/`` metric, the decoded samples, and every leaf of every checkp
 All three processes run concurrently and compile with XLA's cheapest CPU back-end settings
 (compilation dominates their run time; the runs stay comparable because all use the same
 flags). The pytest process itself imports no trainer and keeps its own 8 devices.
+They start as soon as the tests are collected (conftest's ``start_background``), so they run
+while the other tests do.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from critique_jax.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "tests" / "mp_config.py"
-TIMEOUT_S = 300
+TIMEOUT_S = 600  # from the launch; the runs share the CPUs with the rest of the suite
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 # Float reduction order differs between gloo and in-process collectives: agreement is to
 # float32 rounding. A real divergence (a wrong shard, a missing reduction) moves metrics at
@@ -63,10 +65,10 @@ def _launch(workdir: Path, cache: Path, n_devices: int, log: Path, *flags: str) 
     return proc, log
 
 
-def _wait_all(procs: list[tuple[subprocess.Popen, Path]]) -> None:
+def _wait_all(procs: list[tuple[subprocess.Popen, Path]], started: float) -> None:
     """Waits for every process; at the first failure (or the timeout) stops the rest and fails
     with the logs of every process that did not finish cleanly."""
-    deadline = time.monotonic() + TIMEOUT_S
+    deadline = started + TIMEOUT_S
     pending, problems = list(procs), {}
     try:
         while pending and not problems:
@@ -92,12 +94,16 @@ def _wait_all(procs: list[tuple[subprocess.Popen, Path]]) -> None:
         pytest.fail("training subprocess failed\n" + "\n".join(report), pytrace=False)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """Workdirs of the 2-process run ("multi") and the 1-process run ("single")."""
+BACKGROUND_FIXTURE = "runs"
+
+
+def start_background(tmp_path_factory) -> dict:
+    """Starts the 2-process run ("multi") and the 1-process run ("single"); conftest calls this when
+    the tests are collected, so they run while the other tests do."""
     root = tmp_path_factory.mktemp("multiprocess")
     multi, single = root / "multi", root / "single"
     port = _free_port()
+    started = time.monotonic()
     procs = [
         _launch(multi, root / "cache_multi", 4, root / f"multi_{i}.log",
                 f"--config.distributed.coordinator_address=127.0.0.1:{port}",
@@ -105,8 +111,15 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         for i in range(2)
     ]
     procs.append(_launch(single, root / "cache_single", 8, root / "single.log"))
-    _wait_all(procs)
-    return {"multi": multi, "single": single}
+    return {"procs": [p for p, _ in procs], "logs": procs, "started": started, "multi": multi, "single": single}
+
+
+@pytest.fixture(scope="module")
+def runs(background) -> dict[str, Path]:
+    """Workdirs of the 2-process run ("multi") and the 1-process run ("single")."""
+    job = background(sys.modules[__name__])
+    _wait_all(job["logs"], job["started"])
+    return {"multi": job["multi"], "single": job["single"]}
 
 
 def _load_checkpoint(directory: Path, step: int) -> tuple[dict, dict]:

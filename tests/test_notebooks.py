@@ -3,6 +3,7 @@ plotting helpers they use (on hand-written sweep directories)."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 import warnings
@@ -95,34 +96,52 @@ def build_tiny_root(root: Path) -> None:
         (root / sweep / "manifest.json").write_text(json.dumps({"sweep": sweep, "runs": listed}, indent=1))
 
 
-if __name__ == "__main__":  # the fixture's build process: python tests/test_notebooks.py ROOT
-    build_tiny_root(Path(sys.argv[1]))
+def build_and_execute(tmp: Path) -> None:
+    """``tmp/root`` (the tiny root), then every notebook executed against it into ``tmp/out``; the
+    notebooks written and the runner's progress lines go to ``tmp/executed.json``."""
+    build_tiny_root(tmp / "root")
+    lines = []
+    written = notebooks.run_notebooks(tmp / "root", tmp / "out", params=NOTEBOOK_PARAMS, log=lines.append)
+    (tmp / "executed.json").write_text(json.dumps({"written": [str(p) for p in written], "lines": lines}))
+
+
+if __name__ == "__main__":  # the background process: python tests/test_notebooks.py TMP
+    build_and_execute(Path(sys.argv[1]))
 
 
 # ----------------------------------------------------------------------------- the notebooks on it
 
 
-@pytest.fixture(scope="module")
-def executed(tmp_path_factory):
-    """The tiny root built in one separate process, then every notebook executed against it.
+BACKGROUND_FIXTURE = "executed"
 
-    The build process and the notebook kernels share a persistent compilation cache, one CPU
-    device and unoptimised XLA code generation: every program is compiled once (the runs and the
-    notebooks' samplers have the same shapes) and compiles fast; the programs are tiny."""
+
+def start_background(tmp_path_factory):
+    """The tiny root built and the notebooks executed in one separate process, started by conftest
+    when the tests are collected (it runs while the other tests do).
+
+    The process and the notebook kernels share a persistent compilation cache, one CPU device and
+    unoptimised XLA code generation: every program is compiled once (the runs and the notebooks'
+    samplers have the same shapes) and compiles fast; the programs are tiny."""
     tmp = tmp_path_factory.mktemp("notebooks")
-    root, out = tmp / "root", tmp / "out"
-    env = {"XLA_FLAGS": "--xla_backend_optimization_level=0", "JAX_PLATFORMS": "cpu",
-           "JAX_COMPILATION_CACHE_DIR": str(tmp / "jax_cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CRITIQUE_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-        for k, v in env.items():
-            mp.setenv(k, v)
-        build = subprocess.run([sys.executable, __file__, str(root)], capture_output=True, text=True)
-        assert build.returncode == 0, f"building the tiny root failed:\n{build.stderr[-4000:]}"
-        lines = []
-        written = notebooks.run_notebooks(root, out, params=NOTEBOOK_PARAMS, log=lines.append)
-    return out, written, lines
+    env = dict(os.environ, CRITIQUE_JAX_CACHE=str(tmp / "cache"), JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
+               JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    with open(tmp / "build.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, __file__, str(tmp)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    return {"procs": [proc], "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def executed(background):
+    """The background process's notebooks: (out folder, notebooks written, the runner's lines)."""
+    job = background(sys.modules[__name__])
+    proc, tmp = job["procs"][0], job["tmp"]
+    proc.wait()
+    assert proc.returncode == 0, f"building the tiny root or running the notebooks failed:\n" \
+                                 f"{(tmp / 'build.log').read_text()[-4000:]}"
+    result = json.loads((tmp / "executed.json").read_text())
+    return tmp / "out", [Path(p) for p in result["written"]], result["lines"]
 
 
 def _outputs(nb, kind):

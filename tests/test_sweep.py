@@ -15,6 +15,7 @@ import pytest
 from critique_jax import sweep as sweep_lib
 
 ROOT = Path(__file__).resolve().parents[1]
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"  # as conftest's
 
 
 def test_expand_grid_seeds_names_and_override_order():
@@ -117,16 +118,46 @@ def get_sweep():
 """
 
 
-def test_sweep_runs_skips_finished_runs_reports_failures_and_summarises(tmp_path):
-    sweep_file = tmp_path / "tiny.py"
-    sweep_file.write_text(textwrap.dedent(TINY.format(base=str(ROOT / "configs" / "quickstart.py"),
-                                                      data=str(tmp_path / "data"))))
-    out = tmp_path / "sweep"
-    cmd = [sys.executable, str(ROOT / "scripts" / "sweep.py"), "--config", str(sweep_file), "--out", str(out)]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert first.returncode == 1, first.stdout + first.stderr
-    assert "1 run(s) failed: broken_s0" in first.stderr
+BACKGROUND_FIXTURE = "first_sweep"
+
+
+def _sweep_cmd(tmp: Path) -> tuple[list[str], dict, Path]:
+    out = tmp / "sweep"
+    cmd = [sys.executable, str(ROOT / "scripts" / "sweep.py"), "--config", str(tmp / "tiny.py"), "--out", str(out)]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", CRITIQUE_JAX_CACHE=str(tmp / "cache"),
+               XLA_FLAGS="--xla_force_host_platform_device_count=2 " + FAST_COMPILE)
+    return cmd, env, out
+
+
+def start_background(tmp_path_factory) -> dict:
+    """The sweep's first run (its two runs train), started by conftest when the tests are collected
+    so that it runs while the other tests do."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    (tmp / "tiny.py").write_text(textwrap.dedent(TINY.format(base=str(ROOT / "configs" / "quickstart.py"),
+                                                             data=str(tmp / "data"))))
+    cmd, env, _ = _sweep_cmd(tmp)
+    with open(tmp / "first.out", "w") as stdout, open(tmp / "first.err", "w") as stderr:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=stdout, stderr=stderr, text=True)
+    return {"procs": [proc], "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def first_sweep(background):
+    """(the sweep's temporary folder, its first run's exit status, stdout, stderr)."""
+    job = background(sys.modules[__name__])
+    proc, tmp = job["procs"][0], job["tmp"]
+    try:
+        proc.wait(timeout=600)
+    finally:
+        proc.kill()
+    return tmp, proc.wait(), (tmp / "first.out").read_text(), (tmp / "first.err").read_text()
+
+
+def test_sweep_runs_skips_finished_runs_reports_failures_and_summarises(first_sweep):
+    tmp, returncode, stdout, stderr = first_sweep
+    cmd, env, out = _sweep_cmd(tmp)
+    assert returncode == 1, stdout + stderr
+    assert "1 run(s) failed: broken_s0" in stderr
     assert "no_such_loss" in (out / "broken_s0" / "sweep.log").read_text()
     assert not (out / "broken_s0" / "done.json").exists()
     done = {"grpo_s0": (out / "grpo_s0" / "done.json").stat().st_mtime_ns}

@@ -68,7 +68,7 @@ def _random_batch(rng, n, p, length, vocab):
 
 
 def test_sharded_rl_step_equals_single_device(np_rng):
-    cfg = model_config("tiny", 128)
+    cfg = model_config("tiny", 128, n_layers=1)  # 1 layer: compiles fast; every parameter kind is sharded
     graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
     # SGD, not Adam: the key-projection bias has an identically zero gradient (softmax is
     # shift-invariant), and Adam scales its float32 noise (~1e-9, different per sharding) up
@@ -100,7 +100,7 @@ def test_sharded_rl_step_equals_single_device(np_rng):
 
 
 def test_nonfinite_update_is_skipped(np_rng):
-    cfg = model_config("tiny", 64)
+    cfg = model_config("tiny", 64, n_layers=1)
     graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
     optimizer, _ = make_optimizer(1e-2, 0, 10)
     arrays = _random_batch(np_rng, 8, 4, 6, 64)
@@ -278,7 +278,7 @@ def test_rl_schedule_counts_optimizer_updates(tmp_path):
 
 
 def test_rl_update_logs_applied_lr_and_same_batch_entropy(np_rng):
-    cfg = model_config("tiny", 64)
+    cfg = model_config("tiny", 64, n_layers=1)  # 1 layer: compiles fast
     graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
     optimizer, schedule = make_optimizer(1e-2, 0, 8)  # cosine over 8 updates
     arrays = _random_batch(np_rng, 8, 4, 6, 64)
@@ -460,7 +460,14 @@ def test_kill_9_after_sft_policy_keeps_the_post_sft_logs(tmp_path):
     script = (f"import pathlib, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
               "from test_trainer import tiny_config; from critique_jax.runs import train; "
               f"train(tiny_config(pathlib.Path({str(tmp_path)!r}), **{overrides!r}), {str(workdir)!r})")
+    # The session's compilation cache and matmul precision: the programs straight_run compiled
+    # (evaluation, RL) are not compiled again.
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+    if jax.config.jax_compilation_cache_dir:
+        env.update(JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    if jax.config.jax_default_matmul_precision:
+        env["JAX_DEFAULT_MATMUL_PRECISION"] = str(jax.config.jax_default_matmul_precision)
     proc = subprocess.Popen([sys.executable, "-c", script], env=env)
     try:
         deadline = time.time() + 600

@@ -7,7 +7,7 @@
 
 ``init_from`` is a train run directory with ``sft_policy/`` (``python -m critique_jax.train`` with
 ``rl.steps=0``). Re-running the same command resumes after the last finished iteration.
-Multi-process: as ``critique_jax.train``. See :mod:`critique_jax.critique.self_train`.
+Multi-process: as ``critique_jax.train``. See :mod:`critique_jax.runs.self_train_run`.
 """
 
 from __future__ import annotations

@@ -59,3 +59,24 @@ def test_evaluate_the_gsm8k_run(gsm8k_run):
     assert rep["n_problems"] == 4 and 0.0 <= rep["pass@1"] <= rep["pass@4"] <= 1.0
     assert rep["split"] == "test" and json.loads((tmp / "eval" / "report.json").read_text())["pass@4"] == rep["pass@4"]
     assert "maj@4" in (tmp / "eval" / "report.md").read_text()
+
+
+def test_critique_grpo_on_gsm8k_files_with_chat_prompts(gsm8k_run, tmp_path):
+    """One Critique-GRPO step (ground-truth critiques) from the same checkpoint and files: the
+    critique and refinement prompts are chat turns too."""
+    tmp, cfg = gsm8k_run
+    hf_dir = _write_checkpoint(tmp_path / "ckpt", max_seq_len=640)  # room for refinement prompts
+    cfg = tiny_config(tmp_path, **{**{k: cfg[s][f] for k in (
+        "task.name", "task.train_files", "task.test_files", "task.difficulties", "task.n_train", "task.n_test",
+        "prompt.instruction", "sampling.prompt_buckets", "sampling.max_new_tokens")
+        for s, f in [k.split(".")]}, "model.hf_dir": str(hf_dir),
+        "sft.steps": 0, "rl.steps": 1, "rl.minibatches": 1, "rl.group_size": 3, "rl.loss.name": "critique_grpo",
+        "rl.loss.ref_kl_coef": 0.0, "rl.entropy_change": False, "critique.type": "ground_truth",
+        "critique.prompt_buckets": (320,), "critique.refine_buckets": (544,), "eval.group_size": 3,
+        "eval.n_problems": 4})
+    train(cfg, str(tmp_path / "cg"))
+    rows = read_metrics(tmp_path / "cg")
+    step = [r for r in rows if "critique/refine_success_on_failed" in r or "critique/initial_reward" in r]
+    assert step and "train/reward" in step[-1]
+    refine = load_policy(tmp_path / "cg", "final").run.prompts.refine("Q?", "answer: 1", "verdict: wrong")
+    assert refine.count("<|im_start|>user") == 2 and "<|im_start|>assistant\nanswer: 1<|im_end|>" in refine

@@ -22,6 +22,7 @@ import pytest
 from flax import nnx
 
 from critique_jax import config as config_lib
+from critique_jax import validation
 from critique_jax.models import KVCache, Transformer, model_config, positions_from_valid
 from critique_jax.rl.policy_init import policy_model_config
 from critique_jax.rl.train_step import SequenceBatch, make_optimizer, response_stats
@@ -196,7 +197,7 @@ def test_bad_model_option_is_a_config_error(key, value, match):
     c = config_lib.default_config()
     c.model[key] = value
     with pytest.raises(ValueError, match=match):
-        config_lib.validate(c, n_devices=1)
+        validation.validate(c, n_devices=1)
 
 
 @pytest.mark.parametrize("bad", ["fp8", "float64"])
@@ -204,7 +205,7 @@ def test_bad_adam_mu_dtype_is_a_config_error(bad):
     c = config_lib.default_config()
     c.rl.adam_mu_dtype = bad
     with pytest.raises(ValueError, match=r"config rl\.adam_mu_dtype="):
-        config_lib.validate(c, n_devices=1)
+        validation.validate(c, n_devices=1)
 
 
 def test_model_options_reach_the_policy_and_errors_name_the_field():

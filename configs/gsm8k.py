@@ -4,8 +4,9 @@ Files (JSONL or Parquet rows ``{"question", "answer": "...#### <n>"}``) default 
 ``data/gsm8k/train.jsonl`` and ``data/gsm8k/test.jsonl`` relative to the working directory
 (README: Train on GSM8K / MATH); ``--config.task.train_files=/abs/train.parquet`` replaces them.
 Sized for a pretrained model of ~0.5-1.5B parameters on one accelerator
-(``--config.model.hf_dir=DIR``); prompts are the task's marker templates, so the short SFT
-phase teaches the ``answer:`` line the reward reads.
+(``--config.model.hf_dir=DIR``); an instruct model reads its chat template with the task's
+answer-format instruction, and the short SFT phase reinforces the ``answer:`` line the reward
+reads. ``configs/math.py`` builds on this file.
 """
 
 from critique_jax.config import default_config

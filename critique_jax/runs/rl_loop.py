@@ -63,7 +63,7 @@ def plain_batch(run: Run, params: nnx.State, problems: list[Problem], step: int,
 
 
 def rl_batch(run: Run, params: nnx.State, source: CritiqueSource | None, problems: list[Problem],
-             step: int, rewards_spec: list[Reward]) -> tuple[SequenceBatch, dict]:
+             step: int, rewards_spec: list[Reward], refine: RefineSettings) -> tuple[SequenceBatch, dict]:
     """Samples (with critiques and refinements if configured), scores and packs one RL batch."""
     c = run.config
     g = c.rl.group_size
@@ -72,7 +72,7 @@ def rl_batch(run: Run, params: nnx.State, source: CritiqueSource | None, problem
         arrays, metrics = plain_batch(run, params, problems, step, rewards_spec, times)
     else:
         arrays, metrics = critique_batch(run, params, problems, c.seed * 1_000_003 + step, source,
-                                         RefineSettings.from_config(c), times)
+                                         refine, times)
         metrics["train/entropy"] = metrics["critique/initial_entropy"]
     rewards = arrays["rewards"]
     groups = np.repeat(np.arange(len(problems)), g)
@@ -140,14 +140,14 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, source: Critique
     stats_fn = jax.jit(functools.partial(token_stats_fn, run.graphdef, temperature=c.sampling.temperature))
     initial_mean = jax.jit(lambda ent, b: masked_mean(ent, initial_response_mask(b)))
     guard = NonFiniteGuard("RL", c.rl.max_bad_steps, "rl.max_bad_steps")
-    rewards_spec = parse_rewards(c.rl.rewards)
+    rewards_spec, refine = parse_rewards(c.rl.rewards), RefineSettings.from_config(c)  # built once per run
     live = {"state": state, "key": key}
 
     def step(n: int) -> dict[str, float]:
         t0 = time.perf_counter()
         with CompileCounter() as compiles:
             problems = [ex.problem for ex in next(it)]
-            batch, metrics = rl_batch(run, live["state"].params, source, problems, n, rewards_spec)
+            batch, metrics = rl_batch(run, live["state"].params, source, problems, n, rewards_spec, refine)
             times: dict[str, float] = {}
             with timed(times, "perf/update_s"):
                 # The entropy of the batch's initial responses before the update: the recompute's

@@ -58,6 +58,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, resume: bool = True, 
         sft_ckpt.wait()
     if c.rl.steps:
         run_rl(run, ckpt, sft_params, source, progress, stop_at)
-    for closer in (ckpt.wait, ckpt.close, sft_ckpt.close, progress.close, run.writer.close):
+    for closer in (ckpt.close, sft_ckpt.close, progress.close, run.writer.close):
         closer()
     return workdir

@@ -4,4 +4,10 @@
 EXTRAS="test,notebooks,data"
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 export JAX_PLATFORMS=cpu
+# Test files are spread over min(cores, 4) worker processes, one file at a time per worker
+# (pytest-xdist, --dist loadfile: a file's shared fixtures are built once). TEST_WORKERS=1: one process.
+WORKERS="${TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}"
+if (( WORKERS > 1 )); then
+  set -- -n "$WORKERS" --dist loadfile "$@"
+fi
 exec python -m pytest tests "$@"

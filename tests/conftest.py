@@ -57,14 +57,21 @@ def pytest_collection_finish(session):
     ``background`` fixture. Processes still running when the session ends are killed."""
     config = session.config
     config._background = {}
-    if config.option.collectonly:
-        return
+    if config.option.collectonly or os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # under pytest-xdist a worker runs only some files: the fixture starts the work
     for item in session.items:
         module = getattr(item, "module", None)
         start = getattr(module, "start_background", None)
         if (start is not None and module.__name__ not in config._background
                 and getattr(module, "BACKGROUND_FIXTURE", None) in item.fixturenames):
             config._background[module.__name__] = start(config._tmp_path_factory)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Under pytest-xdist (``scripts/test.sh``: files spread over worker processes) the files with
+    subprocess work come first: a worker waits for that work while the others run the rest."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: getattr(getattr(item, "module", None), "start_background", None) is None)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from test_trainer import tiny_config
 def test_majority_vote():
     assert majority_correct(["3", "4", "3", None], [1, 0, 1, 0])
     assert not majority_correct(["4", "4", "3"], [0, 0, 1])
-    assert majority_correct(["3", "4"], [1, 0])  # a tie: the first answer to reach the top count
+    assert majority_correct(["3", "4"], [1, 0])  # a tie: the tied answer that appears first
     assert not majority_correct([None, None], [0, 0])
 
 

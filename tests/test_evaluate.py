@@ -11,6 +11,7 @@ import pytest
 from critique_jax.analysis.evaluation import ProblemResult, majority_correct, markdown, report
 from critique_jax.analysis.passk import pass_at_k
 from critique_jax.runs import train
+from critique_jax.runs.budget_sweep import BUDGETS, budget_sweep
 from critique_jax.runs.evaluation_run import RESULTS, EvalSettings, evaluate_policy
 from critique_jax.runs.policies import load_policy
 
@@ -72,3 +73,19 @@ def test_evaluation_resumes_to_the_same_report(policy, tmp_path):
     assert (cut / RESULTS).read_text().splitlines() == lines
     with pytest.raises(ValueError, match=r"samples=4 \(the folder has 2\)"):
         evaluate_policy(policy.run, policy.params, str(cut), settings.__class__(**{**settings.__dict__, "samples": 4}))
+
+
+def test_budget_sweep_records_and_report(policy, tmp_path):
+    """Two budgets, the larger the run's own (56): its records are the main evaluation's samples
+    (same keys (seed, i, j)), the smaller one's responses fit in 28 tokens, and maj@2 at 28 is
+    paired with pass@1 at 56."""
+    settings = EvalSettings(source="tiny", split="test", n_problems=16, samples=2, temperature=1.0, seed=3,
+                            batch_prompts=8)
+    main = evaluate_policy(policy.run, policy.params, str(tmp_path), settings)
+    rep = budget_sweep(policy.run, policy.params, str(tmp_path), settings, (56, 28), (1, 2))
+    assert rep["budgets"] == [28, 56] and rep["per_budget"]["56"]["pass@1"] == main["pass@1"]
+    records = [json.loads(line) for line in (tmp_path / BUDGETS / "28.jsonl").read_text().splitlines()]
+    assert len(records) == 16 and all(max(r["tokens"]) <= 28 and len(r["answers"]) == 2 for r in records)
+    assert [(r["budget"], r["k"], r["token_cap"]) for r in rep["equal_budget"]] == [(28, 2, 56)]
+    assert math.isnan(rep["per_budget"]["28"]["maj@2"])  # countdown: the steps decide, no majority vote
+    assert (tmp_path / "test_time.png").stat().st_size > 0 and "| 28 | 2 | 56 |" in (tmp_path / "test_time.md").read_text()

@@ -113,7 +113,7 @@ def equal_budget(per_budget: Mapping[int, Mapping[str, float]], counts: Sequence
     for b in sorted(per_budget):
         for k in sorted(c for c in counts if c > 1 and c * b in per_budget):
             small, big = per_budget[b], per_budget[k * b]
-            rows.append({"budget": float(b), "k": float(k), "token_cap": float(k * b),
+            rows.append({"budget": b, "k": k, "token_cap": k * b,
                          "maj@k": small[f"maj@{k}"], "pass@1_at_cap": big["pass@1"],
                          "tokens@k": k * small["tokens_per_sample"], "tokens_at_cap": big["tokens_per_sample"]})
     return rows

@@ -1,5 +1,6 @@
-"""The evaluate program: the report from per-problem results (vs direct computation), and a
-resumable evaluation of a tiny run's policy."""
+"""The evaluate program: the report from per-problem results (vs direct computation), a
+resumable evaluation of a tiny run's policy and its test-time budget sweep; and, from the same
+SFT policy, the RLSF confidence reward end to end."""
 
 import dataclasses
 import json
@@ -10,6 +11,8 @@ import pytest
 
 from critique_jax.analysis.evaluation import ProblemResult, majority_correct, markdown, report
 from critique_jax.analysis.passk import pass_at_k
+from critique_jax.metrics import read_metrics
+from critique_jax.rl.confidence import answer_char_span, answer_span_mask
 from critique_jax.runs import train
 from critique_jax.runs.budget_sweep import BUDGETS, budget_sweep
 from critique_jax.runs.evaluation_run import RESULTS, EvalSettings, evaluate_policy
@@ -50,10 +53,17 @@ def test_report_matches_direct_computation():
 
 
 @pytest.fixture(scope="module")
-def policy(tmp_path_factory):
+def sft_run(tmp_path_factory):
+    """A tiny SFT-only run (2 steps) in ``<tmp>/run``: the policy evaluated here, and the
+    reference and starting policy of the RLSF run."""
     tmp = tmp_path_factory.mktemp("evaluate")
     train(tiny_config(tmp, **{"rl.steps": 0, "sft.steps": 2}), str(tmp / "run"))
-    return load_policy(tmp / "run", "sft")
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def policy(sft_run):
+    return load_policy(sft_run / "run", "sft")
 
 
 def test_evaluation_resumes_to_the_same_report(policy, tmp_path):
@@ -89,3 +99,27 @@ def test_budget_sweep_records_and_report(policy, tmp_path):
     assert [(r["budget"], r["k"], r["token_cap"]) for r in rep["equal_budget"]] == [(28, 2, 56)]
     assert math.isnan(rep["per_budget"]["28"]["maj@2"])  # countdown: the steps decide, no majority vote
     assert (tmp_path / "test_time.png").stat().st_size > 0 and "| 28 | 2 | 56 |" in (tmp_path / "test_time.md").read_text()
+
+
+def test_confidence_reward_run(sft_run):
+    """RLSF end to end: one RL step from this module's SFT policy trained on the reference
+    policy's answer confidence alone (``correct:0`` only logs the verifier), without a KL term;
+    the confidence and its AUROC against the verifier are logged (NaN when one class is empty)."""
+    config = tiny_config(sft_run, **{"init_from": str(sft_run / "run"), "rl.steps": 1, "rl.entropy_change": False,
+                                     "rl.rewards": "confidence,correct:0", "rl.loss.ref_kl_coef": 0.0})
+    train(config, str(sft_run / "rlsf"))
+    (step,) = [r for r in read_metrics(sft_run / "rlsf") if "train/reward" in r]
+    conf, right, area = step["reward/confidence"], step["reward/correct"], step["reward/confidence_auroc"]
+    assert 0 <= conf <= 1 and step["train/reward"] == pytest.approx(conf, rel=1e-6)  # 0: no sample has an answer
+    assert (0 <= area <= 1) if 0 < right < 1 else math.isnan(area)
+
+
+def test_answer_span_with_the_run_tokenizer(policy):
+    """The answer-span tokens of a reference solution, found through the run's SentencePiece
+    tokenizer, decode to the span's text (countdown: the last step through the answer)."""
+    run = policy.run
+    text = run.task.solutions(run.test[0].problem, np.random.default_rng(0), 1)[0]
+    ids = np.asarray([run.tok.encode(text, eos=True)])
+    span = answer_span_mask(run.task, run.tok, ids, np.ones(ids.shape, bool), [text])
+    start, end = answer_char_span(text, steps_decide=True)
+    assert run.tok.decode(ids[0][span[0]]) == text[start:end] and text[start:end].count("\n") == 1

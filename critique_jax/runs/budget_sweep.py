@@ -19,7 +19,6 @@ settings; a re-run may add budgets (each has its own file) or change the sample 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Sequence
 
@@ -32,7 +31,7 @@ from flax import nnx  # noqa: E402
 
 from critique_jax.analysis.test_time import SampleSet, sweep_report  # noqa: E402
 from critique_jax.runs.evaluation_run import (EvalSettings, MakeRecord, check_settings, eval_problems,  # noqa: E402
-                                              sample_records)
+                                              sample_records, write_report)
 from critique_jax.runs.run import Run  # noqa: E402
 from critique_jax.tasks import Problem, Task  # noqa: E402
 
@@ -76,11 +75,9 @@ def budget_sweep(run: Run, params: nnx.State, out: str, settings: EvalSettings, 
     rep = sweep_report(sets, counts, run.task.answer_graded) | {
         "source": settings.source, "split": settings.split, "samples_per_problem": settings.samples,
         "n_problems": len(problems)}
-    with open(os.path.join(out, SWEEP_JSON), "w") as f:
-        json.dump(rep, f, indent=1)
-    with open(os.path.join(out, SWEEP_MD), "w") as f:
-        f.write(sweep_markdown(rep, f"Test-time budget sweep of {settings.source} ({settings.split})"))
-    plot_sweep(rep, os.path.join(out, SWEEP_PLOT), settings.source)
+    write_report(out, (SWEEP_JSON, SWEEP_MD, SWEEP_PLOT), rep, sweep_markdown(
+        rep, f"Test-time budget sweep of {settings.source} ({settings.split})"),
+        lambda path: plot_sweep(rep, path, settings.source))
     return rep
 
 

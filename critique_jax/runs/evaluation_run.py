@@ -157,12 +157,20 @@ def evaluate_policy(run: Run, params: nnx.State, out: str, settings: EvalSetting
     results = sample_records(run, params, settings, eval_problems(run, settings), os.path.join(out, RESULTS),
                              result, lambda d: ProblemResult(**d))
     rep = report(results) | {"source": settings.source, "split": settings.split}
-    with open(os.path.join(out, REPORT_JSON), "w") as f:
-        json.dump(rep, f, indent=1)
-    with open(os.path.join(out, REPORT_MD), "w") as f:
-        f.write(markdown(rep, f"Evaluation of {settings.source} ({settings.split})"))
-    plot_passk(rep, os.path.join(out, PLOT), settings.source)
+    write_report(out, (REPORT_JSON, REPORT_MD, PLOT), rep, markdown(rep, f"Evaluation of {settings.source} "
+                 f"({settings.split})"), lambda path: plot_passk(rep, path, settings.source))
     return rep
+
+
+def write_report(out: str, names: tuple[str, str, str], rep: dict[str, Any], md: str,
+                 plot: Callable[[str], None]) -> None:
+    """``rep`` as JSON, ``md`` and the figure ``plot(path)`` draws, in ``out`` under ``names``
+    (the JSON, Markdown and PNG file names)."""
+    with open(os.path.join(out, names[0]), "w") as f:
+        json.dump(rep, f, indent=1)
+    with open(os.path.join(out, names[1]), "w") as f:
+        f.write(md)
+    plot(os.path.join(out, names[2]))
 
 
 def plot_passk(rep: dict[str, Any], path: str, title: str) -> None:

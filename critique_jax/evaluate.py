@@ -5,6 +5,11 @@ response length, token entropy and distinct correct solutions, as JSON, Markdown
     python -m critique_jax.evaluate --run=runs/grpo --which=sft --samples=16 --out=runs/grpo/eval_sft
     python -m critique_jax.evaluate --config=configs/gsm8k.py --config.model.hf_dir=/models/qwen \\
         --out=runs/qwen_gsm8k_eval
+    python -m critique_jax.evaluate --run=runs/grpo --samples=8 --budgets=16,32,64 --out=runs/grpo/eval_budgets
+
+``--budgets`` adds the test-time budget sweep (:mod:`critique_jax.runs.budget_sweep`): every
+problem sampled ``--samples`` times at each max-new-tokens value, maj@k / pass@k for the
+``--sample_counts`` k, correctness variance and answer entropy per budget (``test_time.*``).
 
 Re-running the same command continues an interrupted evaluation (see
 :mod:`critique_jax.runs.evaluation_run`). Defaults come from the run's config: samples =
@@ -29,15 +34,23 @@ N_PROBLEMS = flags.DEFINE_integer("n_problems", 0, "How many problems (the first
 SAMPLES = flags.DEFINE_integer("samples", None, "Samples per problem (default: eval.group_size).")
 TEMPERATURE = flags.DEFINE_float("temperature", None, "Sampling temperature (default: sampling.temperature).")
 SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+BUDGETS = flags.DEFINE_list("budgets", [], "Test-time budget sweep (off when empty): max-new-tokens values, "
+                            "e.g. 16,32,64, each sampled --samples times per problem (test_time.*).")
+SAMPLE_COUNTS = flags.DEFINE_list("sample_counts", [], "With --budgets: the sample counts k of maj@k and pass@k "
+                                  "(default: 1, 2, 4, ... up to --samples).")
 VERBOSE = cli.define_verbose()
 
 
 def main(argv: list[str]) -> None:
     if (RUN.value is None) == (CONFIG.value is None):
         raise app.UsageError("give exactly one of --run (a train run) or --config (with model.hf_dir or init_from)")
+    budgets, counts = _ints(BUDGETS), _ints(SAMPLE_COUNTS)
+    if counts and not budgets:
+        raise ValueError("--sample_counts without --budgets: the sample counts are the budget sweep's; give --budgets")
     from critique_jax.runs.policies import load_run_config
 
     cli.start(argv, CONFIG.value if CONFIG.value is not None else load_run_config(RUN.value))
+    from critique_jax.runs.budget_sweep import budget_sweep, check_sweep
     from critique_jax.runs.evaluation_run import EvalSettings, config_policy, evaluate_policy
     from critique_jax.runs.policies import load_policy
 
@@ -58,10 +71,25 @@ def main(argv: list[str]) -> None:
         raise ValueError(f"--n_problems={settings.n_problems}: expected >= 0 (0 = the whole split)")
     if settings.temperature < 0:
         raise ValueError(f"--temperature={settings.temperature}: expected >= 0 (0 = greedy)")
+    if budgets:  # checked before the main evaluation samples anything
+        counts = counts or [2 ** i for i in range(settings.samples.bit_length())]
+        check_sweep(run, settings.samples, budgets, counts)
     rep = evaluate_policy(run, params, OUT.value, settings)
     n = rep["samples_per_problem"]
     print(f"{source}: pass@1 {rep['pass@1']:.4f}, pass@{n} {rep[f'pass@{n}']:.4f}, maj@{n} {rep[f'maj@{n}']:.4f} "
           f"on {int(rep['n_problems'])} {settings.split} problems; report in {OUT.value}")
+    if budgets:
+        sweep = budget_sweep(run, params, OUT.value, settings, budgets, counts)
+        print("budget sweep: pass@1 " + ", ".join(f"{t['pass@1']:.4f} at {b}" for b, t in sweep["per_budget"].items())
+              + f" new tokens; report in {OUT.value}/test_time.md")
+
+
+def _ints(flag: flags.FlagHolder) -> list[int]:
+    """A list flag's values as whole numbers (an error naming the flag otherwise)."""
+    try:
+        return [int(v) for v in flag.value]
+    except ValueError:
+        raise ValueError(f"--{flag.name}={','.join(flag.value)}: expected whole numbers separated by commas") from None
 
 
 if __name__ == "__main__":

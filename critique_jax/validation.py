@@ -20,7 +20,7 @@ from critique_jax.models import FAMILIES, SIZES
 from critique_jax.models.config import ATTENTION_IMPLS, REMAT_POLICIES
 from critique_jax.rl import policy_init
 from critique_jax.rl.advantages import ESTIMATORS
-from critique_jax.rl.rewards import parse_rewards
+from critique_jax.rl.rewards import parse_rewards, uses_confidence
 from critique_jax.rl.train_step import SCHEDULES
 from critique_jax.tasks import files, get_task, task_names
 from critique_jax.text.prompt_format import PROMPT_FORMATS
@@ -194,7 +194,7 @@ def _validate_train(c: ml_collections.ConfigDict, shards: int, need: Callable[[b
              f"critique.type={c.critique.type!r} needs rl.loss.name='critique_grpo' (got {c.rl.loss.name!r})")
         need(c.rl.recompute_old_logp, "critique runs need rl.recompute_old_logp=True: refinements were sampled "
              "with the critique in context, their old log-probs are recomputed under the solve prompt")
-    parse_rewards(c.rl.rewards)  # imports user reward modules: a spec that does not import fails here
+    rewards = parse_rewards(c.rl.rewards)  # imports user reward modules: a spec that does not import fails here
     need(c.critique.type == "none" or c.rl.rewards.replace(" ", "") == "correct",
          f"rl.rewards={c.rl.rewards!r} with critique.type={c.critique.type!r}: Critique-GRPO scores initial "
          "responses and refinements by the verifier alone; user rewards apply to runs without critique")
@@ -204,5 +204,9 @@ def _validate_train(c: ml_collections.ConfigDict, shards: int, need: Callable[[b
     need(c.critique.sft_refine_target in ("any", "source"),
          f"critique.sft_refine_target={c.critique.sft_refine_target!r}: expected 'any' or 'source'")
     loss = loss_config(c)
-    need(not (loss.ref_kl_coef > 0 and c.sft.steps == 0 and not c.init_from and not c.model.hf_dir),
+    no_reference = c.sft.steps == 0 and not c.init_from and not c.model.hf_dir
+    need(not (loss.ref_kl_coef > 0 and no_reference),
          "rl.loss.ref_kl_coef > 0 needs a reference policy: set sft.steps > 0, init_from or model.hf_dir")
+    need(not (uses_confidence(rewards) and no_reference),
+         f"rl.rewards={c.rl.rewards!r}: the confidence reward needs a reference policy: set sft.steps > 0, "
+         "init_from or model.hf_dir")

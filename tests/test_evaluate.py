@@ -1,5 +1,6 @@
-"""The evaluate program: the report from per-problem results (vs direct computation), and a
-resumable evaluation of a tiny run's policy."""
+"""The evaluate program: the report from per-problem results (vs direct computation), a
+resumable evaluation of a tiny run's policy and its test-time budget sweep; and, from the same
+SFT policy, the RLSF confidence reward end to end."""
 
 import dataclasses
 import json
@@ -10,7 +11,10 @@ import pytest
 
 from critique_jax.analysis.evaluation import ProblemResult, majority_correct, markdown, report
 from critique_jax.analysis.passk import pass_at_k
+from critique_jax.metrics import read_metrics
+from critique_jax.rl.confidence import answer_char_span, answer_span_mask
 from critique_jax.runs import train
+from critique_jax.runs.budget_sweep import BUDGETS, budget_sweep
 from critique_jax.runs.evaluation_run import RESULTS, EvalSettings, evaluate_policy
 from critique_jax.runs.policies import load_policy
 
@@ -20,7 +24,7 @@ from test_trainer import tiny_config
 def test_majority_vote():
     assert majority_correct(["3", "4", "3", None], [1, 0, 1, 0])
     assert not majority_correct(["4", "4", "3"], [0, 0, 1])
-    assert majority_correct(["3", "4"], [1, 0])  # a tie: the first answer to reach the top count
+    assert majority_correct(["3", "4"], [1, 0])  # a tie: the tied answer that appears first
     assert not majority_correct([None, None], [0, 0])
 
 
@@ -49,10 +53,17 @@ def test_report_matches_direct_computation():
 
 
 @pytest.fixture(scope="module")
-def policy(tmp_path_factory):
+def sft_run(tmp_path_factory):
+    """A tiny SFT-only run (2 steps) in ``<tmp>/run``: the policy evaluated here, and the
+    reference and starting policy of the RLSF run."""
     tmp = tmp_path_factory.mktemp("evaluate")
     train(tiny_config(tmp, **{"rl.steps": 0, "sft.steps": 2}), str(tmp / "run"))
-    return load_policy(tmp / "run", "sft")
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def policy(sft_run):
+    return load_policy(sft_run / "run", "sft")
 
 
 def test_evaluation_resumes_to_the_same_report(policy, tmp_path):
@@ -72,3 +83,43 @@ def test_evaluation_resumes_to_the_same_report(policy, tmp_path):
     assert (cut / RESULTS).read_text().splitlines() == lines
     with pytest.raises(ValueError, match=r"samples=4 \(the folder has 2\)"):
         evaluate_policy(policy.run, policy.params, str(cut), settings.__class__(**{**settings.__dict__, "samples": 4}))
+
+
+def test_budget_sweep_records_and_report(policy, tmp_path):
+    """Two budgets, the larger the run's own (56): its records are the main evaluation's samples
+    (same keys (seed, i, j)), the smaller one's responses fit in 28 tokens, and maj@2 at 28 is
+    paired with pass@1 at 56."""
+    settings = EvalSettings(source="tiny", split="test", n_problems=16, samples=2, temperature=1.0, seed=3,
+                            batch_prompts=8)
+    main = evaluate_policy(policy.run, policy.params, str(tmp_path), settings)
+    rep = budget_sweep(policy.run, policy.params, str(tmp_path), settings, (56, 28), (1, 2))
+    assert rep["budgets"] == [28, 56] and rep["per_budget"]["56"]["pass@1"] == main["pass@1"]
+    records = [json.loads(line) for line in (tmp_path / BUDGETS / "28.jsonl").read_text().splitlines()]
+    assert len(records) == 16 and all(max(r["tokens"]) <= 28 and len(r["answers"]) == 2 for r in records)
+    assert [(r["budget"], r["k"], r["token_cap"]) for r in rep["equal_budget"]] == [(28, 2, 56)]
+    assert math.isnan(rep["per_budget"]["28"]["maj@2"])  # countdown: the steps decide, no majority vote
+    assert (tmp_path / "test_time.png").stat().st_size > 0 and "| 28 | 2 | 56 |" in (tmp_path / "test_time.md").read_text()
+
+
+def test_confidence_reward_run(sft_run):
+    """RLSF end to end: one RL step from this module's SFT policy trained on the reference
+    policy's answer confidence alone (``correct:0`` only logs the verifier), without a KL term;
+    the confidence and its AUROC against the verifier are logged (NaN when one class is empty)."""
+    config = tiny_config(sft_run, **{"init_from": str(sft_run / "run"), "rl.steps": 1, "rl.entropy_change": False,
+                                     "rl.rewards": "confidence,correct:0", "rl.loss.ref_kl_coef": 0.0})
+    train(config, str(sft_run / "rlsf"))
+    (step,) = [r for r in read_metrics(sft_run / "rlsf") if "train/reward" in r]
+    conf, right, area = step["reward/confidence"], step["reward/correct"], step["reward/confidence_auroc"]
+    assert 0 <= conf <= 1 and step["train/reward"] == pytest.approx(conf, rel=1e-6)  # 0: no sample has an answer
+    assert (0 <= area <= 1) if 0 < right < 1 else math.isnan(area)
+
+
+def test_answer_span_with_the_run_tokenizer(policy):
+    """The answer-span tokens of a reference solution, found through the run's SentencePiece
+    tokenizer, decode to the span's text (countdown: the last step through the answer)."""
+    run = policy.run
+    text = run.task.solutions(run.test[0].problem, np.random.default_rng(0), 1)[0]
+    ids = np.asarray([run.tok.encode(text, eos=True)])
+    span = answer_span_mask(run.task, run.tok, ids, np.ones(ids.shape, bool), [text])
+    start, end = answer_char_span(text, steps_decide=True)
+    assert run.tok.decode(ids[0][span[0]]) == text[start:end] and text[start:end].count("\n") == 1

@@ -39,8 +39,8 @@ class ProblemResult:
 
 
 def majority_correct(answers: Sequence[str | None], rewards: Sequence[float]) -> bool:
-    """Whether the most frequent extracted answer (None: no answer, never a vote; ties: the
-    first answer to reach the top count) belongs to a correct sample."""
+    """Whether the most frequent extracted answer (None: no answer, never a vote; ties: of the
+    tied answers, the one that appears first in ``answers``) belongs to a correct sample."""
     votes = collections.Counter(a for a in answers if a is not None)
     if not votes:
         return False

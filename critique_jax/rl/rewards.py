@@ -4,6 +4,10 @@ A spec is a comma-separated list of ``name[:weight]`` (weight default 1)::
 
     correct                       the task's verifier: 1 when the answer is right (the default)
     format:0.1                    1 when the response has the task's answer format (Task.format_ok)
+    confidence                    RLSF: the frozen reference policy's mean top-1 minus top-2 probability
+                                  over the final-answer tokens, in [0, 1] (critique_jax.rl.confidence);
+                                  with it the step also logs reward/confidence_auroc, its AUROC against
+                                  the verifier's 0/1 reward (NaN when all are right or all wrong)
     my_rewards:brevity:0.05       function ``brevity`` of the importable module ``my_rewards``
     path/to/rewards.py:brevity    function ``brevity`` of that file
 
@@ -29,7 +33,7 @@ import numpy as np
 from critique_jax.tasks import Problem, Task
 
 RewardFn = Callable[[Problem, str], float]
-BUILTIN = ("correct", "format")
+BUILTIN = ("correct", "format", "confidence")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,19 +85,26 @@ def parse_rewards(spec: str) -> list[Reward]:
         elif len(parts) == 2:
             out.append(Reward(parts[1], weight, _load(parts[0], parts[1], spec)))
         else:
-            raise ValueError(f"config rl.rewards={spec!r}: term {term!r}; expected 'correct', 'format' or "
-                             "'module:function' (each optionally ':weight')")
+            raise ValueError(f"config rl.rewards={spec!r}: term {term!r}; expected 'correct', 'format', "
+                             "'confidence' or 'module:function' (each optionally ':weight')")
     names = [r.name for r in out]
     if len(set(names)) != len(names):
         raise ValueError(f"config rl.rewards={spec!r}: reward names {names} repeat")
     return out
 
 
+def uses_confidence(rewards: Sequence[Reward]) -> bool:
+    """Whether a term is the built-in ``confidence`` (the step then needs the reference policy)."""
+    return any(r.name == "confidence" and r.fn is None for r in rewards)
+
+
 def score_rewards(rewards: Sequence[Reward], task: Task, problems: Sequence[Problem], texts: Sequence[str],
-                  group_size: int, correct: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+                  group_size: int, correct: np.ndarray,
+                  confidence: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float]]:
     """The weighted reward [N] of ``texts`` (text ``i`` answers ``problems[i // group_size]``) and
     each term's batch mean (``reward/<name>``). ``correct`` [N]: the verifier's rewards, already
-    computed for the ``correct`` term and for the metrics."""
+    computed for the ``correct`` term and for the metrics; ``confidence`` [N]: the reference
+    policy's answer confidences, for the ``confidence`` term."""
     total = np.zeros(len(texts), np.float64)
     means = {}
     for r in rewards:
@@ -101,6 +112,11 @@ def score_rewards(rewards: Sequence[Reward], task: Task, problems: Sequence[Prob
             values = np.asarray(correct, np.float64)
         elif r.name == "format" and r.fn is None:
             values = np.asarray([float(task.format_ok(t)) for t in texts])
+        elif r.name == "confidence" and r.fn is None:
+            if confidence is None:
+                raise ValueError("reward 'confidence' needs the reference policy's confidences (score_rewards(..., "
+                                 "confidence=)); none were given")
+            values = np.asarray(confidence, np.float64)
         else:
             values = np.asarray([_call(r, problems[i // group_size], t) for i, t in enumerate(texts)])
         total += r.weight * values

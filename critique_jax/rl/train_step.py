@@ -71,13 +71,18 @@ def response_stats(
     with bf16 activations the vocabulary matmul runs in bf16 with float32 accumulation, and
     everything after it in float32.
     """
-    positions = jnp.maximum(jnp.cumsum(batch.valid.astype(jnp.int32), axis=1) - 1, 0)
-    hidden, _ = model(batch.tokens, positions, batch.valid)
-    length = batch.response_len
-    h = hidden[:, -length - 1:-1]  # the hidden state before each response token predicts it
-    targets = batch.tokens[:, -length:]
+    h = response_hidden(model, batch)
+    targets = batch.tokens[:, -batch.response_len:]
     return chunked_logprobs_and_entropy(h, model.unembed().astype(h.dtype), targets, temperature,
                                         chunk_size=chunk_size, softcap=model.cfg.final_logit_softcap)
+
+
+def response_hidden(model: Transformer, batch: SequenceBatch) -> jax.Array:
+    """Teacher-forced final hidden states that predict the response tokens: [N, L, D] (row ``t``:
+    the state before response token ``t``)."""
+    positions = jnp.maximum(jnp.cumsum(batch.valid.astype(jnp.int32), axis=1) - 1, 0)
+    hidden, _ = model(batch.tokens, positions, batch.valid)
+    return hidden[:, -batch.response_len - 1:-1]
 
 
 SCHEDULES = ("constant", "cosine")

@@ -9,6 +9,8 @@ Output folder::
     problems.jsonl    one line per evaluated problem, appended chunk by chunk (resumable: a
                       re-run continues after the last whole chunk)
     report.json, report.md, passk.png   the report, written when every problem is done
+    budgets/, test_time.*   with ``--budgets``: the test-time budget sweep
+                      (:mod:`critique_jax.runs.budget_sweep`)
 
 Sample ``j`` of problem ``i`` (its index in the split) uses the key ``(seed, i, j)``, so an
 interrupted and resumed evaluation equals an uninterrupted one.
@@ -19,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import matplotlib
 
@@ -33,9 +35,15 @@ from critique_jax.analysis.evaluation import ProblemResult, majority_correct, ma
 from critique_jax.metrics import Progress  # noqa: E402
 from critique_jax.rl import rollout as rollout_lib  # noqa: E402
 from critique_jax.runs.run import Run  # noqa: E402
+from critique_jax.sampling import SamplerConfig  # noqa: E402
+from critique_jax.tasks import Problem  # noqa: E402
 
 SETTINGS, RESULTS = "evaluation.json", "problems.jsonl"
 REPORT_JSON, REPORT_MD, PLOT = "report.json", "report.md", "passk.png"
+Record = TypeVar("Record")
+#: One problem's record from its ``g`` samples: (problem, texts [g], verifier rewards [g],
+#: response tokens [g], summed token entropies (nats) [g]) -> record.
+MakeRecord = Callable[[Problem, list[str], np.ndarray, np.ndarray, np.ndarray], Record]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +61,9 @@ class EvalSettings:
     batch_prompts: int
 
 
-def _check_settings(out: str, settings: EvalSettings) -> None:
+def check_settings(out: str, settings: EvalSettings) -> None:
+    """Writes ``settings`` to ``out/evaluation.json``, or refuses (naming them) settings that differ
+    from the ones there."""
     path = os.path.join(out, SETTINGS)
     mine = dataclasses.asdict(settings)
     if os.path.exists(path):
@@ -67,17 +77,17 @@ def _check_settings(out: str, settings: EvalSettings) -> None:
         json.dump(mine, f, indent=1)
 
 
-def _done(out: str, uids: list[str], chunk: int) -> list[ProblemResult]:
-    """The results already in ``problems.jsonl``, cut to whole chunks (a crash mid-chunk leaves
-    a partial one, sampled again); each must be the problem at its position."""
-    path = os.path.join(out, RESULTS)
+def _done(path: str, uids: list[str], chunk: int, parse: Callable[[dict], Record]) -> list[Record]:
+    """The records already in the JSONL file ``path`` (``parse``: a line's dict to its record),
+    cut to whole chunks (a crash mid-chunk leaves a partial one, sampled again); each must be
+    the problem at its position."""
     if not os.path.exists(path):
         return []
     rows = []
     with open(path) as f:
         for line in f:
             try:
-                rows.append(ProblemResult(**json.loads(line)))
+                rows.append(parse(json.loads(line)))
             except (json.JSONDecodeError, TypeError):
                 break  # a line cut by a crash: it and what follows are sampled again
     rows = rows[:len(rows) // chunk * chunk] if len(rows) < len(uids) else rows[:len(uids)]
@@ -89,49 +99,78 @@ def _done(out: str, uids: list[str], chunk: int) -> list[ProblemResult]:
     return rows
 
 
-def evaluate_policy(run: Run, params: nnx.State, out: str, settings: EvalSettings) -> dict[str, Any]:
-    """Evaluates ``params`` (the model of ``run``) as ``settings`` say, writing ``out`` (module
-    docstring); returns the report."""
-    os.makedirs(out, exist_ok=True)
-    _check_settings(out, settings)
+def eval_problems(run: Run, settings: EvalSettings) -> list[Problem]:
+    """The first ``settings.n_problems`` problems of ``settings.split`` (0: all of them)."""
     source = {"train": run.train, "test": run.test}[settings.split]
     n = min(settings.n_problems or len(source), len(source))
-    problems = [source[i].problem for i in range(n)]
-    g, bp, task = settings.samples, settings.batch_prompts, run.task
-    results = _done(out, [p.uid for p in problems], bp)
-    progress = Progress(total=n, initial=len(results), enabled=run.config.log.progress,
-                        keys=("pass@1",))
-    with open(os.path.join(out, RESULTS), "a") as f:
+    return [source[i].problem for i in range(n)]
+
+
+def sample_records(run: Run, params: nnx.State, settings: EvalSettings, problems: list[Problem], path: str,
+                   record: MakeRecord, parse: Callable[[dict], Record],
+                   sampler: SamplerConfig | None = None) -> list[Record]:
+    """``settings.samples`` samples of each problem with ``sampler`` (default: the run's), one
+    ``record`` per problem appended to the JSONL file ``path`` chunk by chunk
+    (``settings.batch_prompts`` problems, flushed and synced); a re-run keeps the whole chunks
+    there and samples the rest (``parse``: a line's dict to its record)."""
+    g, bp, n = settings.samples, settings.batch_prompts, len(problems)
+    results = _done(path, [p.uid for p in problems], bp, parse)
+    progress = Progress(total=n, initial=len(results), enabled=run.config.log.progress, keys=("pass@1",))
+    right = []
+    with open(path, "a") as f:
         for start in range(len(results), n, bp):
             chunk = problems[start:start + bp]
             prompts = [run.prompts.solve(p.question) for p in chunk]
             gen = rollout_lib.sample_chunked(run, (run.graphdef, params), prompts,
                                              run.config.sampling.prompt_buckets, g, settings.temperature, bp,
-                                             lambda _: settings.seed, global_ids=True, first_id=start)
-            rewards = rollout_lib.score(task, chunk, gen.texts, g).reshape(len(chunk), g)
-            new = []
-            for i, p in enumerate(chunk):
-                texts = gen.texts[i * g:(i + 1) * g]
-                new.append(ProblemResult(
-                    uid=p.uid, difficulty=int(p.difficulty), n=g, correct=int((rewards[i] >= 1).sum()),
-                    majority_correct=(majority_correct([task.extract_answer(t) for t in texts], list(rewards[i]))
-                                      if task.answer_graded else None),
-                    distinct=distinct_correct_solutions(task, p, texts),
-                    tokens=float(gen.lengths[i * g:(i + 1) * g].sum()),
-                    entropy_sum=float(gen.entropy_sums[i * g:(i + 1) * g].sum())))
+                                             lambda _: settings.seed, sampler=sampler, global_ids=True,
+                                             first_id=start)
+            rewards = rollout_lib.score(run.task, chunk, gen.texts, g).reshape(len(chunk), g)
+            new = [record(p, gen.texts[i * g:(i + 1) * g], rewards[i], gen.lengths[i * g:(i + 1) * g],
+                          gen.entropy_sums[i * g:(i + 1) * g]) for i, p in enumerate(chunk)]
             f.writelines(json.dumps(dataclasses.asdict(r)) + "\n" for r in new)
             f.flush()
             os.fsync(f.fileno())
             results += new
-            progress.update(len(results), {"pass@1": float(np.mean([r.correct / g for r in results]))})
+            right.append(rewards >= 1)
+            progress.update(len(results), {"pass@1": float(np.concatenate(right).mean())})  # of this call's samples
     progress.close()
+    return results
+
+
+def evaluate_policy(run: Run, params: nnx.State, out: str, settings: EvalSettings) -> dict[str, Any]:
+    """Evaluates ``params`` (the model of ``run``) as ``settings`` say, writing ``out`` (module
+    docstring); returns the report."""
+    os.makedirs(out, exist_ok=True)
+    check_settings(out, settings)
+    task = run.task
+
+    def result(p: Problem, texts: list[str], rewards: np.ndarray, lengths: np.ndarray,
+               entropy_sums: np.ndarray) -> ProblemResult:
+        return ProblemResult(
+            uid=p.uid, difficulty=int(p.difficulty), n=len(texts), correct=int((rewards >= 1).sum()),
+            majority_correct=(majority_correct([task.extract_answer(t) for t in texts], list(rewards))
+                              if task.answer_graded else None),
+            distinct=distinct_correct_solutions(task, p, texts), tokens=float(lengths.sum()),
+            entropy_sum=float(entropy_sums.sum()))
+
+    results = sample_records(run, params, settings, eval_problems(run, settings), os.path.join(out, RESULTS),
+                             result, lambda d: ProblemResult(**d))
     rep = report(results) | {"source": settings.source, "split": settings.split}
-    with open(os.path.join(out, REPORT_JSON), "w") as f:
-        json.dump(rep, f, indent=1)
-    with open(os.path.join(out, REPORT_MD), "w") as f:
-        f.write(markdown(rep, f"Evaluation of {settings.source} ({settings.split})"))
-    plot_passk(rep, os.path.join(out, PLOT), settings.source)
+    write_report(out, (REPORT_JSON, REPORT_MD, PLOT), rep, markdown(rep, f"Evaluation of {settings.source} "
+                 f"({settings.split})"), lambda path: plot_passk(rep, path, settings.source))
     return rep
+
+
+def write_report(out: str, names: tuple[str, str, str], rep: dict[str, Any], md: str,
+                 plot: Callable[[str], None]) -> None:
+    """``rep`` as JSON, ``md`` and the figure ``plot(path)`` draws, in ``out`` under ``names``
+    (the JSON, Markdown and PNG file names)."""
+    with open(os.path.join(out, names[0]), "w") as f:
+        json.dump(rep, f, indent=1)
+    with open(os.path.join(out, names[1]), "w") as f:
+        f.write(md)
+    plot(os.path.join(out, names[2]))
 
 
 def plot_passk(rep: dict[str, Any], path: str, title: str) -> None:

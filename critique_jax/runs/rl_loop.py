@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,11 +26,13 @@ from critique_jax.critique.loop import RefineSettings, critique_batch
 from critique_jax.data import BatchIterator
 from critique_jax.metrics import Progress
 from critique_jax.ops.masked import masked_mean
+from critique_jax.parallel.distributed import to_host
 from critique_jax.perf import CompileCounter, timed
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.rl.advantages import compute_advantages
 from critique_jax.rl.guard import NonFiniteGuard
-from critique_jax.rl.rewards import Reward, parse_rewards, score_rewards
+from critique_jax.rl.confidence import answer_span_mask, auroc, reference_confidence
+from critique_jax.rl.rewards import Reward, parse_rewards, score_rewards, uses_confidence
 from critique_jax.rl.train_step import SequenceBatch, initial_response_mask, make_optimizer, rl_update, token_stats_fn
 from critique_jax.runs.evaluate import evaluate
 from critique_jax.runs.loop import Loop, Step
@@ -43,33 +45,48 @@ from critique_jax.tasks import Problem, verifier
 log = logging.getLogger("critique_jax")
 
 
+#: The reference policy's answer confidences [N] of a batch (response_mask: the responses) and its
+#: answer-span mask [N, L] (:func:`critique_jax.rl.confidence.reference_confidence`, on the host).
+Confidence = Callable[[SequenceBatch, Any], np.ndarray]
+
+
 def plain_batch(run: Run, params: nnx.State, problems: list[Problem], step: int, rewards_spec: list[Reward],
-                times: dict[str, float]) -> tuple[dict, dict]:
+                times: dict[str, float], confidence: Confidence | None = None) -> tuple[dict, dict]:
     """GRPO rollouts: ``G`` samples per prompt, scored by the weighted ``rl.rewards`` terms
-    (``reward/<name>``: each term's batch mean). Host arrays (see ``critique_batch``)."""
+    (``reward/<name>``: each term's batch mean; with the ``confidence`` term also
+    ``reward/confidence_auroc``, its AUROC against the verifier). Host arrays (see ``critique_batch``)."""
     c = run.config
     g = c.rl.group_size
     s = rollout_lib.sample_texts(run, (run.graphdef, params), [run.prompts.solve(p.question) for p in problems],
                                  c.sampling.prompt_buckets, c.seed * 1_000_003 + step, g, c.sampling.temperature,
                                  times)
+    tokens, valid = rollout_lib.sequence_arrays(s.prompts, g, s.tokens, s.mask)
     with timed(times, "perf/score_s"):
         correct = rollout_lib.score(run.task, problems, s.texts, g)
-        rewards, terms = score_rewards(rewards_spec, run.task, problems, s.texts, g, correct)
-    tokens, valid = rollout_lib.sequence_arrays(s.prompts, g, s.tokens, s.mask)
+        conf = None
+        if confidence is not None:
+            span = answer_span_mask(run.task, run.tok, s.tokens, s.mask, s.texts)
+            seqs = SequenceBatch(tokens=run.shard(tokens), valid=run.shard(valid), response_mask=run.shard(s.mask))
+            conf = confidence(seqs, run.shard(span))
+        rewards, terms = score_rewards(rewards_spec, run.task, problems, s.texts, g, correct, conf)
     arrays = dict(tokens=tokens, valid=valid, response_mask=s.mask, old_logp=s.logp, rewards=rewards)
     metrics = {"train/entropy": rollout_lib.masked_mean(s.entropy, s.mask),
                "train/finished_frac": float(s.finished.mean())}
-    return arrays, metrics | (terms if len(rewards_spec) > 1 else {})
+    if conf is not None:
+        terms["reward/confidence_auroc"] = auroc(conf, correct)
+    return arrays, metrics | (terms if len(rewards_spec) > 1 or conf is not None else {})
 
 
 def rl_batch(run: Run, params: nnx.State, source: CritiqueSource | None, problems: list[Problem],
-             step: int, rewards_spec: list[Reward], refine: RefineSettings) -> tuple[SequenceBatch, dict]:
-    """Samples (with critiques and refinements if configured), scores and packs one RL batch."""
+             step: int, rewards_spec: list[Reward], refine: RefineSettings,
+             confidence: Confidence | None = None) -> tuple[SequenceBatch, dict]:
+    """Samples (with critiques and refinements if configured), scores and packs one RL batch
+    (``confidence``: for the ``confidence`` reward term)."""
     c = run.config
     g = c.rl.group_size
     times: dict[str, float] = {"perf/sample_s": 0.0, "perf/score_s": 0.0}
     if source is None:
-        arrays, metrics = plain_batch(run, params, problems, step, rewards_spec, times)
+        arrays, metrics = plain_batch(run, params, problems, step, rewards_spec, times, confidence)
     else:
         arrays, metrics = critique_batch(run, params, problems, c.seed * 1_000_003 + step, source,
                                          refine, times)
@@ -114,8 +131,11 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, source: Critique
     s = c.sft.steps if not c.init_from else 0
     loss_cfg = config_lib.loss_config(c)
     optimizer, schedule = rl_optimizer(c)
-    # The update donates the train state's buffers, so the reference policy gets its own copy.
-    ref_params = copy_tree(sft_params) if loss_cfg.ref_kl_coef > 0 else None
+    rewards_spec, refine = parse_rewards(c.rl.rewards), RefineSettings.from_config(c)  # built once per run
+    # The reference policy (the KL term's, the confidence reward's): its own copy, since the
+    # update donates the train state's buffers.
+    needs_ref = loss_cfg.ref_kl_coef > 0 or uses_confidence(rewards_spec)
+    ref_params = copy_tree(sft_params) if needs_ref else None
     state = init_state(run, sft_params, optimizer)
     key = replicated_key(run, c.seed + 7)
     pool = run.train.head(c.rl.pool_size) if c.rl.pool_size else run.train  # a fixed pool, revisited
@@ -140,14 +160,16 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, source: Critique
     stats_fn = jax.jit(functools.partial(token_stats_fn, run.graphdef, temperature=c.sampling.temperature))
     initial_mean = jax.jit(lambda ent, b: masked_mean(ent, initial_response_mask(b)))
     guard = NonFiniteGuard("RL", c.rl.max_bad_steps, "rl.max_bad_steps")
-    rewards_spec, refine = parse_rewards(c.rl.rewards), RefineSettings.from_config(c)  # built once per run
+    conf_fn = jax.jit(functools.partial(reference_confidence, run.graphdef))
+    confidence = (lambda b, span: to_host(conf_fn(ref_params, b, span))) if uses_confidence(rewards_spec) else None
     live = {"state": state, "key": key}
 
     def step(n: int) -> dict[str, float]:
         t0 = time.perf_counter()
         with CompileCounter() as compiles:
             problems = [ex.problem for ex in next(it)]
-            batch, metrics = rl_batch(run, live["state"].params, source, problems, n, rewards_spec, refine)
+            batch, metrics = rl_batch(run, live["state"].params, source, problems, n, rewards_spec, refine,
+                                      confidence)
             times: dict[str, float] = {}
             with timed(times, "perf/update_s"):
                 # The entropy of the batch's initial responses before the update: the recompute's
@@ -157,7 +179,7 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, source: Critique
                     old_logp, old_entropy = stats_fn(live["state"].params, batch)
                     batch = dataclasses.replace(batch, old_logp=old_logp)
                     h_before = initial_mean(old_entropy, batch)
-                if ref_params is not None:
+                if loss_cfg.ref_kl_coef > 0:
                     batch = dataclasses.replace(batch, ref_logp=stats_fn(ref_params, batch)[0])
                 live["key"], sub = jax.random.split(live["key"])
                 live["state"], m = update(live["state"], batch, sub)

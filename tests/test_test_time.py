@@ -1,10 +1,12 @@
-"""Test-time variance metrics against a hand-computed table (majority-vote ties included)."""
+"""Test-time variance metrics against a hand-computed table (majority-vote ties included); the
+across-training table of several policies beside a run's training entropy."""
 
 import math
 
 import numpy as np
 import pytest
 
+from critique_jax.analysis.across_training import PolicyEval, across_markdown, across_table, training_entropy
 from critique_jax.analysis.test_time import (SampleSet, answer_entropy, budget_table, correctness_variance,
                                              equal_budget, majority_at, problem_stats, sweep_report)
 
@@ -78,3 +80,40 @@ def test_sweep_report_groups_by_budget():
     assert rep["per_budget"]["16"]["maj@2"] == pytest.approx(0.625) and rep["per_budget"]["32"]["pass@1"] == 1.0
     assert rep["equal_budget"] == [{"budget": 16, "k": 2, "token_cap": 32, "maj@k": pytest.approx(0.625),
                                     "pass@1_at_cap": 1.0, "tokens@k": 45.0, "tokens_at_cap": 20.0}]
+
+
+def _policy(which, step, pass1, var16=None, n=4):
+    report = {"samples_per_problem": n, "pass@1": pass1, f"pass@{n}": 2 * pass1, f"maj@{n}": math.nan,
+              "entropy": 1 - pass1, "source": f"ckpt/{which}"}
+    sweep = None if var16 is None else {"budgets": [16], "per_budget": {"16": {"correct_var": var16,
+                                                                              "answer_entropy": 2 * var16}}}
+    return PolicyEval(which, step, report, sweep)
+
+
+def test_across_training_table():
+    """S = 2 SFT steps; RL steps 3..10 log train/entropy = step / 10 (step 4 logged twice: the last
+    value counts), and rows without train/entropy (SFT, evaluation) are passed over."""
+    metrics = ([{"step": 2, "sft/nll": 1.0}, {"step": 2, "eval/entropy": 9.0}, {"step": 4, "train/entropy": 9.9}]
+               + [{"step": s, "train/entropy": s / 10, "eval/pass@1": 0.5} for s in range(3, 11)])
+    assert training_entropy(metrics, 9, sft=False) == pytest.approx(0.7)  # steps 5..9
+    assert training_entropy(metrics, 4, sft=False) == pytest.approx(0.35)  # steps 3, 4 (its last value)
+    assert training_entropy(metrics, 2, sft=True) == pytest.approx(0.3)  # the first RL step's rollouts
+    assert math.isnan(training_entropy(metrics, 2, sft=False)) and math.isnan(training_entropy([], 2, sft=True))
+    policies = [_policy("9", 9, 0.6, var16=0.1), _policy("sft", 2, 0.2, var16=0.2), _policy("1", 1, 0.1)]
+    table = across_table(policies, metrics, rl_offset=2)
+    assert table["budgets"] == [16] and table["samples_per_problem"] == 4 and table["entropy_window"] == 5
+    got = [(r["which"], r["step"], r["rl_step"], r["train_entropy"], r["pass@1"], r["pass@4"], r["eval_entropy"],
+            r["correct_var/16"], r["answer_entropy/16"]) for r in table["rows"]]
+    want = [("1", 1, -1, math.nan, 0.1, 0.2, 0.9, math.nan, math.nan),  # an SFT-phase checkpoint, no sweep
+            ("sft", 2, 0, 0.3, 0.2, 0.4, 0.8, 0.2, 0.4), ("9", 9, 7, 0.7, 0.6, 1.2, 0.4, 0.1, 0.2)]
+    assert got == [pytest.approx(w, nan_ok=True) for w in want]
+    assert all(math.isnan(r["maj@4"]) for r in table["rows"]) and table["rows"][2]["source"] == "ckpt/9"
+    md = across_markdown(table, "t")
+    assert "| policy | step | RL step | train entropy | pass@1 | pass@4 | maj@4 | eval entropy | var b=16 | " \
+           "H(answer) b=16 |" in md
+    assert "| sft | 2 | 0 | 0.3000 | 0.2000 | 0.4000 | nan | 0.8000 | 0.2000 | 0.4000 |" in md
+    assert across_table(policies[:1], [], rl_offset=0)["rows"][0]["rl_step"] == 9  # init_from: RL from step 1
+    with pytest.raises(ValueError, match="different samples per problem"):
+        across_table(policies + [_policy("10", 10, 0.5, n=2)], metrics, rl_offset=2)
+    with pytest.raises(ValueError, match="no policies"):
+        across_table([], metrics, rl_offset=2)

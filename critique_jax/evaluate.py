@@ -7,6 +7,13 @@ response length, token entropy and distinct correct solutions, as JSON, Markdown
         --out=runs/qwen_gsm8k_eval
     python -m critique_jax.evaluate --run=runs/grpo --samples=8 --budgets=16,32,64 --out=runs/grpo/eval_budgets
 
+``--which=all`` (the SFT policy and every saved checkpoint) or a comma list (``--which=sft,50,100``)
+evaluates several policies of the run, each into ``OUT/<which>/`` as a single evaluation writes
+``OUT``, then writes ``across.*``: one row per policy with the run's training entropy near it
+(:mod:`critique_jax.runs.across_run`)::
+
+    python -m critique_jax.evaluate --run=runs/grpo --which=all --samples=8 --budgets=16,32,64 --out=runs/grpo/eval_all
+
 ``--budgets`` adds the test-time budget sweep (:mod:`critique_jax.runs.budget_sweep`): every
 problem sampled ``--samples`` times at each max-new-tokens value, maj@k / pass@k for the
 ``--sample_counts`` k, correctness variance and answer entropy per budget (``test_time.*``).
@@ -19,13 +26,17 @@ Re-running the same command continues an interrupted evaluation (see
 
 from __future__ import annotations
 
+import dataclasses
+
 from absl import app, flags
 from ml_collections import config_flags
 
 from critique_jax import cli
 
 RUN = flags.DEFINE_string("run", None, "A train run directory whose policy is evaluated (with --which).")
-WHICH = flags.DEFINE_string("which", "final", "With --run: 'final' (latest checkpoint), 'sft' or a step number.")
+WHICH = flags.DEFINE_string("which", "final", "With --run: 'final' (latest checkpoint), 'sft' or a step number; "
+                            "'all' or a comma list (sft,50,100): several policies, each into OUT/<which>/, and "
+                            "the across-training table across.*.")
 CONFIG = config_flags.DEFINE_config_file("config", None, "Instead of --run: a config whose model.hf_dir or "
                                          "init_from is the policy.", lock_config=True)
 OUT = flags.DEFINE_string("out", None, "The evaluation's folder (report, per-problem results).", required=True)
@@ -47,21 +58,16 @@ def main(argv: list[str]) -> None:
     budgets, counts = _ints(BUDGETS), _ints(SAMPLE_COUNTS)
     if counts and not budgets:
         raise ValueError("--sample_counts without --budgets: the sample counts are the budget sweep's; give --budgets")
+    which = parse_which(WHICH.value) if CONFIG.value is None else []
     from critique_jax.runs.policies import load_run_config
 
-    cli.start(argv, CONFIG.value if CONFIG.value is not None else load_run_config(RUN.value))
+    c = cli.start(argv, CONFIG.value if CONFIG.value is not None else load_run_config(RUN.value))
+    from critique_jax.runs.across_run import evaluate_across, resolve_which
     from critique_jax.runs.budget_sweep import budget_sweep, check_sweep
     from critique_jax.runs.evaluation_run import EvalSettings, config_policy, evaluate_policy
     from critique_jax.runs.policies import load_policy
 
-    if CONFIG.value is None:
-        which = int(WHICH.value) if WHICH.value.isdigit() else WHICH.value
-        policy = load_policy(RUN.value, which)
-        run, params, source = policy.run, policy.params, policy.source
-    else:
-        run, params, source = config_policy(CONFIG.value, OUT.value)
-    c = run.config
-    settings = EvalSettings(source=source, split=SPLIT.value, n_problems=N_PROBLEMS.value,
+    settings = EvalSettings(source="", split=SPLIT.value, n_problems=N_PROBLEMS.value,
                             samples=SAMPLES.value or c.eval.group_size,
                             temperature=c.sampling.temperature if TEMPERATURE.value is None else TEMPERATURE.value,
                             seed=SEED.value, batch_prompts=c.eval.batch_prompts)
@@ -71,8 +77,23 @@ def main(argv: list[str]) -> None:
         raise ValueError(f"--n_problems={settings.n_problems}: expected >= 0 (0 = the whole split)")
     if settings.temperature < 0:
         raise ValueError(f"--temperature={settings.temperature}: expected >= 0 (0 = greedy)")
+    counts = counts or [2 ** i for i in range(settings.samples.bit_length())]
+    if CONFIG.value is None:
+        policies = resolve_which(RUN.value, which)
+        if len(which) > 1 or which == ["all"]:
+            table = evaluate_across(RUN.value, policies, OUT.value, settings, budgets, counts)
+            n = table["samples_per_problem"]
+            for r in table["rows"]:
+                print(f"{r['which']}: pass@1 {r['pass@1']:.4f}, pass@{n} {r[f'pass@{n}']:.4f}, maj@{n} "
+                      f"{r[f'maj@{n}']:.4f}, training entropy {r['train_entropy']:.4f}; in {OUT.value}/{r['which']}")
+            print(f"across training: {table['n_problems']} {settings.split} problems; table in {OUT.value}/across.md")
+            return
+        policy = load_policy(RUN.value, policies[0])
+        run, params, source = policy.run, policy.params, policy.source
+    else:
+        run, params, source = config_policy(CONFIG.value, OUT.value)
+    settings = dataclasses.replace(settings, source=source)
     if budgets:  # checked before the main evaluation samples anything
-        counts = counts or [2 ** i for i in range(settings.samples.bit_length())]
         check_sweep(run, settings.samples, budgets, counts)
     rep = evaluate_policy(run, params, OUT.value, settings)
     n = rep["samples_per_problem"]
@@ -82,6 +103,20 @@ def main(argv: list[str]) -> None:
         sweep = budget_sweep(run, params, OUT.value, settings, budgets, counts)
         print("budget sweep: pass@1 " + ", ".join(f"{t['pass@1']:.4f} at {b}" for b, t in sweep["per_budget"].items())
               + f" new tokens; report in {OUT.value}/test_time.md")
+
+
+def parse_which(value: str) -> list[str | int]:
+    """``--which``: comma-separated 'all' (alone), 'final', 'sft' or step numbers (a one-line error
+    naming the flag otherwise)."""
+    items = [w.strip() for w in value.split(",")]
+    bad = [w for w in items if w not in ("all", "final", "sft") and not w.isdigit()]
+    if bad:
+        raise ValueError(f"--which={value}: {bad[0]!r} is not 'all', 'final', 'sft' or a step number")
+    if "all" in items and len(items) > 1:
+        raise ValueError(f"--which={value}: 'all' already names every policy; give it alone")
+    if len(set(items)) != len(items):
+        raise ValueError(f"--which={value}: a policy named twice")
+    return [int(w) if w.isdigit() else w for w in items]
 
 
 def _ints(flag: flags.FlagHolder) -> list[int]:

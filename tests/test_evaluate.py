@@ -1,10 +1,12 @@
 """The evaluate program: the report from per-problem results (vs direct computation), a
-resumable evaluation of a tiny run's policy and its test-time budget sweep; and, from the same
-SFT policy, the RLSF confidence reward end to end."""
+resumable evaluation of a tiny run's policy and its test-time budget sweep, and of several
+checkpoints of one run (across training); and, from the same SFT policy, the RLSF confidence
+reward end to end."""
 
 import dataclasses
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -12,8 +14,10 @@ import pytest
 from critique_jax.analysis.evaluation import ProblemResult, majority_correct, markdown, report
 from critique_jax.analysis.passk import pass_at_k
 from critique_jax.metrics import read_metrics
+from critique_jax.rl import rollout as rollout_lib
 from critique_jax.rl.confidence import answer_char_span, answer_span_mask
 from critique_jax.runs import train
+from critique_jax.runs.across_run import ACROSS_JSON, evaluate_across, resolve_which
 from critique_jax.runs.budget_sweep import BUDGETS, budget_sweep
 from critique_jax.runs.evaluation_run import RESULTS, EvalSettings, evaluate_policy
 from critique_jax.runs.policies import load_policy
@@ -99,6 +103,51 @@ def test_budget_sweep_records_and_report(policy, tmp_path):
     assert [(r["budget"], r["k"], r["token_cap"]) for r in rep["equal_budget"]] == [(28, 2, 56)]
     assert math.isnan(rep["per_budget"]["28"]["maj@2"])  # countdown: the steps decide, no majority vote
     assert (tmp_path / "test_time.png").stat().st_size > 0 and "| 28 | 2 | 56 |" in (tmp_path / "test_time.md").read_text()
+
+
+def _run_with_checkpoints(sft_run, path, steps):
+    """A run directory like this module's SFT run (sft.steps = 2) whose ``checkpoints/`` holds its
+    SFT policy again at ``steps`` (no training), with RL steps 3..5 logging train/entropy =
+    step / 10."""
+    src = sft_run / "run"
+    path.mkdir()
+    shutil.copy(src / "config.json", path)
+    shutil.copytree(src / "sft_policy", path / "sft_policy")
+    for step in steps:
+        shutil.copytree(src / "sft_policy" / "2", path / "checkpoints" / str(step))
+    (path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "train/entropy": s / 10}) + "\n"
+                                                for s in (3, 4, 5)))
+    return path
+
+
+def test_evaluation_across_checkpoints_resumes(sft_run, policy, tmp_path, monkeypatch):
+    """--which=sft,final of a run with checkpoints 3 and 5: one folder per policy (as a single
+    evaluation writes it, with its budget sweep), across.json one row per policy; all the same
+    parameters here, so the same samples; a re-run samples nothing and writes the same table."""
+    run = str(_run_with_checkpoints(sft_run, tmp_path / "run", (3, 5)))
+    assert resolve_which(run, ["all"]) == ["sft", 3, 5] and resolve_which(run, ["final", 5]) == [5]
+    with pytest.raises(ValueError, match=r"^--which=sft,4: no checkpoint at step 4; .*checkpoints holds steps 3, 5$"):
+        resolve_which(run, ["sft", 4])
+    settings = EvalSettings(source="", split="test", n_problems=8, samples=2, temperature=1.0, seed=3,
+                            batch_prompts=8)
+    out = tmp_path / "across"
+    table = evaluate_across(run, resolve_which(run, ["sft", "final"]), str(out), settings, (56,), (1, 2),
+                            run=policy.run)
+    for which, source in (("sft", "sft_policy/2"), ("5", "checkpoints/5")):
+        assert json.loads((out / which / "evaluation.json").read_text())["source"] == f"{run}/{source}"
+        assert (out / which / "report.json").exists() and (out / which / "budgets" / "56.jsonl").exists()
+    rows = json.loads((out / ACROSS_JSON).read_text())["rows"]
+    assert [(r["which"], r["step"], r["rl_step"]) for r in rows] == [("sft", 2, 0), ("5", 5, 3)]
+    assert [r["train_entropy"] for r in rows] == pytest.approx([0.3, 0.4])  # first RL step; steps 3..5
+    assert rows[0]["pass@1"] == rows[1]["pass@1"] and rows[0]["correct_var/56"] == rows[1]["correct_var/56"]
+    assert (out / "across.md").exists() and (out / "across.png").stat().st_size > 0
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("a resumed evaluation sampled again")
+
+    monkeypatch.setattr(rollout_lib, "sample_chunked", no_sampling)
+    again = evaluate_across(run, ["sft", 5], str(out), settings, (56,), (1, 2), run=policy.run)
+    assert json.dumps(again, sort_keys=True) == json.dumps(table, sort_keys=True)
 
 
 def test_confidence_reward_run(sft_run):

@@ -22,7 +22,7 @@ from critique_jax import config as config_lib
 from critique_jax.analysis.token_entropy import Policy
 from critique_jax.runs import roles
 from critique_jax.runs.layout import CHECKPOINTS, RunDir, reader
-from critique_jax.runs.run import setup
+from critique_jax.runs.run import Run, setup
 
 
 def _flatten(d: dict, prefix: str = ""):
@@ -56,11 +56,20 @@ def checkpoint_steps(directory: str | Path) -> list[int]:
         return ckpt.all_steps()
 
 
-def load_policy(workdir: str | Path, which: str | int = "final") -> Policy:
+def saved_policies(workdir: str | Path) -> tuple[int | None, list[int]]:
+    """What a run directory holds, read-only: the step of its SFT policy (``sft_policy/``; None
+    when it has none, as a run with ``init_from`` has) and the finished steps of ``checkpoints/``."""
+    sft = checkpoint_steps(roles.init_from_dir(str(workdir)))
+    return (sft[-1] if sft else None), checkpoint_steps(RunDir(str(workdir)) / CHECKPOINTS)
+
+
+def load_policy(workdir: str | Path, which: str | int = "final", run: Run | None = None) -> Policy:
     """The policy of a run directory: ``"sft"`` (its ``sft_policy/``, the SFT warm-up's end),
-    ``"final"`` (the latest step of ``checkpoints/``) or an int step of ``checkpoints/``."""
+    ``"final"`` (the latest step of ``checkpoints/``) or an int step of ``checkpoints/``.
+    ``run``: the set-up of another policy of this run to reuse (several policies of one run then
+    share one set-up, and their sampler compiles once); None sets one up."""
     workdir = str(workdir)
-    config = load_run_config(workdir)
+    config = load_run_config(workdir) if run is None else None
     if which == "sft":
         directory = roles.init_from_dir(workdir)
     elif which == "final" or isinstance(which, int):
@@ -69,8 +78,9 @@ def load_policy(workdir: str | Path, which: str | int = "final") -> Policy:
         raise ValueError(f"load_policy: which={which!r}; expected 'sft', 'final' or a step number")
     if not checkpoint_steps(directory):
         raise FileNotFoundError(f"{directory} holds no finished checkpoint")
-    with tempfile.TemporaryDirectory(prefix="critique_jax_analysis_") as scratch:  # setup locks it as a run directory
-        run = setup(config, scratch)
+    if run is None:
+        with tempfile.TemporaryDirectory(prefix="critique_jax_analysis_") as scratch:  # setup locks it as a run directory
+            run = setup(config, scratch)
     with reader(directory) as ckpt:
         step = ckpt.latest_step() if not isinstance(which, int) else which
         params = ckpt.restore(step, like={"params": run.abstract_params()}, partial=True)[0]["params"]

@@ -98,5 +98,6 @@ def across_markdown(table: Mapping[str, Any], title: str) -> str:
     for r in table["rows"]:
         values = [r["train_entropy"], r["pass@1"], r[f"pass@{n}"], r[f"maj@{n}"], r["eval_entropy"]]
         values += [r[f"{key}/{b}"] for b in budgets for key in ("correct_var", "answer_entropy")]
-        lines.append(f"| {r['which']} | {r['step']} | {r['rl_step']} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
+        lines.append(f"| {r['which']} | {r['step']} | {r['rl_step']} | "
+                     + " | ".join(f"{v:.4f}" for v in values) + " |")
     return "\n".join(lines) + "\n"

@@ -85,6 +85,7 @@ def evaluate_across(workdir: str, which: Sequence[str | int], out: str, settings
         rep = evaluate_policy(run, policy.params, folder, mine)
         sweep = budget_sweep(run, policy.params, folder, mine, budgets, counts) if budgets else None
         evaluated.append(PolicyEval(str(w), sft_step if w == "sft" else int(w), rep, sweep))
+        del policy  # its parameters freed before the next policy's are restored
     table = across_table(evaluated, metrics, rl_offset=0 if config.init_from else config.sft.steps)
     table |= {"run": str(workdir), "split": settings.split, "n_problems": int(evaluated[0].report["n_problems"])}
     title = f"Across training: {workdir} ({settings.split})"

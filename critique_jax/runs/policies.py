@@ -78,8 +78,8 @@ def load_policy(workdir: str | Path, which: str | int = "final", run: Run | None
         raise ValueError(f"load_policy: which={which!r}; expected 'sft', 'final' or a step number")
     if not checkpoint_steps(directory):
         raise FileNotFoundError(f"{directory} holds no finished checkpoint")
-    if run is None:
-        with tempfile.TemporaryDirectory(prefix="critique_jax_analysis_") as scratch:  # setup locks it as a run directory
+    if run is None:  # set up in a scratch folder: setup locks its folder as a run directory
+        with tempfile.TemporaryDirectory(prefix="critique_jax_analysis_") as scratch:
             run = setup(config, scratch)
     with reader(directory) as ckpt:
         step = ckpt.latest_step() if not isinstance(which, int) else which

@@ -32,7 +32,7 @@ setup(
         "tensorboardX>=2.6.2",  # TensorBoard event writer with no TensorFlow dependency
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-timeout>=2.3", "pytest-xdist>=3.5"],
+        "test": ["pytest>=8.0", "pytest-timeout>=2.3", "pytest-xdist>=3.8"],
         "notebooks": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
         # GSM8K / MATH from local files: Parquet (pyarrow, also pulled in by tensorflow-datasets)
         # and MATH answer equivalence (math-verify: sympy + latex2sympy2_extended).

@@ -68,10 +68,17 @@ def pytest_collection_finish(session):
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Under pytest-xdist (``scripts/test.sh``: files spread over worker processes) the files with
-    subprocess work come first: a worker waits for that work while the others run the rest."""
+    """Under pytest-xdist (``scripts/test.sh``: files spread over worker processes, in this order)
+    the files with subprocess work come first (a worker waits for that work while the others run
+    the rest), then the files that say ``SCHEDULE_EARLY = True`` (the long ones: a long file last
+    would leave the other workers idle), then the rest."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        items.sort(key=lambda item: getattr(getattr(item, "module", None), "start_background", None) is None)
+        def rank(item) -> int:
+            module = getattr(item, "module", None)
+            return (0 if getattr(module, "start_background", None) is not None
+                    else 1 if getattr(module, "SCHEDULE_EARLY", False) else 2)
+
+        items.sort(key=rank)
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,8 @@ from critique_jax.tasks import Problem, StepCheck, get_task, iter_problems
 from critique_jax.text import critique_prompt, format_step_critique, parse_critique
 from critique_jax.text.templates import condense_critique, format_worked_critique
 
+SCHEDULE_EARLY = True  # a long file: conftest schedules it early under pytest-xdist
+
 TASK = get_task("countdown")
 
 

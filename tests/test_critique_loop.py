@@ -29,6 +29,8 @@ from critique_jax.text.templates import condense_critique, format_worked_critiqu
 
 from test_trainer import _random_batch, tiny_config
 
+SCHEDULE_EARLY = True  # a long file: conftest schedules it early under pytest-xdist
+
 
 @pytest.mark.parametrize("task_name", ["countdown", "arithmetic"])
 def test_rule_critiques_carry_the_checker(task_name, np_rng):

@@ -1,8 +1,9 @@
 """The pretrained path end to end: GSM8K-format files, a tiny Hugging Face checkpoint with a chat
-template, 2 RL steps with chat-template prompts and a user reward, then the evaluate program on
-the run."""
+template, 2 RL steps with chat-template prompts, a user reward and the RLSF confidence reward (the
+checkpoint is the reference policy), then the evaluate program on the run."""
 
 import json
+import math
 
 import pytest
 
@@ -13,6 +14,8 @@ from critique_jax.runs.policies import load_policy
 
 from test_task_files import GSM_ROWS, write_jsonl
 from test_trainer import _write_checkpoint, tiny_config
+
+SCHEDULE_EARLY = True  # a long file: conftest schedules it early under pytest-xdist
 
 BREVITY = "def brevity(problem, completion):\n    return -len(completion) / 1000.0\n"
 
@@ -29,7 +32,7 @@ def gsm8k_run(tmp_path_factory):
         "task.difficulties": tuple(range(1, 9)), "task.n_train": 8, "task.n_test": 4,
         "model.hf_dir": str(hf_dir), "sft.steps": 0, "rl.steps": 2, "rl.minibatches": 1, "rl.loss.name": "ppo",
         "rl.loss.ref_kl_coef": 0.0, "rl.recompute_old_logp": False, "rl.entropy_change": False,
-        "rl.rewards": f"correct,{tmp / 'my_rewards.py'}:brevity:0.5",
+        "rl.rewards": f"correct,{tmp / 'my_rewards.py'}:brevity:0.5,confidence:0.25",
         "prompt.instruction": "End with 'answer: <number>'.", "sampling.prompt_buckets": (128,),
         "sampling.max_new_tokens": 72, "eval.group_size": 4, "eval.every": 2})
     train(cfg, str(tmp / "run"))
@@ -42,7 +45,11 @@ def test_rl_on_gsm8k_files_with_chat_prompts(gsm8k_run):
     rl = [r for r in rows if "train/reward" in r]
     assert len(rl) == 2 and all("reward/brevity" in r and "reward/correct" in r for r in rl)
     for r in rl:  # the logged reward is the weighted sum of its terms
-        assert r["train/reward"] == pytest.approx(r["reward/correct"] + 0.5 * r["reward/brevity"], abs=1e-5)
+        conf, right, area = r["reward/confidence"], r["reward/correct"], r["reward/confidence_auroc"]
+        assert r["train/reward"] == pytest.approx(right + 0.5 * r["reward/brevity"] + 0.25 * conf, abs=1e-5)
+        # RLSF: the reference policy's answer confidence, and its AUROC against the verifier (NaN
+        # when the batch is all right or all wrong)
+        assert 0 <= conf <= 1 and ((0 <= area <= 1) if 0 < right < 1 else math.isnan(area))
     policy = load_policy(tmp / "run", "final")
     assert policy.run.prompts.kind == "chat"
     prompt = policy.run.prompts.solve(GSM_ROWS[0]["question"])

@@ -29,6 +29,8 @@ from critique_jax.runs.rl_loop import rl_optimizer
 from critique_jax.runs.roles import check_policy_run
 from critique_jax.text import load_tokenizer
 
+SCHEDULE_EARLY = True  # a long file: conftest schedules it early under pytest-xdist
+
 
 def tiny_config(tmp_path, **overrides):
     c = config_lib.default_config()

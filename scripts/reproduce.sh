@@ -32,6 +32,7 @@ python -m critique_jax.train --config=configs/countdown_collapse.py --workdir="$
 step "sweep entropy -> $ROOT/entropy"
 python scripts/sweep.py --config configs/sweeps/entropy.py --out "$ROOT/entropy" --parallel "$PARALLEL" \
   --set "init_from=$ROOT/sft_mini"
+python scripts/collapse_table.py "$ROOT/entropy" > "$ROOT/entropy/collapse_table.md"  # README's tables
 step "sweep critique -> $ROOT/critique"
 python scripts/sweep.py --config configs/sweeps/critique.py --out "$ROOT/critique" --parallel "$PARALLEL" \
   --set "init_from=$ROOT/sft" --set "critique.critic_from=$ROOT/critic"

@@ -42,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep", help="the sweep directory (its manifest.json)")
     parser.add_argument("--partial", action="store_true", help="include unfinished runs, to their common last step")
     args = parser.parse_args(argv)
-    sweep = read_sweep(args.sweep, skip_missing=True)
+    try:
+        sweep = read_sweep(args.sweep, skip_missing=True)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     runs = [r for r in sweep.runs if r.done or (args.partial and r.has("train/entropy"))]
     if not runs:
         print(f"error: {args.sweep}: no {'' if args.partial else 'finished '}run has train/entropy", file=sys.stderr)

@@ -19,8 +19,8 @@ unclipped token whose covariance exceeds the paper's lower bound 1, with no uppe
 paper's ``cov_ub`` 5 leaves out the ~0.3% of tokens above it; with them detached too the entropy
 holds, without them it falls to ~half): ``ratio`` 1, ``cov_ub`` 1e9. KL-Cov penalises the top 2% of tokens by covariance with
 ``kl_coef`` 5 (at the paper's 1 it held only ~1.3x GRPO's entropy). Over 100 steps KL-Cov keeps
-~2.8x GRPO's entropy at the same held-out pass@1; Clip-Cov holds entropy (and past step 60
-raises it) but loses held-out pass@1 (1 seed each; README).
+~3x GRPO's entropy at held-out pass@1 within noise of GRPO's; Clip-Cov holds or raises entropy
+but loses held-out pass@1 (2 seeds each; README).
 """
 
 import runpy

@@ -22,11 +22,12 @@ import numpy as np
 
 from critique_jax.analysis.entropy_law import (covariance_vs_same_batch_entropy_change, early_fit_prediction,
                                                fit_entropy_law, law_points_from_metrics, pearson_r)
-from critique_jax.analysis.sweeps import RunRecord, difference, read_sweep, seed_stat
+from critique_jax.analysis.sweeps import RunRecord, difference, read_sweep, run_value, seed_stat
 
 
 def window_mean(run: RunRecord, key: str, first: int, last: int) -> float:
-    """Mean of ``key`` over the logged steps in [first, last] (NaN when none)."""
+    """Mean of ``key`` over the logged steps in [first, last] (NaN when none): the last window at
+    the runs' common last step (``run_value(..., "last")`` would take each run's own last steps)."""
     steps, values = run.series(key)
     keep = (steps >= first) & (steps <= last)
     return float(values[keep].mean()) if keep.any() else math.nan
@@ -61,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|")
     stats = {}
     for label, rs in groups.items():
-        h0 = seed_stat(window_mean(r, "train/entropy", 1, 5) for r in rs)
+        h0 = seed_stat(run_value(r, "train/entropy", "first", 5) for r in rs)
         h1 = seed_stat(window_mean(r, "train/entropy", last - 4, last) for r in rs)
-        share = seed_stat(window_mean(r, "train/entropy", last - 4, last) / window_mean(r, "train/entropy", 1, 5)
+        share = seed_stat(window_mean(r, "train/entropy", last - 4, last) / run_value(r, "train/entropy", "first", 5)
                           for r in rs)
         p1_0, p8_0 = (seed_stat(at_step(r, k, 0) for r in rs) for k in ("eval/pass@1", "eval/pass@k/8"))
         p1, p8 = (seed_stat(at_step(r, k, last) for r in rs) for k in ("eval/pass@1", "eval/pass@k/8"))

@@ -32,19 +32,23 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from conftest import FAST_COMPILE
 from critique_jax.checkpoint import Checkpointer
 from critique_jax.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "tests" / "mp_config.py"
 TIMEOUT_S = 600  # from the launch; the runs share the CPUs with the rest of the suite
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 # Float reduction order differs between gloo and in-process collectives: agreement is to
 # float32 rounding. A real divergence (a wrong shard, a missing reduction) moves metrics at
 # the 1e-3 level and parameters by about one Adam step (lr = 1e-3) per step.
 RTOL, ATOL = 1e-5, 1e-6
-PARAM_ATOL = 1e-5  # parameters are O(0.1-1); biases whose gradients nearly cancel (k_proj)
-# turn rounding noise into Adam steps and agree only to ~4e-6 absolute
+PARAM_ATOL = 1e-5  # parameters are O(0.1-1)
+# The key projection's bias has a zero gradient in exact arithmetic (it adds q.b to every score of a
+# query's row, which the softmax removes): its gradient is rounding noise, which Adam scales up to
+# steps of up to lr, so the two runs' values differ by their different rounding (seen: 1e-5). A tenth
+# of one Adam step (lr = 1e-3) still catches a wrong shard or reduction.
+NOISE_ONLY_ATOL = {"k_proj']['bias": 1e-4}
 
 
 def _free_port() -> int:
@@ -137,7 +141,8 @@ def _assert_trees_close(multi: dict, single: dict, what: str) -> None:
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(multi), jax.tree.leaves(single)):
         name = f"{what}{jax.tree_util.keystr(path)}"
         if np.issubdtype(b.dtype, np.floating):
-            np.testing.assert_allclose(a, b, rtol=RTOL, atol=PARAM_ATOL, err_msg=name)
+            atol = next((tol for key, tol in NOISE_ONLY_ATOL.items() if key in name), PARAM_ATOL)
+            np.testing.assert_allclose(a, b, rtol=RTOL, atol=atol, err_msg=name)
         else:
             np.testing.assert_array_equal(a, b, err_msg=name)
 

@@ -122,9 +122,11 @@ def start_background(tmp_path_factory):
     The process and the notebook kernels share a persistent compilation cache, one CPU device and
     unoptimised XLA code generation: every program is compiled once (the runs and the notebooks'
     samplers have the same shapes) and compiles fast; the programs are tiny."""
+    from conftest import FAST_COMPILE  # not at the top: the process itself must not import conftest (8 devices)
+
     tmp = tmp_path_factory.mktemp("notebooks")
     env = dict(os.environ, CRITIQUE_JAX_CACHE=str(tmp / "cache"), JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
+               XLA_FLAGS=FAST_COMPILE,
                JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     with open(tmp / "build.log", "w") as log:

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import FAST_COMPILE
 from critique_jax import sweep as sweep_lib
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"  # as conftest's
 
 
 def test_expand_grid_seeds_names_and_override_order():

@@ -277,6 +277,8 @@ def test_rl_schedule_counts_optimizer_updates(tmp_path):
     assert [float(constant(i)) for i in (0, 79, 159)] == pytest.approx([cfg.rl.lr] * 3, rel=1e-6)
     _, warm = rl_optimizer(tiny_config(tmp_path, **{"rl.steps": 40, "rl.warmup_steps": 4}))  # 4 steps = 8 updates
     assert [float(warm(i)) for i in (0, 4, 8, 159)] == pytest.approx([0.0, cfg.rl.lr / 2, cfg.rl.lr, cfg.rl.lr], rel=1e-6)
+    # a cosine schedule that is all warm-up (e.g. sft.steps = sft.warmup_steps = 20) ramps up and stops there
+    assert [float(make_schedule(1.0, 20, 20)(i)) for i in (0, 10, 20)] == pytest.approx([0.0, 0.5, 1.0])
 
 
 def test_rl_update_logs_applied_lr_and_same_batch_entropy(np_rng):

@@ -101,6 +101,8 @@ def make_schedule(lr: float, warmup_steps: int, total_steps: int, kind: str = "c
         raise ValueError(f"optimizer schedule: warmup_steps={warmup_steps}, total_steps={total_steps}: "
                          "expected 0 <= warmup_steps <= total_steps and total_steps >= 1")
     if kind == "cosine":
+        if warmup_steps == total_steps:  # all warm-up, nothing left to decay
+            return optax.linear_schedule(0.0, lr, warmup_steps)
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0 if warmup_steps else lr, peak_value=lr, warmup_steps=warmup_steps,
             decay_steps=total_steps, end_value=lr * end_lr_ratio)

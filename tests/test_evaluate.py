@@ -19,7 +19,7 @@ from critique_jax.runs import train
 from critique_jax.runs.across_run import ACROSS_JSON, evaluate_across, resolve_which
 from critique_jax.runs.budget_sweep import BUDGETS, budget_sweep
 from critique_jax.runs.evaluation_run import RESULTS, EvalSettings, evaluate_policy
-from critique_jax.runs.policies import load_policy
+from critique_jax.runs.policies import final_policy, load_policy
 
 from test_trainer import tiny_config
 
@@ -149,6 +149,17 @@ def test_evaluation_across_checkpoints_resumes(sft_run, policy, tmp_path, monkey
     monkeypatch.setattr(rollout_lib, "sample_chunked", no_sampling)
     again = evaluate_across(run, ["sft", 5], str(out), settings, (56,), (1, 2), run=policy.run)
     assert json.dumps(again, sort_keys=True) == json.dumps(table, sort_keys=True)
+
+
+def test_final_policy_of_an_sft_only_run_is_its_sft_policy(sft_run, tmp_path):
+    """An SFT-only run keeps its last SFT step in sft_policy/ and only earlier periodic steps in
+    checkpoints/ (here step 1): "final" is the SFT policy, not the last periodic checkpoint."""
+    run = _run_with_checkpoints(sft_run, tmp_path / "run", (1,))
+    assert final_policy(run) == "sft" and resolve_which(str(run), ["final"]) == ["sft"]
+    assert load_policy(run, "final").source == f"{run}/sft_policy/2"
+    later = _run_with_checkpoints(sft_run, tmp_path / "later", (1, 5))
+    assert final_policy(later) == 5 and resolve_which(str(later), ["final"]) == [5]
+    assert final_policy(tmp_path) is None
 
 
 def test_answer_span_with_the_run_tokenizer(policy):

@@ -31,7 +31,7 @@ from critique_jax.metrics import METRICS_FILE, read_metrics  # noqa: E402
 from critique_jax.runs.budget_sweep import budget_sweep, check_sweep  # noqa: E402
 from critique_jax.runs.evaluation_run import EvalSettings, evaluate_policy, write_report  # noqa: E402
 from critique_jax.runs.layout import CHECKPOINTS, SFT_POLICY, RunDir  # noqa: E402
-from critique_jax.runs.policies import load_policy, load_run_config, saved_policies  # noqa: E402
+from critique_jax.runs.policies import final_policy, load_policy, load_run_config, saved_policies  # noqa: E402
 from critique_jax.runs.run import Run  # noqa: E402
 
 ACROSS_JSON, ACROSS_MD, ACROSS_PLOT = "across.json", "across.md", "across.png"
@@ -40,7 +40,8 @@ ACROSS_JSON, ACROSS_MD, ACROSS_PLOT = "across.json", "across.md", "across.png"
 def resolve_which(workdir: str, which: Sequence[str | int]) -> list[str | int]:
     """The policies ``which`` names (``"all"``, ``"final"``, ``"sft"``, steps) as ``"sft"`` and
     checkpoint steps, in order, each once: ``"all"`` is the SFT policy (when the run has one) and
-    every finished step of ``checkpoints/``, ``"final"`` the latest step. Errors name ``--which``."""
+    every finished step of ``checkpoints/``, ``"final"`` the latest policy (``policies.final_policy``).
+    Errors name ``--which``."""
     flag = f"--which={','.join(map(str, which))}"
     sft, steps = saved_policies(workdir)
     held = f"{RunDir(workdir) / CHECKPOINTS} holds steps {', '.join(map(str, steps)) or 'none'}"
@@ -55,10 +56,15 @@ def resolve_which(workdir: str, which: Sequence[str | int]) -> list[str | int]:
                 raise ValueError(f"{flag}: {RunDir(workdir) / SFT_POLICY} holds no finished checkpoint (a run with "
                                  f"init_from has its SFT policy in that run; {held})")
             out.append("sft")
-        elif w == "final" or isinstance(w, int):
-            if not steps or (w != "final" and w not in steps):
-                raise ValueError(f"{flag}: no checkpoint at {'any step' if w == 'final' else f'step {w}'}; {held}")
-            out.append(steps[-1] if w == "final" else w)
+        elif w == "final":
+            latest = final_policy(workdir)
+            if latest is None:
+                raise ValueError(f"{flag}: {workdir} holds no finished checkpoint and no {SFT_POLICY}/")
+            out.append(latest)
+        elif isinstance(w, int):
+            if w not in steps:
+                raise ValueError(f"{flag}: no checkpoint at step {w}; {held}")
+            out.append(w)
         else:
             raise ValueError(f"{flag}: {w!r} is not 'all', 'final', 'sft' or a step number")
     return list(dict.fromkeys(out))

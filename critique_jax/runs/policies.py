@@ -63,13 +63,25 @@ def saved_policies(workdir: str | Path) -> tuple[int | None, list[int]]:
     return (sft[-1] if sft else None), checkpoint_steps(RunDir(str(workdir)) / CHECKPOINTS)
 
 
+def final_policy(workdir: str | Path) -> str | int | None:
+    """Which policy of a run directory is its latest: the last step of ``checkpoints/``, or ``"sft"``
+    when ``sft_policy/`` is later (an SFT-only run, ``rl.steps=0``, saves its last SFT step there and
+    keeps only earlier periodic steps in ``checkpoints/``); None when the run holds neither."""
+    sft, steps = saved_policies(workdir)
+    if steps and (sft is None or steps[-1] >= sft):
+        return steps[-1]
+    return "sft" if sft is not None else None
+
+
 def load_policy(workdir: str | Path, which: str | int = "final", run: Run | None = None) -> Policy:
     """The policy of a run directory: ``"sft"`` (its ``sft_policy/``, the SFT warm-up's end),
-    ``"final"`` (the latest step of ``checkpoints/``) or an int step of ``checkpoints/``.
+    ``"final"`` (the latest policy, :func:`final_policy`) or an int step of ``checkpoints/``.
     ``run``: the set-up of another policy of this run to reuse (several policies of one run then
     share one set-up, and their sampler compiles once); None sets one up."""
     workdir = str(workdir)
     config = load_run_config(workdir) if run is None else None
+    if which == "final":
+        which = final_policy(workdir) or "final"  # neither: the error below names checkpoints/
     if which == "sft":
         directory = roles.init_from_dir(workdir)
     elif which == "final" or isinstance(which, int):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces every run the notebooks read, then executes the notebooks (outputs and PNGs under
-# notebooks/). About 5 hours on a quiet 2-core CPU; re-running skips finished steps and resumes the
+# notebooks/). About 5.5 hours on a quiet 2-core CPU; re-running skips finished steps and resumes the
 # rest. ROOT (default runs/repro) is where the runs go; PARALLEL (default 1) runs that many
 # sweep runs at a time (worth it only with more than 2 cores).
 #
@@ -33,6 +33,9 @@ step "sweep entropy -> $ROOT/entropy"
 python scripts/sweep.py --config configs/sweeps/entropy.py --out "$ROOT/entropy" --parallel "$PARALLEL" \
   --set "init_from=$ROOT/sft_mini"
 python scripts/collapse_table.py "$ROOT/entropy" > "$ROOT/entropy/collapse_table.md"  # README's tables
+step "sweep rlsf (confidence as the only reward) -> $ROOT/rlsf"
+python scripts/sweep.py --config configs/sweeps/rlsf.py --out "$ROOT/rlsf" --parallel "$PARALLEL" \
+  --set "init_from=$ROOT/sft_mini"
 step "sweep critique -> $ROOT/critique"
 python scripts/sweep.py --config configs/sweeps/critique.py --out "$ROOT/critique" --parallel "$PARALLEL" \
   --set "init_from=$ROOT/sft" --set "critique.critic_from=$ROOT/critic"

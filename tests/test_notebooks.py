@@ -63,8 +63,9 @@ _CRITIC = {"critic.preset": "tiny", "critic.steps": 4, "critic.batch_size": 8, "
 _SELF_TRAIN = dict(iterations=2, pool_size=16, samples_per_problem=2, batch_prompts=8, sft_steps=2, sft_batch_size=8,
                    lr=1e-2, warmup_steps=0)
 #: Notebook parameters for the tiny root: sampling shapes equal to the evaluation's (compiled once).
+#: SFT_RUN: the tiny root's entropy sweep starts from root/sft (scripts/reproduce.sh: root/sft_mini).
 NOTEBOOK_PARAMS = {"COV_PROMPTS": 8, "N_PROBLEMS": 8, "GROUP": 2, "MIN_COUNT": 2, "WINDOW": 2,
-                   "COMPARE_SWEEP": "critique", "BASELINE": "cg_rule_step"}
+                   "COMPARE_SWEEP": "critique", "BASELINE": "cg_rule_step", "SFT_RUN": "sft"}
 
 
 def _config(tmp, overrides):

@@ -36,6 +36,15 @@ python scripts/collapse_table.py "$ROOT/entropy" > "$ROOT/entropy/collapse_table
 step "sweep rlsf (confidence as the only reward) -> $ROOT/rlsf"
 python scripts/sweep.py --config configs/sweeps/rlsf.py --out "$ROOT/rlsf" --parallel "$PARALLEL" \
   --set "init_from=$ROOT/sft_mini"
+step "test-time budget sweeps of the SFT policy and every final policy of both sweeps -> $ROOT/test_time"
+budgets() {  # budgets RUN WHICH NAME (notebook 08)
+  python -m critique_jax.evaluate --run="$1" --which="$2" --samples=8 --budgets=16,24,32,40 --n_problems=64 \
+    --out="$ROOT/test_time/$3"
+}
+budgets "$ROOT/sft_mini" sft sft
+for done in "$ROOT"/entropy/*/done.json "$ROOT"/rlsf/*/done.json; do
+  budgets "$(dirname "$done")" final "$(basename "$(dirname "$done")")"
+done
 step "sweep critique -> $ROOT/critique"
 python scripts/sweep.py --config configs/sweeps/critique.py --out "$ROOT/critique" --parallel "$PARALLEL" \
   --set "init_from=$ROOT/sft" --set "critique.critic_from=$ROOT/critic"

@@ -1,6 +1,7 @@
 """The analysis notebooks run end to end on a tiny run root built here, plus the sweep-loading and
 plotting helpers they use (on hand-written sweep directories)."""
 
+import dataclasses
 import json
 import math
 import os
@@ -19,7 +20,9 @@ from critique_jax.analysis import (covariance_by_accuracy, fork_share_by_token, 
                                    token_entropy, top_entropy_positions)
 from critique_jax.metrics import MetricsWriter
 from critique_jax.runs import self_train, train, train_critic
-from critique_jax.runs.policies import load_run_config
+from critique_jax.runs.budget_sweep import budget_sweep
+from critique_jax.runs.evaluation_run import EvalSettings, evaluate_policy
+from critique_jax.runs.policies import load_policy, load_run_config
 
 from test_trainer import tiny_config
 
@@ -32,12 +35,15 @@ FIGURES = {
     "05_tail_narrowing": ["eval_solved", "pool_contributed", "data_share", "passk"],
     "06_forking_tokens": ["entropy_hist", "training"],
     "07_critique_information": ["critic", "refinement", "refinement_curves", "compare_passk"],
+    "08_dual_failure": ["budget", "train_vs_test", "rlsf"],
 }
 #: Empty panels the tiny root is expected to have: its 3-step SFT policy solves nothing, so
 #: self-training keeps no data and the data-share panel has nothing to draw.
 EXPECTED_NO_DATA = {"05_tail_narrowing": ["share of the training data"],
                     # distinct correct solutions per solved problem: NaN, no eval problem is solved.
-                    "04_critique_diversity": ["eval/distinct_correct"]}
+                    "04_critique_diversity": ["eval/distinct_correct"],
+                    # the AUROC of confidence vs the verifier: NaN while every rollout is wrong.
+                    "08_dual_failure": ["reward/confidence_auroc"]}
 
 # ----------------------------------------------------------------------------- a tiny run root
 
@@ -56,7 +62,10 @@ _SWEEPS = {
                 ("forking_top20", 0, "train", {"rl.loss.forking_rho": 0.2})],
     "critique": [("cg_rule_step", 0, "train", _CRITIQUE)],
     "self_train": [("st_none", 0, "self_train", {}), ("st_rule_step", 0, "self_train", _CRITIQUE)],
+    "rlsf": [("rlsf", 0, "train", {"rl.rewards": "confidence"})],
 }
+#: Budget sweeps (``evaluate --budgets``) into ``root/test_time/<name>``: (name, run, which policy).
+_TEST_TIME = [("sft", "sft", "sft"), ("grpo_s0", "entropy/grpo_s0", "final"), ("grpo_s1", "entropy/grpo_s1", "final")]
 #: A tiny critic (``root/critic``), evaluated twice.
 _CRITIC = {"critic.preset": "tiny", "critic.steps": 4, "critic.batch_size": 8, "critic.warmup_steps": 0,
            "critic.log_every": 1, "critic.eval_every": 2, "critic.eval_n_problems": 4, "critic.eval_batch": 8}
@@ -77,8 +86,9 @@ def _config(tmp, overrides):
 
 
 def build_tiny_root(root: Path) -> None:
-    """``root/sft`` (SFT only), ``root/critic`` and the sweeps ``entropy``, ``critique``, ``self_train``
-    from the SFT policy, each with the ``manifest.json`` and ``done.json`` files scripts/sweep.py writes."""
+    """``root/sft`` (SFT only), ``root/critic``, the sweeps ``entropy``, ``critique``, ``self_train``,
+    ``rlsf`` from the SFT policy, each with the ``manifest.json`` and ``done.json`` files scripts/sweep.py
+    writes, and ``root/test_time``: budget sweeps of the SFT policy and the entropy sweep's GRPO runs."""
     train(_config(root, _BASE | {"rl.steps": 0}), str(root / "sft"))
     train_critic(_config(root, _BASE | _CRITIC), str(root / "critic"))
     for sweep, runs in _SWEEPS.items():
@@ -95,6 +105,16 @@ def build_tiny_root(root: Path) -> None:
                                overrides={k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
                                workdir=name))
         (root / sweep / "manifest.json").write_text(json.dumps({"sweep": sweep, "runs": listed}, indent=1))
+    # The budget sweeps, as evaluate --budgets writes them, with shapes the runs' evaluation compiled
+    # (8 problems x 2 samples; budget 48 = sampling.max_new_tokens).
+    settings = EvalSettings(source="", split="test", n_problems=8, samples=2, temperature=1.0, seed=0, batch_prompts=8)
+    shared = None
+    for name, workdir, which in _TEST_TIME:
+        policy = load_policy(root / workdir, which, run=shared)
+        shared, out = policy.run, str(root / "test_time" / name)
+        one = dataclasses.replace(settings, source=policy.source)
+        evaluate_policy(policy.run, policy.params, out, one)
+        budget_sweep(policy.run, policy.params, out, one, (24, 48), (1, 2))
 
 
 def build_and_execute(tmp: Path) -> None:
@@ -311,6 +331,31 @@ def test_seed_band_and_stats_match_numpy(np_rng):
     assert f"{sweeps.seed_stat([])}" == "n/a"
 
 
+def test_budget_sweeps_read_back_by_label_with_seed_bands(tmp_path, np_rng):
+    """read_test_time groups <folder>/<policy>/test_time.json by label (the name without _s<seed>);
+    budget_band is the mean and sd over a label's reports per budget, NaN values left out."""
+    values = {name: np_rng.uniform(0, 0.25, 3) for name in ("grpo_s0", "grpo_s1", "grpo_s2", "sft")}
+    values["grpo_s2"][1] = math.nan  # one seed without a value at budget 32
+    for name, v in values.items():
+        (tmp_path / name).mkdir()
+        report = {"budgets": [16, 32, 64], "per_budget": {str(b): {"correct_var": float(x)} for b, x in zip((16, 32, 64), v)}}
+        (tmp_path / name / sweeps.TEST_TIME_JSON).write_text(json.dumps(report))
+    (tmp_path / "logs").mkdir()  # a folder without a report is not a policy
+    got = sweeps.read_test_time(tmp_path)
+    assert {label: [n for n, _ in reports] for label, reports in got.items()} == {
+        "grpo": ["grpo_s0", "grpo_s1", "grpo_s2"], "sft": ["sft"]}
+    band = sweeps.budget_band([rep for _, rep in got["grpo"]], "correct_var")
+    assert band.steps.tolist() == [16, 32, 64] and band.n.tolist() == [3, 2, 3]
+    for j in range(3):
+        v = np.array([values[f"grpo_s{s}"][j] for s in range(3)])
+        v = v[np.isfinite(v)]
+        assert band.mean[j] == pytest.approx(v.mean(), rel=1e-12) and band.sd[j] == pytest.approx(v.std(ddof=1), rel=1e-12)
+    with pytest.raises(ValueError, match="no budget sweep has a finite 'pass@1'"):
+        sweeps.budget_band([rep for _, rep in got["grpo"]], "pass@1")
+    with pytest.raises(FileNotFoundError, match=r"logs: no <policy>/test_time.json \(written by evaluate --budgets\)"):
+        sweeps.read_test_time(tmp_path / "logs")
+
+
 def test_run_values_pairs_and_metric_families():
     rows = [{"step": s, "h": 1.0 / s, "r": float(s)} for s in range(1, 6)] + [{"step": 6, "h": 0.1}]
     run = _record("r", rows)
@@ -379,6 +424,10 @@ def test_figures_are_built_and_saved(tmp_path, np_rng):
         assert len([a for a in plots.per_level({"st_none": {1: band, 3: band}}, ylabel="y").axes
                     if a.get_visible()]) == 2
         plots.entropy_histogram(*np.histogram(h, 10), 0.5)
+        assert len([a for a in plots.band_panels({"pass@1": {"grpo": band}, "x": {"sft": band}}, xlabel="b").axes
+                    if a.get_visible()]) == 2
+    with pytest.warns(plots.NoDataWarning, match="no data: empty"):
+        plots.band_panels({"empty": {}}, xlabel="b")
     assert plots.color("grpo") != plots.color("clip_cov") and plots.color("new") == plots.color("new")
 
 

@@ -110,6 +110,25 @@ def curves(groups: Mapping[str, Sequence[RunRecord]], keys: Sequence[str], *, ti
     return fig
 
 
+def band_panels(panels: Mapping[str, Mapping[str, Band]], *, xlabel: str, ncols: int = 4) -> Figure:
+    """One panel per title of ``panels`` (``{title: {label: Band}}``, bands already computed, e.g.
+    test-time metrics against the generation budget), one line per label with its ±1 sd band."""
+    fig, axes = _grid(len(panels), ncols)
+    for ax, (title, bands) in zip(axes, panels.items()):
+        for label, band in bands.items():
+            n = int(band.n.max()) if band.n.size else 0
+            _band(ax, band, label, "o-", f"{label} (n={n})" if n > 1 else label)
+        if not bands:
+            _no_data(ax, title)
+        ax.set(xlabel=xlabel, title=title)
+        ax.grid(alpha=0.3)
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+            break
+    return fig
+
+
 def law_fits(points: Mapping[str, tuple[np.ndarray, np.ndarray]], fits: Mapping[str, LawFit], *,
              xlabel: str = "mean token entropy H (nats)", ylabel: str = "accuracy R") -> Figure:
     """Accuracy vs entropy points per label with the fitted ``R = -a·exp(H) + b`` over the label's

@@ -276,6 +276,46 @@ def run_value(run: RunRecord, key: str, which: str = "last", window: int = 1) ->
     return float(part.mean()) if part.size else math.nan
 
 
+# ----------------------------------------------------------------------------- test-time budget sweeps
+
+#: The report ``evaluate --budgets`` writes into its folder (critique_jax/runs/budget_sweep.py).
+TEST_TIME_JSON = "test_time.json"
+_SEED_SUFFIX = re.compile(r"_s\d+$")
+
+
+def read_test_time(folder: str | Path) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """The budget sweeps of a folder holding one ``evaluate --budgets`` folder per policy
+    (``<folder>/<name>/test_time.json``, e.g. ``sft``, ``grpo_s0``), grouped by label (the name
+    without its ``_s<seed>``): ``{label: [(name, report), ...]}``, names sorted. A one-line
+    FileNotFoundError when there is none."""
+    folder = Path(folder)
+    paths = sorted(folder.glob(f"*/{TEST_TIME_JSON}"))
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no <policy>/{TEST_TIME_JSON} (written by evaluate --budgets)")
+    out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for path in paths:
+        name = path.parent.name
+        out.setdefault(_SEED_SUFFIX.sub("", name), []).append((name, json.loads(path.read_text())))
+    return out
+
+
+def budget_band(reports: Sequence[Mapping[str, Any]], key: str) -> Band:
+    """``per_budget[b][key]`` of budget sweeps (e.g. one label's seeds) against the budget b: the
+    mean and sd over the reports with a finite value, at every budget some report has
+    (:class:`Band` with ``steps`` = budgets). ValueError when no report has the key."""
+    by_budget: dict[int, list[float]] = {}
+    for rep in reports:
+        for b, row in rep["per_budget"].items():
+            if _finite(row.get(key)):
+                by_budget.setdefault(int(b), []).append(float(row[key]))
+    if not by_budget:
+        raise ValueError(f"no budget sweep has a finite {key!r}")
+    budgets = sorted(by_budget)
+    stats = [seed_stat(by_budget[b]) for b in budgets]
+    return Band(steps=np.array(budgets, np.int64), mean=np.array([st.mean for st in stats]),
+                sd=np.array([st.sd for st in stats]), n=np.array([st.n for st in stats], np.int64))
+
+
 # ----------------------------------------------------------------------------- metric families
 
 

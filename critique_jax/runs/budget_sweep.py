@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from critique_jax.analysis.sweeps import TEST_TIME_JSON  # noqa: E402
 from critique_jax.analysis.test_time import SampleSet, sweep_report  # noqa: E402
 from critique_jax.runs.evaluation_run import (EvalSettings, MakeRecord, check_settings, eval_problems,  # noqa: E402
                                               sample_records, write_report)
@@ -36,7 +37,7 @@ from critique_jax.runs.run import Run  # noqa: E402
 from critique_jax.tasks import Problem, Task  # noqa: E402
 
 BUDGETS = "budgets"
-SWEEP_JSON, SWEEP_MD, SWEEP_PLOT = "test_time.json", "test_time.md", "test_time.png"
+SWEEP_JSON, SWEEP_MD, SWEEP_PLOT = TEST_TIME_JSON, "test_time.md", "test_time.png"
 
 
 def check_sweep(run: Run, samples: int, budgets: Sequence[int], counts: Sequence[int]) -> None:

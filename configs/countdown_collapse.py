@@ -11,7 +11,7 @@ parameters) after 1500 SFT steps solves a quarter of held-out problems (pass@1 0
 0.56) at ~4x the speed of ``small``; RL draws 32 prompts x 8 samples per step from the first
 128 training problems (``rl.pool_size``), so each prompt is seen every 4 steps; 4 minibatches
 per rollout batch (4 optimiser updates per step), a constant lr of 2e-4, temperature 1, no KL.
-GRPO's training-rollout entropy falls to ~26% of its start in 100 steps (2 seeds).
+GRPO's training-rollout entropy falls to ~28% of its start in 100 steps (3 seeds).
 
 Entropy control at this scale (pilots, README "Entropy collapse"): at the papers' ratios a
 1500-token minibatch gets k = 0-3 tokens, i.e. nothing to act on. Clip-Cov detaches *every*
@@ -20,7 +20,7 @@ paper's ``cov_ub`` 5 leaves out the ~0.3% of tokens above it; with them detached
 holds, without them it falls to ~half): ``ratio`` 1, ``cov_ub`` 1e9. KL-Cov penalises the top 2% of tokens by covariance with
 ``kl_coef`` 5 (at the paper's 1 it held only ~1.3x GRPO's entropy). Over 100 steps KL-Cov keeps
 ~3x GRPO's entropy at held-out pass@1 within noise of GRPO's; Clip-Cov holds or raises entropy
-but loses held-out pass@1 (2 seeds each; README).
+but loses held-out pass@1 (3 seeds each; README).
 """
 
 import runpy

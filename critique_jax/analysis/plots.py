@@ -82,6 +82,14 @@ def _band(ax: Any, band: Band, label: str, style: str = "-", legend: str | None 
         ax.fill_between(band.steps, lo, hi, color=color(label), alpha=0.2, lw=0)
 
 
+def _legend_once(axes: Sequence[Any]) -> None:
+    """One legend, on the first panel that has labelled lines (every panel has the same labels)."""
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+            return
+
+
 def curves(groups: Mapping[str, Sequence[RunRecord]], keys: Sequence[str], *, titles: Sequence[str] | None = None,
            ncols: int = 3, xlabel: str = "step") -> Figure:
     """One panel per metric key: its mean over each label's runs (seeds) vs step, ±1 sd band.
@@ -103,10 +111,7 @@ def curves(groups: Mapping[str, Sequence[RunRecord]], keys: Sequence[str], *, ti
             _no_data(ax, key)
         ax.set(xlabel=xlabel, title=titles[i] if titles else key)
         ax.grid(alpha=0.3)
-    for ax in axes:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="best")
-            break
+    _legend_once(axes)
     return fig
 
 
@@ -122,10 +127,7 @@ def band_panels(panels: Mapping[str, Mapping[str, Band]], *, xlabel: str, ncols:
             _no_data(ax, title)
         ax.set(xlabel=xlabel, title=title)
         ax.grid(alpha=0.3)
-    for ax in axes:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="best")
-            break
+    _legend_once(axes)
     return fig
 
 

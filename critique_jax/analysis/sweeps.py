@@ -197,9 +197,14 @@ def seed_band(runs: Sequence[RunRecord], key: str) -> Band:
             by_step.setdefault(int(s), []).append(float(v))
     if not by_step:
         raise ValueError(f"no run of {[r.name for r in runs]} has a finite {key!r}")
-    steps = sorted(by_step)
-    stats = [seed_stat(by_step[s]) for s in steps]
-    return Band(steps=np.array(steps, np.int64), mean=np.array([st.mean for st in stats]),
+    return _band_of(by_step)
+
+
+def _band_of(values: Mapping[int, Sequence[float]]) -> Band:
+    """:class:`Band` of ``{x: values at x}``: each x's :func:`seed_stat`, in order of x."""
+    xs = sorted(values)
+    stats = [seed_stat(values[x]) for x in xs]
+    return Band(steps=np.array(xs, np.int64), mean=np.array([st.mean for st in stats]),
                 sd=np.array([st.sd for st in stats]), n=np.array([st.n for st in stats], np.int64))
 
 
@@ -310,10 +315,7 @@ def budget_band(reports: Sequence[Mapping[str, Any]], key: str) -> Band:
                 by_budget.setdefault(int(b), []).append(float(row[key]))
     if not by_budget:
         raise ValueError(f"no budget sweep has a finite {key!r}")
-    budgets = sorted(by_budget)
-    stats = [seed_stat(by_budget[b]) for b in budgets]
-    return Band(steps=np.array(budgets, np.int64), mean=np.array([st.mean for st in stats]),
-                sd=np.array([st.sd for st in stats]), n=np.array([st.n for st in stats], np.int64))
+    return _band_of(by_budget)
 
 
 # ----------------------------------------------------------------------------- metric families

@@ -11,7 +11,9 @@ A sweep directory (written by ``scripts/sweep.py``) holds ``manifest.json``::
 (``workdir`` relative to the sweep directory; other keys are kept but not needed) and, per run,
 the trainer's ``metrics.jsonl`` (and ``done.json`` once the run finished). :func:`read_sweep`
 reads it into :class:`SweepData`; :func:`seed_band` and :func:`seed_stat` average over the
-seeds of a label. Everything here is host-side NumPy; values are float64, steps int64.
+seeds of a label; :func:`read_test_time` and :func:`budget_band` do the same for a folder of
+budget sweeps (``evaluate --budgets``), against the budget. Everything here is host-side NumPy;
+values are float64, steps int64.
 """
 
 from __future__ import annotations

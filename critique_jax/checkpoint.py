@@ -64,18 +64,21 @@ CHECKSUMS = "checksums.json"
 log = logging.getLogger("critique_jax")
 
 
-class _SkipNoMetricsWarning(logging.Filter):
-    """Drops orbax's per-save warning for a step saved without a best-metric value.
-
-    Such saves are intended here (the step is kept only while among the latest), so the
-    warning would fire on every non-eval save of a training run.
+class _SkipExpectedNotices(logging.Filter):
+    """Drops orbax notices about what this module does on purpose: the per-save warning for a
+    step saved without a best-metric value (such a step is kept only while among the latest, so
+    it would fire on every non-eval save of a training run) and the three notices that a
+    read-only manager is read-only (every checkpoint an analysis notebook opens).
     """
 
+    SKIP = ("did not provide metrics", "CheckpointManagerOptions.read_only=True", "Given directory is read only")
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "did not provide metrics" not in record.getMessage()
+        message = record.getMessage()
+        return not any(s in message for s in self.SKIP)
 
 
-logging.getLogger("absl").addFilter(_SkipNoMetricsWarning())
+logging.getLogger("absl").addFilter(_SkipExpectedNotices())
 
 
 def _is_key(x: Any) -> bool:

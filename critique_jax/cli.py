@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 from typing import Callable
 
@@ -14,6 +15,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from critique_jax.parallel.distributed import maybe_initialize
+from critique_jax.text import default_cache_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +48,8 @@ def define_verbose() -> flags.FlagHolder:
 
 
 def start(argv: list[str], config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Rejects stray arguments, quiets orbax's per-save INFO logs, joins ``jax.distributed``.
+    """Rejects stray arguments, quiets orbax's per-save INFO logs, joins ``jax.distributed``,
+    turns on the persistent compilation cache (:func:`use_compile_cache`).
 
     Call it before importing modules that touch devices: multi-process JAX must be
     initialised before the first device query.
@@ -57,7 +60,26 @@ def start(argv: list[str], config: ml_collections.ConfigDict) -> ml_collections.
     logging.getLogger("critique_jax").setLevel(logging.INFO)
     d = config.distributed
     maybe_initialize(d.coordinator_address, d.num_processes, d.process_id)
+    use_compile_cache(config.get("compile_cache", ""))  # run configs saved before the key existed: the default
     return config
+
+
+def use_compile_cache(setting: str) -> str | None:
+    """Points JAX's persistent compilation cache at ``setting`` (``config.compile_cache``: ``""`` =
+    ``<cache>/xla``, ``"off"`` = no cache, else a directory) and returns the directory used (None
+    when off). ``JAX_COMPILATION_CACHE_DIR``, when set, wins (JAX reads it itself). Programs that
+    compile in under a second are not cached (JAX's default threshold)."""
+    import jax
+
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    if not isinstance(setting, str):
+        raise ValueError(f"compile_cache={setting!r}: expected '' (the default directory), 'off' or a directory")
+    if setting == "off":
+        return None
+    path = setting or os.path.join(default_cache_dir(), "xla")
+    jax.config.update("jax_compilation_cache_dir", path)
+    return path
 
 
 #: What a run raises on a bad input or a failed run: invalid config values, missing or

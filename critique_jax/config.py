@@ -59,6 +59,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.task = dict(name="countdown", difficulties=(1,), data_seed=0, n_train=4000, n_test=256, n_solutions=4,
                   train_files=(), test_files=())
     c.data_dir = ""  # "" = <cache>/data (CRITIQUE_JAX_CACHE or ~/.cache/critique_jax)
+    # The persistent XLA compilation cache of the command-line programs (a run's second start, a sweep's
+    # later runs and the quickstart's second RL run load compiled programs instead of compiling them):
+    # "" = <cache>/xla, "off" = none, else a directory; JAX_COMPILATION_CACHE_DIR, when set, wins.
+    c.compile_cache = ""
     c.tokenizer = dict(vocab_size=512, seed=0)
     # The policy: a size preset x a family, with any ModelConfig field of models.config.OVERRIDABLE
     # changed by model.overrides (None = the preset's; --config.model.overrides.d_model=512), or,

@@ -53,3 +53,26 @@ def test_a_run_directory_holds_one_run(tmp_path):
         holder.wait(timeout=60)
     lock_run_dir(tmp_path / "run")  # free once the other run ended
     lock_run_dir(tmp_path / "run")  # and again in the same process
+
+
+def test_compile_cache_setting(tmp_path, monkeypatch):
+    """compile_cache: "" -> <cache>/xla, a directory as given, "off" -> none, JAX_COMPILATION_CACHE_DIR wins,
+    anything else is a one-line error (jax.config.update recorded, not applied: the suite has its own cache)."""
+    import jax
+    import pytest
+
+    from critique_jax.cli import use_compile_cache
+
+    updates = []
+    monkeypatch.setattr(jax.config, "update", lambda name, value: updates.append((name, value)))
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("CRITIQUE_JAX_CACHE", str(tmp_path / "cache"))
+    assert use_compile_cache("") == str(tmp_path / "cache" / "xla")
+    assert use_compile_cache(str(tmp_path / "mine")) == str(tmp_path / "mine")
+    assert use_compile_cache("off") is None
+    assert updates == [("jax_compilation_cache_dir", str(tmp_path / "cache" / "xla")),
+                       ("jax_compilation_cache_dir", str(tmp_path / "mine"))]
+    with pytest.raises(ValueError, match=r"compile_cache=1: expected '' \(the default directory\), 'off' or a dir"):
+        use_compile_cache(1)
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "env"))
+    assert use_compile_cache("") == str(tmp_path / "env") and len(updates) == 2

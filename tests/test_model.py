@@ -199,3 +199,34 @@ def test_bad_config_errors():
         model_config("tiny", V, dtype="fp8")
     with pytest.raises(ValueError, match="exceeds max_seq_len"):
         KVCache.zeros(model_config("tiny", V), 1, 10_000)
+
+
+def test_model_flops_match_xla_cost_analysis():
+    """forward_flops counts the matmuls XLA compiles (the uncached forward computes every [T, T]
+    score, so context = T here) to within the elementwise work it leaves out; decode bytes and the
+    sliding window by hand."""
+    from critique_jax.models import flops
+
+    cfg = model_config("tiny", 512, d_model=128, d_ff=512, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32)
+    graphdef, state = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
+    b, t = 2, 64
+
+    def logits(state, tokens, positions, valid):
+        model = nnx.merge(graphdef, state)
+        return model(tokens, positions, valid)[0] @ model.unembed()
+
+    tokens = jnp.zeros((b, t), jnp.int32)
+    args = (state, tokens, jnp.broadcast_to(jnp.arange(t), (b, t)), jnp.ones((b, t), bool))
+    cost = jax.jit(logits).lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    expected = flops.forward_flops(cfg, b * t, context=t)
+    assert expected == b * t * (2 * (2 * (128 * 128 * 2 + 2 * 128 * 64 + 3 * 128 * 512) + 128 * 512) + 2 * 4 * 128 * t)
+    assert expected <= cost["flops"] <= 1.05 * expected
+    assert flops.train_flops(cfg, 10, 5) == 3 * flops.forward_flops(cfg, 10, 5)
+    assert flops.decode_step_bytes(cfg, batch=3, context=10, param_bytes=2, cache_bytes=1) == \
+        2 * flops.matmul_params(cfg) + 3 * 2 * (2 * 2 * 32 * 10)
+    windowed = model_config("tiny", 512, family="gemma2", sliding_window=4)
+    full = model_config("tiny", 512, family="gemma2", sliding_window=None)
+    layers = windowed.n_layers
+    attn = 4 * windowed.n_heads * windowed.head_dim
+    assert flops.forward_flops(full, 1, 10) - flops.forward_flops(windowed, 1, 10) == attn * (10 - 4) * ((layers + 1) // 2)

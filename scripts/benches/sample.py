@@ -3,6 +3,13 @@
 Prefill time is measured with a one-token generation; decode tokens/s is
 ``samples x new tokens / (total - prefill)`` with every sample forced to run the whole
 length (no end token). Memory is XLA's compiled estimate (arguments + outputs + temporaries).
+
+Roofline (``critique_jax.models.flops``): ``prefill_TFLOPs`` and ``decode_TFLOPs`` are model
+FLOPs per second (the prompts' causal forward; one token per sample per decode step, attending
+to the prompt and the tokens so far), ``decode_GBps`` the bytes a decode step must read at least
+(every weight once, each sample's keys and values) per second. With ``--peak-tflops`` /
+``--peak-gbps`` (the accelerator's dense peak for the model's dtype, and its memory bandwidth)
+they are also given as shares of the peak: ``prefill_mfu``, ``decode_mfu``, ``decode_mbu``.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from critique_jax.models import Transformer, model_config
+from critique_jax.models import Transformer, flops, model_config
 from critique_jax.sampling import SamplerConfig, pad_prompts, sample_keys
 from critique_jax.sampling import sampler as sampler_lib
 
@@ -29,6 +36,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, nargs="+", default=[8, 32, 64], help="prompts per call")
     p.add_argument("--group", type=int, default=8, help="samples per prompt (G)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--peak-tflops", type=float, default=None, help="peak dense TFLOP/s, for prefill/decode MFU")
+    p.add_argument("--peak-gbps", type=float, default=None, help="peak memory GB/s, for decode bandwidth utilisation")
 
 
 def _timed(fn, repeats: int) -> float:
@@ -75,5 +84,23 @@ def run(args: argparse.Namespace) -> list[dict]:
             total_s=t_full,
             mem_MiB=(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes) / 2**20
             if mem is not None else float("nan"),
-        ))
+        ) | _roofline(args, cfg, b, n, t_pre, t_full))
     return rows
+
+
+def _roofline(args: argparse.Namespace, cfg, prompts: int, samples: int, t_pre: float, t_full: float) -> dict:
+    """Model TFLOP/s and GB/s of prefill and decode, and their shares of the given peaks."""
+    steps = args.new_tokens - 1
+    context = args.prompt_len + args.new_tokens / 2  # mean keys per decode step
+    itemsize = jnp.dtype(cfg.jnp_param_dtype).itemsize
+    decode_s = max(t_full - t_pre, 1e-9)
+    out = dict(
+        prefill_TFLOPs=flops.forward_flops(cfg, prompts * args.prompt_len, (args.prompt_len + 1) / 2) / t_pre / 1e12,
+        decode_TFLOPs=steps * flops.forward_flops(cfg, samples, context) / decode_s / 1e12,
+        decode_GBps=steps * flops.decode_step_bytes(cfg, samples, context, itemsize, itemsize) / decode_s / 1e9,
+    )
+    if args.peak_tflops:
+        out |= dict(prefill_mfu=out["prefill_TFLOPs"] / args.peak_tflops, decode_mfu=out["decode_TFLOPs"] / args.peak_tflops)
+    if args.peak_gbps:
+        out["decode_mbu"] = out["decode_GBps"] / args.peak_gbps
+    return out

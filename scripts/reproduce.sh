@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces every run the notebooks read, then executes the notebooks (outputs and PNGs under
-# notebooks/). About 5.5 hours on a quiet 2-core CPU; re-running skips finished steps and resumes the
+# notebooks/). About 6 hours on a quiet 2-core CPU; re-running skips finished steps and resumes the
 # rest. ROOT (default runs/repro) is where the runs go; PARALLEL (default 1) runs that many
-# sweep runs at a time (worth it only with more than 2 cores).
+# sweep runs at a time (2 helps even on 2 cores: an entropy run then takes 13 min instead of 9).
 #
 #   bash scripts/reproduce.sh
 #   ROOT=runs/repro2 PARALLEL=4 bash scripts/reproduce.sh

@@ -28,8 +28,8 @@ from test_trainer import tiny_config
 
 #: notebook -> the figures it must write (FIG_DIR/<notebook>_<name>.png).
 FIGURES = {
-    "01_entropy_collapse": ["curves"],
-    "02_entropy_law": ["law_fits", "law_fits_eval", "early_fit"],
+    "01_entropy_collapse": ["curves", "clip_cov_band"],
+    "02_entropy_law": ["law_fits", "early_fit", "law_fits_batch"],
     "03_covariance": ["cov_vs_dH", "cov_vs_step", "cov_by_accuracy"],
     "04_critique_diversity": ["curves", "critique", "passk"],
     "05_tail_narrowing": ["eval_solved", "pool_contributed", "data_share", "passk"],
@@ -59,7 +59,8 @@ _CRITIQUE = {"critique.type": "rule_step", "rl.loss.name": "critique_grpo", "rl.
 #: sweep -> [(label, seed, entry, overrides)] (the real sweeps: configs/sweeps/*.py).
 _SWEEPS = {
     "entropy": [("grpo", 0, "train", {}), ("grpo", 1, "train", {}),
-                ("forking_top20", 0, "train", {"rl.loss.forking_rho": 0.2})],
+                ("forking_top20", 0, "train", {"rl.loss.forking_rho": 0.2}),
+                ("clip_cov", 0, "train", {"rl.loss.name": "clip_cov"})],
     "critique": [("cg_rule_step", 0, "train", _CRITIQUE)],
     "self_train": [("st_none", 0, "self_train", {}), ("st_rule_step", 0, "self_train", _CRITIQUE)],
     "rlsf": [("rlsf", 0, "train", {"rl.rewards": "confidence"})],
@@ -73,7 +74,7 @@ _SELF_TRAIN = dict(iterations=2, pool_size=16, samples_per_problem=2, batch_prom
                    lr=1e-2, warmup_steps=0)
 #: Notebook parameters for the tiny root: sampling shapes equal to the evaluation's (compiled once).
 #: SFT_RUN: the tiny root's entropy sweep starts from root/sft (scripts/reproduce.sh: root/sft_mini).
-NOTEBOOK_PARAMS = {"COV_PROMPTS": 8, "N_PROBLEMS": 8, "GROUP": 2, "MIN_COUNT": 2, "WINDOW": 2,
+NOTEBOOK_PARAMS = {"PASS_K": 2, "COV_PROMPTS": 8, "N_PROBLEMS": 8, "GROUP": 2, "MIN_COUNT": 2, "WINDOW": 2,
                    "COMPARE_SWEEP": "critique", "BASELINE": "cg_rule_step", "SFT_RUN": "sft"}
 
 

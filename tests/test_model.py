@@ -222,11 +222,11 @@ def test_model_flops_match_xla_cost_analysis():
     expected = flops.forward_flops(cfg, b * t, context=t)
     assert expected == b * t * (2 * (2 * (128 * 128 * 2 + 2 * 128 * 64 + 3 * 128 * 512) + 128 * 512) + 2 * 4 * 128 * t)
     assert expected <= cost["flops"] <= 1.05 * expected
-    assert flops.train_flops(cfg, 10, 5) == 3 * flops.forward_flops(cfg, 10, 5)
     assert flops.decode_step_bytes(cfg, batch=3, context=10, param_bytes=2, cache_bytes=1) == \
         2 * flops.matmul_params(cfg) + 3 * 2 * (2 * 2 * 32 * 10)
     windowed = model_config("tiny", 512, family="gemma2", sliding_window=4)
     full = model_config("tiny", 512, family="gemma2", sliding_window=None)
     layers = windowed.n_layers
     attn = 4 * windowed.n_heads * windowed.head_dim
-    assert flops.forward_flops(full, 1, 10) - flops.forward_flops(windowed, 1, 10) == attn * (10 - 4) * ((layers + 1) // 2)
+    saved = flops.forward_flops(full, 1, 10) - flops.forward_flops(windowed, 1, 10)
+    assert saved == attn * (10 - 4) * ((layers + 1) // 2)  # the even layers attend to 4 keys, not 10

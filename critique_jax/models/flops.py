@@ -3,10 +3,9 @@ decode bandwidth utilisation against an accelerator's peak (``scripts/bench.py s
 
 Conventions (as in PaLM's MFU): a multiply-add is 2 FLOPs; only the matmuls count (projections,
 MLP, unembedding, and attention's scores and weighted sum); norms, RoPE, softmax and the
-embedding lookup are left out. A backward pass costs twice the forward. ``context`` is the
-number of key positions a query attends to, averaged over the tokens (``(T + 1) / 2`` for a
-causal pass over T tokens, ``prompt + t`` at decode step t); a sliding-window layer attends to
-at most ``sliding_window`` of them.
+embedding lookup are left out. ``context`` is the number of key positions a query attends to,
+averaged over the tokens (``(T + 1) / 2`` for a causal pass over T tokens, ``prompt + t`` at
+decode step t); a sliding-window layer attends to at most ``sliding_window`` of them.
 """
 
 from __future__ import annotations
@@ -33,12 +32,8 @@ def forward_flops(cfg: ModelConfig, tokens: float, context: float) -> float:
     return tokens * (2 * matmul_params(cfg) + attention)
 
 
-def train_flops(cfg: ModelConfig, tokens: float, context: float) -> float:
-    """FLOPs of a forward and a backward pass (3x the forward)."""
-    return 3 * forward_flops(cfg, tokens, context)
-
-
-def decode_step_bytes(cfg: ModelConfig, batch: int, context: float, param_bytes: int = 4, cache_bytes: int = 4) -> float:
+def decode_step_bytes(cfg: ModelConfig, batch: int, context: float, param_bytes: int = 4,
+                      cache_bytes: int = 4) -> float:
     """Bytes a decode step must read at least: every matmul weight once (``param_bytes`` per
     value) and, for each of ``batch`` sequences, the keys and values of ``context`` positions in
     every layer (``cache_bytes`` per value)."""

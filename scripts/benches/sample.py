@@ -100,7 +100,8 @@ def _roofline(args: argparse.Namespace, cfg, prompts: int, samples: int, t_pre: 
         decode_GBps=steps * flops.decode_step_bytes(cfg, samples, context, itemsize, itemsize) / decode_s / 1e9,
     )
     if args.peak_tflops:
-        out |= dict(prefill_mfu=out["prefill_TFLOPs"] / args.peak_tflops, decode_mfu=out["decode_TFLOPs"] / args.peak_tflops)
+        out["prefill_mfu"] = out["prefill_TFLOPs"] / args.peak_tflops
+        out["decode_mfu"] = out["decode_TFLOPs"] / args.peak_tflops
     if args.peak_gbps:
         out["decode_mbu"] = out["decode_GBps"] / args.peak_gbps
     return out

@@ -76,3 +76,16 @@ def test_compile_cache_setting(tmp_path, monkeypatch):
         use_compile_cache(1)
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "env"))
     assert use_compile_cache("") == str(tmp_path / "env") and len(updates) == 2
+
+
+def test_a_cloud_workdir_is_refused_before_anything_is_created(tmp_path, monkeypatch):
+    """gs:// run directories are not supported yet: one clear error, no local 'gs:' folder."""
+    import pytest
+
+    from critique_jax.runs import train
+    from test_trainer import tiny_config
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"--workdir=gs://bucket/run: run directories must be local folders"):
+        train(tiny_config(tmp_path), "gs://bucket/run")
+    assert not (tmp_path / "gs:").exists()

@@ -29,6 +29,16 @@ SFT_POLICY = "sft_policy"
 CRITIC_POLICY = "critic_policy"
 
 
+def local_path(workdir: str) -> str:
+    """``workdir`` when it is a local folder; a one-line ValueError for a URL such as
+    ``gs://bucket/run``, before anything is created: only orbax would write there, every other
+    file would go to a local folder named like the URL."""
+    if "://" in str(workdir):
+        raise ValueError(f"--workdir={workdir}: run directories must be local folders; cloud URLs are not "
+                         "supported yet")
+    return workdir
+
+
 @dataclasses.dataclass(frozen=True)
 class RunDir:
     """The directory ``path`` of one run (train, train_critic or self_train)."""

@@ -25,7 +25,7 @@ from critique_jax.parallel.mesh import batch_sharding, make_mesh
 from critique_jax.rl import policy_init
 from critique_jax.runlock import lock_run_dir
 from critique_jax.runs import roles
-from critique_jax.runs.layout import RunDir
+from critique_jax.runs.layout import RunDir, local_path
 from critique_jax.sampling import SamplerConfig, SamplingSettings
 from critique_jax.tasks import Task, get_task
 from critique_jax.text import Tokenizer, default_cache_dir
@@ -84,7 +84,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, program: str = "train
     validation.validate(config, jax.device_count(), program)
     if config.critique.type == "model":
         roles.check_critic_source(config)
-    os.makedirs(workdir, exist_ok=True)
+    os.makedirs(local_path(workdir), exist_ok=True)
     if is_main_process():
         lock_run_dir(workdir)
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)

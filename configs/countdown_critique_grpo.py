@@ -13,10 +13,11 @@ as in the paper; ``clip_cov`` / ``kl_cov`` / ``gppo`` add entropy control to the
     python -m critique_jax.train --config=configs/countdown_critique_grpo.py:rule_step,clip_cov --workdir=runs/cg_cc
     python -m critique_jax.train --config=configs/countdown_critique_grpo.py:none --workdir=runs/grpo
 
-``none`` is the GRPO baseline with everything else equal (including the refinement-format SFT
+``resample`` (no critique: each kept "refinement" is a fresh sample, the compute-matched control)
+and ``none`` take the loss after the comma as the whole loss. ``none`` is the GRPO baseline with everything else equal (including the refinement-format SFT
 batches, so both arms start from the same kind of policy). Every group holds G - n_refine
 initial responses and n_refine = 1 refinement; refinement tokens get the shaped objective
-``-A * p / (p + 0.1)``. With ``none``, the loss after the comma is the whole loss. Advantages are
+``-A * p / (p + 0.1)``. Advantages are
 Dr.GRPO's (group mean subtracted, no std division), as in the paper's script, in every arm.
 """
 
@@ -34,7 +35,7 @@ def get_config(arg: str = "rule_step"):
     c.critique.sft_refine_every = 3  # teaches the small policy the refinement format during SFT
     c.rl.advantage = "drgrpo"  # the Critique-GRPO reference script: no division by the group's std
     base = base or "ppo"
-    c.rl.loss.name = base if critique == "none" else "critique_grpo"
+    c.rl.loss.name = base if critique in ("none", "resample") else "critique_grpo"
     c.rl.loss.critique_grpo.base = base
     c.rl.loss.clip_cov.ratio = 2e-2  # as configs/countdown_clip_cov.py (used when a loss is clip_cov)
     return c

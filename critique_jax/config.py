@@ -82,8 +82,9 @@ def default_config() -> ml_collections.ConfigDict:
     # text; instruction "" = the task's answer-format instruction; system "" = no system prompt.
     c.prompt = dict(format="auto", instruction="", system="")
     # adam_mu_dtype (sft, rl): the dtype of Adam's first moment ("" = the parameters' dtype).
+    # skip_rl_pool: SFT leaves out the first rl.pool_size train problems, so the RL pool is unseen.
     c.sft = dict(steps=400, batch_size=64, lr=2e-3, warmup_steps=20, weight_decay=0.0, log_every=20,
-                 max_bad_steps=3, adam_mu_dtype="")
+                 max_bad_steps=3, adam_mu_dtype="", skip_rl_pool=False)
     # RL: lr_schedule "constant" (the papers') or "cosine" (decays to lr x end_lr_ratio at the last
     # step); warmup_steps counts RL steps; the schedule advances once per optimiser update
     # (epochs x minibatches per step). entropy_change: re-measure the batch's initial-response
@@ -102,9 +103,11 @@ def default_config() -> ml_collections.ConfigDict:
     # sft_refine_target: the target of those batches, "any" reference solution of the problem or
     # the "source" one the error was planted in. format: what the policy reads of a step critique
     # ("plain": the decisions; "explained": the decisions, with the worked note on the first wrong
-    # step, which needs longer refine_buckets).
+    # step, which needs longer refine_buckets). scope (critique_jax.critique.loop): "all" critiques
+    # G - n_refine responses per group and keeps n_refine refinements; "all_wrong" samples G and
+    # critiques only the groups where all G failed, one refinement replacing a failed response.
     c.critique = dict(type="none", n_refine=1, critic_from="", prompt_buckets=(64,), refine_buckets=(112,),
-                      sft_refine_every=0, sft_refine_target="any", format="plain")
+                      sft_refine_every=0, sft_refine_target="any", format="plain", scope="all")
     # The critique model (python -m critique_jax.train_critic): size, supervised training on
     # step-level critiques of reference and planted-wrong solutions, held-out evaluation.
     c.critic = dict(preset="mini", family="qwen2", steps=3000, batch_size=32, lr=2e-3, warmup_steps=20,

@@ -14,6 +14,13 @@ evaluates several policies of the run, each into ``OUT/<which>/`` as a single ev
 
     python -m critique_jax.evaluate --run=runs/grpo --which=all --samples=8 --budgets=16,32,64 --out=runs/grpo/eval_all
 
+``--critique_gate=plan,rule_step,indicative,resample`` runs the critique gate instead
+(:mod:`critique_jax.runs.gate`): per critique type, refinement success on the policy's failed
+held-out responses against its own pass@1 on those prompts (``gate.json``, ``gate.md``)::
+
+    python -m critique_jax.evaluate --run=runs/cc_sft --which=sft --critique_gate=plan,rule_step,indicative,resample \
+        --n_problems=128 --out=runs/cc_sft/gate
+
 ``--budgets`` adds the test-time budget sweep (:mod:`critique_jax.runs.budget_sweep`): every
 problem sampled ``--samples`` times at each max-new-tokens value, maj@k / pass@k for the
 ``--sample_counts`` k, correctness variance and answer entropy per budget (``test_time.*``).
@@ -49,6 +56,8 @@ BUDGETS = flags.DEFINE_list("budgets", [], "Test-time budget sweep (off when emp
                             "e.g. 16,32,64, each sampled --samples times per problem (test_time.*).")
 SAMPLE_COUNTS = flags.DEFINE_list("sample_counts", [], "With --budgets: the sample counts k of maj@k and pass@k "
                                   "(default: 1, 2, 4, ... up to --samples).")
+GATE = flags.DEFINE_list("critique_gate", [], "Instead of the evaluation: the critique gate of these critique types "
+                         "(e.g. plan,rule_step,indicative,resample) on --n_problems test problems (gate.*).")
 VERBOSE = cli.define_verbose()
 
 
@@ -59,6 +68,8 @@ def main(argv: list[str]) -> None:
     if counts and not budgets:
         raise ValueError("--sample_counts without --budgets: the sample counts are the budget sweep's; give --budgets")
     which = parse_which(WHICH.value) if CONFIG.value is None else []
+    if GATE.value and (budgets or len(which) > 1 or which == ["all"]):
+        raise ValueError("--critique_gate gates one policy and runs alone: drop --budgets and give one --which")
     from critique_jax.runs.policies import load_run_config
 
     c = cli.start(argv, CONFIG.value if CONFIG.value is not None else load_run_config(RUN.value))
@@ -93,6 +104,13 @@ def main(argv: list[str]) -> None:
     else:
         run, params, source = config_policy(CONFIG.value, OUT.value)
     settings = dataclasses.replace(settings, source=source)
+    if GATE.value:
+        from critique_jax.runs.gate import critique_gate, gate_markdown, write_gate
+
+        rows = critique_gate(run, params, GATE.value, settings.n_problems)
+        write_gate(OUT.value, rows, source)
+        print(gate_markdown(rows, source) + f"gate in {OUT.value}/gate.md")
+        return
     if budgets:  # checked before the main evaluation samples anything
         check_sweep(run, settings.samples, budgets, counts)
     rep = evaluate_policy(run, params, OUT.value, settings)

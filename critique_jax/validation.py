@@ -15,6 +15,7 @@ import ml_collections
 from critique_jax.config import loss_config
 from critique_jax.critique import sources
 from critique_jax.critique.critic import validate_critic
+from critique_jax.critique.loop import SCOPES
 from critique_jax.critique.pool import validate_self_train
 from critique_jax.models import FAMILIES, SIZES
 from critique_jax.models.config import ATTENTION_IMPLS, REMAT_POLICIES
@@ -190,16 +191,20 @@ def _validate_train(c: ml_collections.ConfigDict, shards: int, need: Callable[[b
     if c.critique.type != "none":
         need(1 <= c.critique.n_refine < c.rl.group_size,
              f"critique.n_refine={c.critique.n_refine}: expected 1 <= n_refine < rl.group_size={c.rl.group_size}")
-        need(c.rl.loss.name == "critique_grpo",
+        need(c.rl.loss.name == "critique_grpo" or c.critique.type == "resample",
              f"critique.type={c.critique.type!r} needs rl.loss.name='critique_grpo' (got {c.rl.loss.name!r})")
+        need(c.critique.scope in SCOPES, f"critique.scope={c.critique.scope!r}: expected one of {list(SCOPES)}")
         need(c.rl.recompute_old_logp, "critique runs need rl.recompute_old_logp=True: refinements were sampled "
              "with the critique in context, their old log-probs are recomputed under the solve prompt")
     rewards = parse_rewards(c.rl.rewards)  # imports user reward modules: a spec that does not import fails here
     need(c.critique.type == "none" or c.rl.rewards.replace(" ", "") == "correct",
          f"rl.rewards={c.rl.rewards!r} with critique.type={c.critique.type!r}: Critique-GRPO scores initial "
          "responses and refinements by the verifier alone; user rewards apply to runs without critique")
-    need(c.rl.loss.name != "critique_grpo" or c.critique.type != "none",
-         "rl.loss.name='critique_grpo' needs refinements: set critique.type (e.g. 'rule_step')")
+    need(c.rl.loss.name != "critique_grpo" or c.critique.type not in ("none", "resample"),
+         f"rl.loss.name='critique_grpo' needs refinements: set critique.type (e.g. 'rule_step'), not "
+         f"{c.critique.type!r}")
+    need(not c.sft.skip_rl_pool or c.rl.pool_size > 0,
+         "sft.skip_rl_pool=True leaves the RL pool out of SFT: set rl.pool_size (the pool's size) too")
     need(c.critique.sft_refine_every >= 0, f"critique.sft_refine_every={c.critique.sft_refine_every}: expected >= 0")
     need(c.critique.sft_refine_target in ("any", "source"),
          f"critique.sft_refine_target={c.critique.sft_refine_target!r}: expected 'any' or 'source'")

@@ -15,7 +15,8 @@ CONFIGS = sorted((pathlib.Path(__file__).parent.parent / "configs").glob("*.py")
 VARIANTS = {"countdown_critique_grpo": [t for t in CRITIQUE_TYPES if t != "model"]
                                       + ["rule_step,clip_cov", "rule_step,kl_cov", "none,clip_cov"],
             "self_train_countdown": ["rule_step", "none"],
-            "countdown_collapse": ["ppo", "clip_cov", "kl_cov", "gppo"]}
+            "countdown_collapse": ["ppo", "clip_cov", "kl_cov", "gppo"],
+            "countdown_critique_collapse": ["none", "plan", "resample", "rule_step", "indicative"]}
 CASES = [(p, arg) for p in CONFIGS for arg in VARIANTS.get(p.stem, [None])]
 
 
@@ -32,6 +33,10 @@ def test_config_file_validates(path, arg, tmp_path, monkeypatch):
         (tmp_path / rel).write_text("")
     for devices in (1, 8):
         for program in PROGRAMS:  # every config carries the critic and self_train sections too
+            if program == "self_train" and config.critique.type == "resample":  # an RL control only
+                with pytest.raises(ValueError, match="critique.type='resample' is an RL control"):
+                    validate(config, devices, program)
+                continue
             validate(config, devices, program)
     loss = loss_config(config)
     assert loss.name == config.rl.loss.name

@@ -13,8 +13,12 @@ from flax import nnx
 from critique_jax import config as config_lib
 from critique_jax import validation
 from critique_jax.critique.feedback import refinement_reward, rule_critique
-from critique_jax.critique.loop import pass1_on_failed, refinement_metrics, select_refinements
-from critique_jax.critique.sources import critique_accuracy
+from critique_jax.critique import loop as loop_lib
+from critique_jax.critique.loop import (RefineSettings, critique_batch, padded_groups, pass1_on_failed,
+                                        refinement_metrics, select_refinements)
+from critique_jax.critique.sources import ResampleSource, critique_accuracy, critique_source
+from critique_jax.rl import rollout as rollout_lib
+from critique_jax.runs import roles
 from critique_jax.metrics import read_metrics
 from critique_jax.models import Transformer, model_config
 from critique_jax.parallel.mesh import batch_sharding, make_mesh
@@ -23,7 +27,7 @@ from critique_jax.rl.losses import make_loss_config
 from critique_jax.rl.train_step import SequenceBatch, TrainState, rl_update
 from critique_jax.runs import setup, train
 from critique_jax.runs.supervised import refine_sft_arrays
-from critique_jax.tasks import get_task, make_problem, split_steps
+from critique_jax.tasks import Problem, get_task, make_problem, split_steps
 from critique_jax.text import parse_critique
 from critique_jax.text.templates import condense_critique, format_worked_critique
 
@@ -44,6 +48,24 @@ def test_rule_critiques_carry_the_checker(task_name, np_rng):
         assert parse_critique(rule_critique("indicative", task, p, bad.solution)) == (False, None)
         gt = rule_critique("ground_truth", task, p, bad.solution)
         assert gt.endswith(f"reference answer: {p.answer}")
+
+
+def test_plan_critiques_name_the_dead_end_else_the_first_wrong_step(np_rng):
+    task = get_task("countdown")
+    p = Problem("u", "numbers: 3 4 9, target: 21", "21", 1, {"numbers": [3, 4, 9], "target": 21})
+    dead = "4 * 9 = 36\n3 + 36 = 39\nanswer: 21"
+    for fmt in ("plain", "explained"):  # the dead end's note is what the plan critique says
+        assert rule_critique("plan", task, p, dead, fmt) == ("step 1: 4 * 9 = 36 leaves 3 36, 21 unreachable, "
+                                                              "wrong, plan\nverdict: wrong")
+    assert parse_critique(rule_critique("plan", task, p, dead)) == (False, 0)
+    assert parse_critique(rule_critique("rule_step", task, p, dead)) == (False, 2)  # the answer line
+    for i in range(20):  # no dead end before the planted error: the step critique
+        q = make_problem(task, "test", 0, i, 2)
+        good = task.solutions(q, np_rng, 1)[0]
+        bad = task.perturb(q, good, np_rng).solution
+        if task.dead_end(q, bad) is None:
+            assert rule_critique("plan", task, q, bad) == rule_critique("rule_step", task, q, bad)
+        assert rule_critique("plan", task, q, good) == rule_critique("rule_step", task, q, good)
 
 
 @pytest.mark.parametrize("task_name", ["countdown", "arithmetic"])
@@ -108,6 +130,19 @@ def test_refinement_sft_targets_a_solution_of_the_problem(tmp_path, fmt):
     with pytest.raises(ValueError, match=r"prompt of \d+ tokens exceeds the largest prompt bucket 40 "
                                          r"\(config critique.refine_buckets\)"):
         refine_sft_arrays(run, examples, np.random.default_rng(0))
+
+
+def test_plan_refinement_sft_plants_dead_ends_in_half_the_rows(tmp_path):
+    run = setup(tiny_config(tmp_path, **{"critique.sft_refine_every": 2, "critique.type": "plan",
+                                         "rl.loss.name": "critique_grpo", "critique.refine_buckets": (160,)}),
+                str(tmp_path / "run"))
+    examples = [run.train[i] for i in range(32)]
+    n_plan = 0
+    for ex, (wrong, critique, target) in zip(examples, _refine_sft_pairs(run, examples)):
+        assert target in ex.solutions and run.task.reward(ex.problem, wrong) == 0
+        assert critique == rule_critique("plan", run.task, ex.problem, wrong)
+        n_plan += ", wrong, plan" in critique
+    assert 8 <= n_plan <= 24
 
 
 def test_ground_truth_shortcut_is_rejected():
@@ -206,6 +241,75 @@ def test_tiny_rule_step_critique_run(tmp_path):
     assert rl[-1]["train/refinement_frac"] == pytest.approx(1 / cfg.rl.group_size, rel=0.5)
 
 
+def test_padded_groups_are_powers_of_two_that_divide_over_the_shards():
+    assert [padded_groups(n, 32, 8, 1) for n in (1, 2, 3, 5, 9, 17, 32)] == [1, 2, 4, 8, 16, 32, 32]
+    assert [padded_groups(n, 8, 4, 8) for n in (1, 2, 3, 8)] == [2, 2, 4, 8]  # 2 x 4 rows: one per shard
+    assert padded_groups(3, 6, 4, 8) == 4 and padded_groups(1, 3, 4, 16) == 3  # else the whole batch
+
+
+@pytest.mark.parametrize("kind", ["rule_step", "resample"])
+def test_all_wrong_scope_refines_only_all_wrong_groups(tmp_path, monkeypatch, kind):
+    cfg = tiny_config(tmp_path, **{"critique.type": kind, "critique.scope": "all_wrong",
+                                   "rl.loss.name": "critique_grpo" if kind != "resample" else "ppo"})
+    validation.validate(cfg, 8)
+    run = setup(cfg, str(tmp_path / "run"))
+    params = roles.init_params(run, 0)
+    problems = [run.train[i].problem for i in range(cfg.rl.prompts_per_step)]
+    b, g = len(problems), cfg.rl.group_size
+    pattern = np.ones((b, g), np.float32) * (np.arange(g) == 1)  # one correct response per group ...
+    wrong = np.asarray([1, 4, 6])
+    pattern[wrong] = 0.0  # ... except three all-wrong groups
+    monkeypatch.setattr(rollout_lib, "score", lambda task, probs, texts, n: pattern.reshape(-1).copy())
+    calls = iter(range(10**6))  # refinement rows come in order: groups 1, 4, 6, then one padding group
+    monkeypatch.setattr(loop_lib, "refinement_reward", lambda *a: float(next(calls) in (2, 5, 6)))
+    source = critique_source(cfg, run.task)
+    assert isinstance(source, ResampleSource) == (kind == "resample")
+    arrays, metrics = critique_batch(run, params, problems, 123, source, RefineSettings.from_config(cfg), {})
+    initial = rollout_lib.sample_texts(run, (run.graphdef, params), [run.prompts.solve(p.question) for p in problems],
+                                       cfg.sampling.prompt_buckets, 123, g, cfg.sampling.temperature)
+    picks = {1: 2, 4: 1, 6: 0}  # first correct refinement, else the first
+    replaced = np.zeros((b, g), bool)
+    for grp, j in picks.items():
+        replaced[grp, j] = True
+    replaced = replaced.reshape(-1)
+    np.testing.assert_array_equal(arrays["response_mask"][~replaced], initial.mask[~replaced])
+    resp = arrays["tokens"][:, -initial.tokens.shape[1]:]
+    np.testing.assert_array_equal(resp[~replaced], initial.tokens[~replaced])
+    assert (resp[replaced] != initial.tokens[replaced]).any(1).all()
+    expected = pattern.copy()
+    expected[1, 2], expected[4, 1] = 1.0, 1.0
+    np.testing.assert_array_equal(arrays["rewards"], expected.reshape(-1))
+    np.testing.assert_array_equal(arrays["is_refinement"], replaced & (kind != "resample"))
+    np.testing.assert_array_equal(arrays["solved"], pattern.max(1) >= 1)  # initial responses only
+    assert metrics["critique/groups_all_wrong"] == 3 / b and metrics["critique/refined"] == 3 * g
+    assert metrics["critique/groups_rescued"] == 2 / b
+    assert metrics["critique/refine_success_on_failed"] == pytest.approx(3 / 12)
+
+
+def test_critique_gate_rows_and_errors(tmp_path, monkeypatch):
+    from critique_jax.runs import gate as gate_lib
+
+    run = setup(tiny_config(tmp_path, **{"critique.sft_refine_every": 2}), str(tmp_path / "run"))
+    params = roles.init_params(run, 0)
+    rows = gate_lib.critique_gate(run, params, ["plan", "resample"], 5)  # a random policy: every response fails
+    assert [r["type"] for r in rows] == ["plan", "resample"] and rows[0]["n_failed"] == rows[1]["n_failed"] == 5 * 3
+    fake = {"plan": (0.5, 0.2), "indicative": (0.25, 0.5), "resample": (0.0, 0.0)}
+    monkeypatch.setattr(gate_lib, "evaluate_refinement", lambda run, params, source, *a: {
+        "eval/critique/refine_success_on_failed": fake[source.kind][0],
+        "eval/critique/pass1_on_failed_prompts": fake[source.kind][1],
+        "eval/critique/n_failed": 10.0, "eval/critique/initial_reward": 0.1})
+    rows = gate_lib.critique_gate(run, params, list(fake), 5)
+    assert [(r["ratio"], r["passed"]) for r in rows][:2] == [(2.5, True), (0.5, False)]
+    assert math.isnan(rows[2]["ratio"]) and not rows[2]["passed"]
+    gate_lib.write_gate(str(tmp_path / "gate"), rows, "tiny")
+    assert "| plan | 10 | 0.500 | 0.200 | 2.50 | yes |" in (tmp_path / "gate" / "gate.md").read_text()
+    with pytest.raises(ValueError, match=r"--critique_gate: 'oracle' is not one of \['indicative'"):
+        gate_lib.critique_gate(run, params, ["oracle"], 5)
+    plain = setup(tiny_config(tmp_path / "plain"), str(tmp_path / "plain_run"))
+    with pytest.raises(ValueError, match="the run's model was not sized for refinement prompts"):
+        gate_lib.critique_gate(plain, params, ["plan"], 5)
+
+
 @pytest.mark.parametrize("overrides,message", [
     ({"critique.type": "rule_step"}, r"critique.type='rule_step' needs rl.loss.name='critique_grpo'"),
     ({"critique.type": "rule_step", "rl.loss.name": "critique_grpo", "critique.n_refine": 4},
@@ -213,6 +317,13 @@ def test_tiny_rule_step_critique_run(tmp_path):
     ({"critique.type": "model", "rl.loss.name": "critique_grpo"}, r"critique.type='model' needs critique.critic_from"),
     ({"rl.loss.name": "critique_grpo"}, r"rl.loss.name='critique_grpo' needs refinements"),
     ({"critique.type": "oracle"}, r"critique.type='oracle': expected one of"),
+    ({"critique.type": "rule_step", "rl.loss.name": "critique_grpo", "critique.scope": "some"},
+     r"critique.scope='some': expected one of \['all', 'all_wrong'\]"),
+    ({"critique.type": "plan", "rl.loss.name": "critique_grpo", "task.name": "gsm8k"},
+     r"critique.type='plan' needs a task that finds dead ends; task.name='gsm8k'"),
+    ({"critique.type": "resample", "rl.loss.name": "critique_grpo"},
+     r"rl.loss.name='critique_grpo' needs refinements: set critique.type \(e.g. 'rule_step'\), not 'resample'"),
+    ({"sft.skip_rl_pool": True}, r"sft.skip_rl_pool=True leaves the RL pool out of SFT: set rl.pool_size"),
     ({"critique.format": "fancy"}, r"critique.format='fancy': expected one of \['plain', 'explained'\]"),
     ({"critique.sft_refine_target": "best"}, r"critique.sft_refine_target='best': expected 'any' or 'source'"),
     ({"critique.format": "explained", "task.name": "gsm8k"},

@@ -193,6 +193,12 @@ def test_head_is_a_fixed_pool_of_the_first_records(built):
         pool.__getitems__([31, 32])
     with pytest.raises(ValueError, match=f"a pool of 0 records, expected 1 to {len(train)}"):
         train.head(0)
+    rest = train.tail(32)  # SFT without the pool (sft.skip_rl_pool)
+    assert len(rest) == len(train) - 32 and rest[0].problem.uid == train[32].problem.uid
+    assert [e.problem.uid for e in rest.__getitems__([0, 1])] == [train[32].problem.uid, train[33].problem.uid]
+    assert rest.head(2)[1].problem.uid == train[33].problem.uid and rest[-1].problem.uid == train[-1].problem.uid
+    with pytest.raises(ValueError, match=f"skipping {len(train)} records, expected 0 to {len(train) - 1}"):
+        train.tail(len(train))
 
 
 @pytest.mark.parametrize(

@@ -114,9 +114,13 @@ def ref_policy(cfg, x, selected=None):
         loss, grad, base_info = ref_policy(cfg.base, x | {"mask": valid & ~refine}, selected)
         p = np.exp(lp)
         w = np.minimum(r, cfg.importance_cap) if cfg.importance_correction else np.ones_like(p)
-        loss = np.where(refine, -a * w * p / (p + cfg.gamma), loss)
-        grad = np.where(refine, -a * w * cfg.gamma * p / (p + cfg.gamma) ** 2, grad)
-        return loss, grad, base_info | {"cov": cov, "refine": refine}
+        shaped = refine
+        if cfg.refinement_forking_rho is not None:  # the top-rho entropy quantile of refinement tokens
+            h = x["entropy"]
+            shaped = refine & (np.where(refine, h, -np.inf) >= np.quantile(h[refine], 1 - cfg.refinement_forking_rho))
+        loss = np.where(shaped, -a * w * p / (p + cfg.gamma), np.where(refine, 0.0, loss))
+        grad = np.where(shaped, -a * w * cfg.gamma * p / (p + cfg.gamma) ** 2, np.where(refine, 0.0, grad))
+        return loss, grad, base_info | {"cov": cov, "refine": refine, "shaped": shaped}
     if cfg.name in ("ppo", "clip_cov"):
         loss, grad, info["clipped"], info["dual"] = ref_ppo(cfg, a, r)
     if cfg.name == "clip_cov":
@@ -257,6 +261,7 @@ CASES = {
     "gppo": ("gppo", dict(agg="constant")),
     "gppo_betas": ("gppo", dict(beta_low=1.0, beta_high=0.5, agg="constant", agg_constant=37.0)),
     "critique_grpo": ("critique_grpo", dict(forking_rho=0.2)),
+    "critique_grpo_refinement_forking": ("critique_grpo", dict(refinement_forking_rho=0.3)),
     "critique_grpo_is": ("critique_grpo", dict(importance_correction=True, importance_cap=1.1,
                                                agg="seq-mean-token-sum")),
     # Entropy control on the initial responses, shaping on the refinements.
@@ -318,6 +323,9 @@ def test_loss_and_gradient_match_numpy(case, np_rng):
         p = np.exp(x["logp"][refine])
         assert abs(float(metrics["refinement_prob"]) - p.mean()) <= TOL
         assert abs(float(metrics["refinement_shaping"]) - (p / (p + cfg.gamma)).mean()) <= TOL
+        assert abs(float(metrics["refinement_shaped_frac"]) - info["shaped"].sum() / refine.sum()) <= TOL
+        if cfg.refinement_forking_rho is not None:
+            assert 0 < info["shaped"].sum() < refine.sum()
         if cfg.base.name in ("clip_cov", "kl_cov"):  # the base selects among initial tokens only
             assert info["selected"].any() and not (info["selected"] & refine).any()
 

@@ -321,6 +321,45 @@ def test_countdown_step_checker_cases(text, first_wrong, kind):
     assert task.reward(CD, text) == float(kind == "ok")
 
 
+def test_countdown_reachability_is_the_brute_force_search(np_rng):
+    for _ in range(40):
+        numbers = sorted(int(x) for x in np_rng.integers(1, 11, size=int(np_rng.integers(1, 4))))
+        target = int(np_rng.integers(1, 60))
+        brute = target in numbers or any(_brute_force(list(sub), target)
+                                         for r in range(2, len(numbers) + 1)
+                                         for sub in itertools.combinations(numbers, r))
+        assert cd_lib.reachable(numbers, target) == brute, (numbers, target)
+    assert cd_lib.reachable([0, 5, 7], 12) and not cd_lib.reachable([0, 4], 9)  # a 0 left by "a - a" is no error
+
+
+@pytest.mark.parametrize(
+    "text, dead",
+    [
+        ("25 + 50 = 75\n75 + 7 = 82\nanswer: 82", None),  # correct: never a dead end
+        ("3 * 25 = 75\n75 + 50 = 125\nanswer: 82", (1, "75 + 50 = 125 leaves 7 125, 82 unreachable")),
+        ("3 * 7 = 21\n21 + 50 = 71\nanswer: 82", (0, "3 * 7 = 21 leaves 25 50 21, 82 unreachable")),
+        ("25 + 50 = 76\nanswer: 82", None),  # an arithmetic slip comes first
+        ("7 * 7 = 49\nanswer: 82", None),  # an unavailable number comes first
+        ("25 + 50 = 75\n75 - 3 = 72\nanswer: 82", (1, "75 - 3 = 72 leaves 7 72, 82 unreachable")),
+    ],
+)
+def test_countdown_dead_end_is_the_first_right_step_that_loses_the_target(text, dead):
+    task = get_task("countdown")
+    assert task.has_plan_checker and not get_task("gsm8k").has_plan_checker
+    assert task.dead_end(CD, text) == dead
+
+
+def test_planted_dead_ends_are_right_first_steps_into_a_dead_end(np_rng):
+    task = get_task("countdown")
+    for k in range(40):
+        p = make_problem(task, "train", 0, k, 1 + k % 3)
+        planted = task.plant_dead_end(p, np_rng)
+        assert planted.step == 0 and planted.kind == "plan" and task.reward(p, planted.solution) == 0
+        assert task.dead_end(p, planted.solution)[0] == 0 and task.check_steps(p, planted.solution).first_wrong > 0
+        for sol in task.solutions(p, np_rng, 4):
+            assert task.dead_end(p, sol) is None
+
+
 # --- gsm8k -----------------------------------------------------------------------------------
 
 GSM_RECORDS = [

@@ -1,17 +1,25 @@
-"""One Critique-GRPO batch (Critique-GRPO, arXiv:2506.03106).
+"""One Critique-GRPO batch (Critique-GRPO, arXiv:2506.03106), in one of two scopes
+(``critique.scope``):
 
-Per prompt: sample ``G - n_refine`` initial responses; critique every one of them with the run's
-:mod:`critique source <critique_jax.critique.sources>` (rules, the critique model, or the
-policy itself); the policy writes one refinement per response from
-``(question, response, critique)``; per prompt ``n_refine`` refinements are kept — those of
-failed responses first, correct ones before wrong ones (first correct, else best) — and
-placed in the group as responses *to the original prompt* (critique removed). The group of
-``G`` is scored together; the trainer computes advantages over it and the ``critique_grpo``
-loss shapes the refinement tokens.
+* ``all`` (the paper's layout): per prompt, sample ``G - n_refine`` initial responses; critique
+  every one of them with the run's :mod:`critique source <critique_jax.critique.sources>`
+  (rules, the critique model, or the policy itself); the policy writes one refinement per
+  response from ``(question, response, critique)``; per prompt ``n_refine`` refinements are
+  kept (those of failed responses first, correct ones before wrong ones: first correct, else
+  best) and placed in the group as responses *to the original prompt* (critique removed).
+* ``all_wrong``: per prompt, sample ``G`` responses; only in groups where all ``G`` failed
+  (where GRPO's advantages are zero and give no gradient) is every response critiqued and
+  refined, and one refinement (the first correct, else the first) replaces the response it
+  refines. The cost grows with the failures, not with the batch.
 
-Every sampling call is the one jitted sampler with fixed shapes (one prompt bucket per
-kind), so a run compiles three (four with a critique model) sampler programs once.
-Only token ids and texts cross to the host.
+The group of ``G`` is scored together; the trainer computes advantages over it and the
+``critique_grpo`` loss shapes the refinement tokens. With the ``resample`` type the
+"refinement" is a fresh sample of the original prompt (no critique), kept as an ordinary
+response: the compute-matched control.
+
+Every sampling call is the one jitted sampler with fixed shapes (one prompt bucket per kind;
+``all_wrong`` pads the critiqued groups to a power of two, so at most ``log2(B) + 1`` refinement
+programs compile, each once). Only token ids and texts cross to the host.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import numpy as np
 
 from critique_jax.critique.feedback import refinement_reward
 from critique_jax.critique.sources import CritiqueSource
+from critique_jax.parallel.mesh import batch_shards
 from critique_jax.perf import timed
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.rl.rollout import Sampled, Sampling, masked_mean, sample_texts
@@ -68,11 +77,16 @@ class RefineSettings:
     n_refine: int
     prompts_per_step: int
     refine_buckets: tuple[int, ...]
+    scope: str = "all"
 
     @classmethod
     def from_config(cls, c: Any) -> RefineSettings:
         return cls(int(c.rl.group_size), int(c.critique.n_refine), int(c.rl.prompts_per_step),
-                   tuple(int(b) for b in c.critique.refine_buckets))
+                   tuple(int(b) for b in c.critique.refine_buckets), str(c.critique.scope))
+
+
+#: ``critique.scope`` values (module docstring).
+SCOPES = ("all", "all_wrong")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,31 +102,45 @@ class Refinements:
     metrics: dict[str, float]     # perf/critique_* and, for generated critiques, critique accuracy
 
 
+def refine(run: Sampling, params: Any, owners: Sequence[Problem], responses: Sequence[str], seed: int,
+           source: CritiqueSource, refine_buckets: Sequence[int],
+           times: dict[str, float]) -> tuple[list[str], Sampled, np.ndarray, dict[str, float]]:
+    """Critiques of ``responses`` (response ``i`` answers ``owners[i]``) and one refinement of
+    each: ``(critiques, refinements, their rewards [N], critique metrics)``. Critiques are
+    written with seeds from ``seed + 1``, refinements sampled with ``seed + 2``. The
+    ``resample`` type writes no critique and samples the original prompt again."""
+    task, temp = run.task, run.sampling.temperature
+    if source.kind == "resample":
+        critiques, metrics = [""] * len(responses), {}
+        prompts, buckets = [run.prompts.solve(p.question) for p in owners], run.sampling.prompt_buckets
+    else:
+        written = source.write(run, params, owners, responses, lambda j: seed + 1 + j, times=times)
+        critiques, metrics = written.texts, written.metrics
+        prompts = [run.prompts.refine(p.question, t, k) for p, t, k in zip(owners, responses, critiques)]
+        buckets = refine_buckets
+    refined = sample_texts(run, (run.graphdef, params), prompts, buckets, seed + 2, 1, temp, times)
+    with timed(times, "perf/score_s"):
+        rewards = np.asarray([refinement_reward(task, p, t, source.kind) for p, t in zip(owners, refined.texts)],
+                             np.float32)
+    return critiques, refined, rewards, metrics
+
+
 def critique_and_refine(run: Sampling, params: Any, problems: Sequence[Problem], n0: int, seed: int,
                         source: CritiqueSource, refine_buckets: Sequence[int], times: dict[str, float]) -> Refinements:
     """Samples ``n0`` responses per problem, critiques each with ``source`` and has the policy
-    refine each once. Sampling calls use seeds ``seed``, ``seed + 1`` (critiques) and
-    ``seed + 2`` (refinements); their wall time is added to ``times`` (``perf/sample_s``,
-    ``perf/score_s``)."""
-    task, b = run.task, len(problems)
-    policy = (run.graphdef, params)
-    temp = run.sampling.temperature
-
-    initial = sample_texts(run, policy, [run.prompts.solve(p.question) for p in problems], run.sampling.prompt_buckets,
-                           seed, n0, temp, times)
+    refine each once (:func:`refine`). Sampling calls use seeds ``seed``, ``seed + 1``
+    (critiques) and ``seed + 2`` (refinements); their wall time is added to ``times``
+    (``perf/sample_s``, ``perf/score_s``)."""
+    b = len(problems)
+    initial = sample_texts(run, (run.graphdef, params), [run.prompts.solve(p.question) for p in problems],
+                           run.sampling.prompt_buckets, seed, n0, run.sampling.temperature, times)
     with timed(times, "perf/score_s"):
-        init_rewards = rollout_lib.score(task, problems, initial.texts, n0)
+        init_rewards = rollout_lib.score(run.task, problems, initial.texts, n0)
     owners = [problems[i // n0] for i in range(b * n0)]
-    written = source.write(run, params, owners, initial.texts, lambda j: seed + 1 + j, times=times)
-    critiques = written.texts
-    refined = sample_texts(run, policy, [run.prompts.refine(p.question, t, k) for p, t, k in
-                                         zip(owners, initial.texts, critiques)],
-                           refine_buckets, seed + 2, 1, temp, times)
-    with timed(times, "perf/score_s"):
-        ref_rewards = np.asarray([refinement_reward(task, p, t, source.kind) for p, t in zip(owners, refined.texts)],
-                                 np.float32)
+    critiques, refined, ref_rewards, metrics = refine(run, params, owners, initial.texts, seed, source,
+                                                      refine_buckets, times)
     return Refinements(initial=initial, rewards=init_rewards.reshape(b, n0), critiques=critiques, refined=refined,
-                       refine_rewards=ref_rewards.reshape(b, n0), metrics=written.metrics)
+                       refine_rewards=ref_rewards.reshape(b, n0), metrics=metrics)
 
 
 def refinement_metrics(rewards: np.ndarray, refine_rewards: np.ndarray) -> dict[str, float]:
@@ -126,16 +154,28 @@ def refinement_metrics(rewards: np.ndarray, refine_rewards: np.ndarray) -> dict[
             "pass1_on_failed_prompts": pass1_on_failed(rewards)}
 
 
+def padded_groups(n: int, n_groups: int, group_size: int, shards: int) -> int:
+    """Groups to sample for ``n`` critiqued groups out of ``n_groups``: the smallest power of two
+    >= n whose rows (x ``group_size``) divide over ``shards`` batch shards, else ``n_groups``."""
+    size = 1
+    while size < n_groups and (size < n or size * group_size % shards):
+        size *= 2
+    return min(size, n_groups)
+
+
 def critique_batch(run: Sampling, params: Any, problems: Sequence[Problem], seed: int, source: CritiqueSource,
                    settings: RefineSettings, times: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Host arrays of one Critique-GRPO batch and its critique metrics (sampling seeds from ``seed``).
+    """Host arrays of one Critique-GRPO batch and its critique metrics (sampling seeds from ``seed``;
+    the layout of ``settings.scope``, module docstring).
 
     Returns ``tokens``, ``valid`` [B·G, P + L], ``response_mask`` [B·G, L], ``rewards`` [B·G],
-    ``is_refinement`` [B·G] (group-major: each prompt's initial responses, then its
-    refinements) and metrics under ``critique/``, plus ``perf/critique_s`` (seconds spent
+    ``is_refinement`` [B·G] (group-major; ``all``: each prompt's initial responses, then its
+    refinements), ``solved`` [B] (a correct initial response) and metrics under ``critique/``, plus ``perf/critique_s`` (seconds spent
     writing critiques, inside ``perf/sample_s`` for generated ones and ``perf/score_s`` for
     rule ones) and, for generated critiques, ``perf/critique_tokens_per_s``.
     """
+    if settings.scope == "all_wrong":
+        return _all_wrong_batch(run, params, problems, seed, source, settings, times)
     g, r = settings.group_size, settings.n_refine
     n0, b = g - r, len(problems)
     out = critique_and_refine(run, params, problems, n0, seed, source, settings.refine_buckets, times)
@@ -147,7 +187,7 @@ def critique_batch(run: Sampling, params: Any, problems: Sequence[Problem], seed
     resp_tokens = np.concatenate([initial.tokens.reshape(b, n0, -1), refined.tokens[flat_chosen].reshape(b, r, -1)], 1)
     resp_mask = np.concatenate([initial.mask.reshape(b, n0, -1), refined.mask[flat_chosen].reshape(b, r, -1)], 1)
     rewards = np.concatenate([out.rewards, out.refine_rewards.reshape(-1)[flat_chosen].reshape(b, r)], 1)
-    is_ref = np.concatenate([np.zeros((b, n0), bool), np.ones((b, r), bool)], 1)
+    is_ref = np.concatenate([np.zeros((b, n0), bool), np.full((b, r), source.kind != "resample")], 1)
     tokens, valid = rollout_lib.sequence_arrays(initial.prompts, g, resp_tokens.reshape(b * g, -1),
                                                 resp_mask.reshape(b * g, -1))
 
@@ -159,7 +199,52 @@ def critique_batch(run: Sampling, params: Any, problems: Sequence[Problem], seed
         "critique/refinement_entropy": masked_mean(refined.entropy, refined.mask),
     } | out.metrics
     return dict(tokens=tokens, valid=valid, response_mask=resp_mask.reshape(b * g, -1),
-                rewards=rewards.reshape(-1).astype(np.float32), is_refinement=is_ref.reshape(-1)), metrics
+                rewards=rewards.reshape(-1).astype(np.float32), is_refinement=is_ref.reshape(-1),
+                solved=(out.rewards >= 1).any(1)), metrics
+
+
+def _all_wrong_batch(run: Sampling, params: Any, problems: Sequence[Problem], seed: int, source: CritiqueSource,
+                     settings: RefineSettings,
+                     times: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """:func:`critique_batch` in the ``all_wrong`` scope: ``G`` samples per prompt, every
+    response of an all-wrong group critiqued and refined, one refinement per such group
+    replacing the response it refines. Metrics add ``critique/groups_all_wrong`` (share of
+    groups) and ``critique/refined`` (responses refined, padding excluded)."""
+    g, b = settings.group_size, len(problems)
+    initial = sample_texts(run, (run.graphdef, params), [run.prompts.solve(p.question) for p in problems],
+                           run.sampling.prompt_buckets, seed, g, run.sampling.temperature, times)
+    with timed(times, "perf/score_s"):
+        rewards = rollout_lib.score(run.task, problems, initial.texts, g).reshape(b, g).astype(np.float32)
+    resp_tokens, resp_mask = initial.tokens.copy(), initial.mask.copy()
+    is_ref = np.zeros((b, g), bool)
+    wrong = np.flatnonzero((rewards < 1).all(1))
+    metrics = {"critique/groups_all_wrong": float(len(wrong) / b), "critique/refined": float(len(wrong) * g),
+               "critique/initial_reward": float(rewards.mean()),
+               "critique/initial_entropy": masked_mean(initial.entropy, initial.mask)}
+    solved = (rewards >= 1).any(1)  # before any replacement
+    rescued = 0
+    if len(wrong):
+        n_pad = padded_groups(len(wrong), b, g, batch_shards(run.mesh))
+        groups = np.concatenate([wrong, np.full(n_pad - len(wrong), wrong[-1])])  # padding repeats the last group
+        rows = (groups[:, None] * g + np.arange(g)).reshape(-1)
+        _, refined, ref_rewards, written = refine(run, params, [problems[i // g] for i in rows],
+                                                  [initial.texts[i] for i in rows], seed, source,
+                                                  settings.refine_buckets, times)
+        n = len(wrong) * g  # the padding's rows come last
+        ref_rewards = ref_rewards[:n].reshape(-1, g)
+        pick = select_refinements(np.zeros_like(ref_rewards), ref_rewards, 1)[:, 0]  # first correct, else first
+        src = np.arange(len(wrong)) * g + pick
+        dst = wrong * g + pick
+        resp_tokens[dst], resp_mask[dst] = refined.tokens[src], refined.mask[src]
+        rewards[wrong, pick] = ref_rewards[np.arange(len(wrong)), pick]
+        is_ref[wrong, pick] = source.kind != "resample"
+        rescued = int((ref_rewards.max(1) >= 1).sum())
+        metrics |= {"critique/refine_success_on_failed": float(ref_rewards.mean()),
+                    "critique/refinement_entropy": masked_mean(refined.entropy[:n], refined.mask[:n])} | written
+    metrics["critique/groups_rescued"] = float(rescued / b)
+    tokens, valid = rollout_lib.sequence_arrays(initial.prompts, g, resp_tokens, resp_mask)
+    return dict(tokens=tokens, valid=valid, response_mask=resp_mask, rewards=rewards.reshape(-1),
+                is_refinement=is_ref.reshape(-1), solved=solved), metrics
 
 
 #: Seed offset of the held-out refinement evaluation's sampling, apart from the RL steps'.

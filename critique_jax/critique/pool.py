@@ -34,6 +34,9 @@ def validate_self_train(config: ml_collections.ConfigDict, shards: int, n_train:
              f"self_train.{key}={s[key]}: must be a positive multiple of the {shards} batch shards (mesh data x fsdp)")
     need(0 <= s.pool_size <= n_train,
          f"self_train.pool_size={s.pool_size}: expected 0 (all) to the {n_train} train problems (task.n_train)")
+    need(config.critique.type != "resample",
+         "critique.type='resample' is an RL control (a fresh sample instead of a refinement); self-training "
+         "samples every pool problem K times already: use 'none'")
     need(s.max_per_problem >= 0, f"self_train.max_per_problem={s.max_per_problem}: expected >= 0 (0 = no cap)")
     need(s.lr > 0, f"self_train.lr={s.lr}: expected > 0")
     need(s.weight_decay >= 0, f"self_train.weight_decay={s.weight_decay}: expected >= 0")

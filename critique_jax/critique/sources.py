@@ -2,11 +2,12 @@
 at set-up (:func:`critique_source`), and the RL and self-training loops call its one method,
 ``write``; the checks of a critique type live with its source (:func:`check_config`).
 
-* :class:`RuleSource` (``indicative``, ``ground_truth``, ``rule_step``): built on the host from
+* :class:`RuleSource` (``indicative``, ``ground_truth``, ``rule_step``, ``plan``): built on the host from
   the task's verifier and step checker (:mod:`critique_jax.critique.feedback`);
 * :class:`GeneratedSource` (``self``, ``model``): greedy generation from the critique prompt, by
   the policy itself or by a trained critique model (:class:`CritiqueModel`), condensed to the
-  policy's ``critique.format`` before the policy reads it.
+  policy's ``critique.format`` before the policy reads it;
+* :class:`ResampleSource` (``resample``): no critique, a fresh sample instead of a refinement.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Written:
 
 @dataclasses.dataclass(frozen=True)
 class RuleSource:
-    """``indicative``, ``ground_truth`` or ``rule_step`` critiques (``fmt``: the policy format)."""
+    """``indicative``, ``ground_truth``, ``rule_step`` or ``plan`` critiques (``fmt``: the policy format)."""
 
     kind: str
     task: Task
@@ -104,7 +105,15 @@ class GeneratedSource:
         return Written(index, texts, metrics)
 
 
-CritiqueSource = RuleSource | GeneratedSource
+@dataclasses.dataclass(frozen=True)
+class ResampleSource:
+    """``resample``: no critique; :func:`critique_jax.critique.loop.refine` samples the original
+    prompt again (the compute-matched control)."""
+
+    kind: str = "resample"
+
+
+CritiqueSource = RuleSource | GeneratedSource | ResampleSource
 
 
 def critique_accuracy(task: Task, problems: Sequence[Problem], responses: Sequence[str],
@@ -121,6 +130,8 @@ def critique_source(config: ml_collections.ConfigDict, task: Task,
     kind, fmt = config.critique.type, config.critique.format
     if kind == "none":
         return None
+    if kind == "resample":
+        return ResampleSource()
     if kind in RULE_TYPES:
         return RuleSource(kind, task, fmt)
     if kind == "model" and critic is None:
@@ -139,6 +150,9 @@ def check_config(c: ml_collections.ConfigDict) -> list[str]:
     if c.critique.type == "rule_step" and not task.exact_step_checker:
         problems.append(f"critique.type='rule_step' needs a task whose step checker follows every step; task.name="
                         f"{c.task.name!r} does not check every step: use 'ground_truth', 'indicative' or 'model'")
+    if c.critique.type == "plan" and not task.has_plan_checker:
+        problems.append(f"critique.type='plan' needs a task that finds dead ends; task.name={c.task.name!r} does "
+                        f"not: use 'rule_step', 'ground_truth' or 'indicative'")
     if c.critique.format not in POLICY_FORMATS:
         problems.append(f"critique.format={c.critique.format!r}: expected one of {list(POLICY_FORMATS)}")
     elif c.critique.format != "plain" and not task.has_step_notes:

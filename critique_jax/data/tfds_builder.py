@@ -273,17 +273,25 @@ def decode_record(record: dict[str, Any]) -> Example:
 class TaskSource:
     """Random access to one split: ``len(src)``, ``src[i] -> Example``, ``__getitems__``."""
 
-    def __init__(self, data_source: Any, config: TaskDatasetConfig, split: str, limit: int | None = None):
+    def __init__(self, data_source: Any, config: TaskDatasetConfig, split: str, limit: int | None = None,
+                 start: int = 0):
         self._source = data_source
         self.config = config
         self.split = split
-        self._len = len(data_source) if limit is None else limit
+        self._start = start
+        self._len = len(data_source) - start if limit is None else limit
 
     def head(self, n: int) -> "TaskSource":
         """The first ``n`` records of the split, e.g. a fixed RL prompt pool (``rl.pool_size``)."""
         if not 0 < n <= len(self):
             raise ValueError(f"{self.split} split: a pool of {n} records, expected 1 to {len(self)}")
-        return TaskSource(self._source, self.config, self.split, limit=n)
+        return TaskSource(self._source, self.config, self.split, limit=n, start=self._start)
+
+    def tail(self, n: int) -> "TaskSource":
+        """The records after the first ``n`` (e.g. SFT data without the RL pool, ``sft.skip_rl_pool``)."""
+        if not 0 <= n < len(self):
+            raise ValueError(f"{self.split} split: skipping {n} records, expected 0 to {len(self) - 1}")
+        return TaskSource(self._source, self.config, self.split, limit=len(self) - n, start=self._start + n)
 
     def __len__(self) -> int:
         return self._len
@@ -292,13 +300,13 @@ class TaskSource:
         n = len(self)
         if not -n <= index < n:
             raise IndexError(f"{self.split} record {index} out of range [0, {n})")
-        return decode_record(self._source[index % n])
+        return decode_record(self._source[self._start + index % n])
 
     def __getitems__(self, indices: Sequence[int]) -> list[Example]:
         indices = list(indices)
         if indices and not 0 <= min(indices) <= max(indices) < len(self):
             raise IndexError(f"{self.split} records {min(indices)}..{max(indices)} out of range [0, {len(self)})")
-        return [decode_record(r) for r in self._source.__getitems__(indices)]
+        return [decode_record(r) for r in self._source.__getitems__([self._start + i for i in indices])]
 
     def __repr__(self) -> str:
         return f"TaskSource({self.config.name}, split={self.split!r}, n={len(self)})"

@@ -214,6 +214,11 @@ class CritiqueGRPOConfig(LossConfig):
       ``min(exp(logp - old_logp), importance_cap)`` (truncated importance sampling), where
       ``old_logp`` must be the sampler's log-probs *with the critique in context*. Off = the
       paper (no correction).
+    refinement_forking_rho: shape only the refinement tokens whose entropy is in the top rho
+      quantile of the batch's refinement tokens (the forking tokens of refinements: critique
+      pressure where the policy is choosing); the other refinement tokens get no loss but stay
+      in the normaliser. None = every refinement token (the paper). The shared ``forking_rho``
+      masks the whole batch instead.
     """
 
     name: ClassVar[str] = "critique_grpo"
@@ -222,6 +227,7 @@ class CritiqueGRPOConfig(LossConfig):
     gamma: float = 0.1
     importance_correction: bool = False
     importance_cap: float = 1.0
+    refinement_forking_rho: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -236,3 +242,4 @@ class CritiqueGRPOConfig(LossConfig):
         _number(self, "gamma", lo=0.0, lo_open=True)
         _flag(self, "importance_correction")
         _number(self, "importance_cap", lo=0.0, lo_open=True)
+        _number(self, "refinement_forking_rho", lo=0.0, hi=1.0, lo_open=True, optional=True)

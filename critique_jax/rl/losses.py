@@ -40,6 +40,7 @@ from critique_jax.rl.config import (
     PPOConfig,
 )
 from critique_jax.rl.inputs import LossInputs
+from critique_jax.rl.terms import forking_mask
 
 Array = jax.Array
 LOG_RATIO_CLAMP = 20.0
@@ -246,7 +247,8 @@ def critique_grpo(cfg: CritiqueGRPOConfig, inputs: LossInputs, ctx: TokenContext
 
     The base loss runs on the batch with the refinement rows masked out, so its statistics
     describe the initial responses alone. The shaping gradient is
-    ``-A * w * gamma / (p + gamma)^2 * grad(p)``.
+    ``-A * w * gamma / (p + gamma)^2 * grad(p)``. With ``refinement_forking_rho`` only the
+    refinement tokens in the top-rho entropy quantile of refinement tokens are shaped.
     """
     if inputs.is_refinement is None:
         raise ValueError("critique_grpo needs LossInputs.is_refinement ([B] bool): got None")
@@ -254,14 +256,20 @@ def critique_grpo(cfg: CritiqueGRPOConfig, inputs: LossInputs, ctx: TokenContext
     initial = inputs.replace(mask=jnp.where(refine_rows, jnp.zeros_like(inputs.mask), inputs.mask))
     loss, stats = get_loss(cfg.base.name).fn(cfg.base, initial, make_context(initial, ctx.key))
     refine = ctx.valid & refine_rows
+    shaped_tokens = refine
+    if cfg.refinement_forking_rho is not None:
+        if inputs.entropy is None:
+            raise ValueError("critique_grpo refinement_forking_rho needs LossInputs.entropy")
+        shaped_tokens = forking_mask(jnp.where(refine, inputs.entropy, 0.0), refine, cfg.refinement_forking_rho)
     p = jnp.exp(ctx.logp)
     shaped = p / (p + cfg.gamma)
     weight = jnp.ones_like(p)
     if cfg.importance_correction:
         weight = jax.lax.stop_gradient(jnp.minimum(ctx.ratio, cfg.importance_cap))
-    loss = jnp.where(refine, -ctx.adv * weight * shaped, loss)
+    loss = jnp.where(shaped_tokens, -ctx.adv * weight * shaped, jnp.where(refine_rows, 0.0, loss))
     return loss, stats | {
         "refinement_frac": refine,
+        "refinement_shaped_frac": (shaped_tokens.astype(jnp.float32), refine),
         "refinement_prob": (p, refine),
         "refinement_shaping": (shaped, refine),
         "refinement_is_weight": (weight, refine),

@@ -69,7 +69,8 @@ def plain_batch(run: Run, params: nnx.State, problems: list[Problem], step: int,
             seqs = SequenceBatch(tokens=run.shard(tokens), valid=run.shard(valid), response_mask=run.shard(s.mask))
             conf = confidence(seqs, run.shard(span))
         rewards, terms = score_rewards(rewards_spec, run.task, problems, s.texts, g, correct, conf)
-    arrays = dict(tokens=tokens, valid=valid, response_mask=s.mask, old_logp=s.logp, rewards=rewards)
+    arrays = dict(tokens=tokens, valid=valid, response_mask=s.mask, old_logp=s.logp, rewards=rewards,
+                  solved=correct.reshape(len(problems), g).max(1) >= 1)
     metrics = {"train/entropy": rollout_lib.masked_mean(s.entropy, s.mask),
                "train/finished_frac": float(s.finished.mean())}
     if conf is not None:
@@ -79,9 +80,10 @@ def plain_batch(run: Run, params: nnx.State, problems: list[Problem], step: int,
 
 def rl_batch(run: Run, params: nnx.State, source: CritiqueSource | None, problems: list[Problem],
              step: int, rewards_spec: list[Reward], refine: RefineSettings,
-             confidence: Confidence | None = None) -> tuple[SequenceBatch, dict]:
+             confidence: Confidence | None = None) -> tuple[SequenceBatch, dict, np.ndarray]:
     """Samples (with critiques and refinements if configured), scores and packs one RL batch
-    (``confidence``: for the ``confidence`` reward term)."""
+    (``confidence``: for the ``confidence`` reward term). Returns the batch, its metrics and
+    which prompts [B] had a correct initial response (refinements and resamples not counted)."""
     c = run.config
     g = c.rl.group_size
     times: dict[str, float] = {"perf/sample_s": 0.0, "perf/score_s": 0.0}
@@ -111,7 +113,21 @@ def rl_batch(run: Run, params: nnx.State, source: CritiqueSource | None, problem
         "train/groups_none_correct": float((per_group == 0).mean()),
         "perf/sample_tokens_per_s": float(mask.sum()) / max(times["perf/sample_s"], 1e-9),
     } | times
-    return batch, metrics
+    return batch, metrics, arrays["solved"]
+
+
+class PoolCoverage:
+    """Whether each prompt had a correct initial response at its latest visit (uid -> bool);
+    ``train/pool_coverage`` is the share of the prompts visited so far (the whole pool once
+    every prompt was drawn). Its state goes into the checkpoints' metadata, so a resumed run
+    continues it."""
+
+    def __init__(self, state: dict[str, bool] | None = None):
+        self.last = dict(state or {})
+
+    def update(self, problems: list[Problem], solved: np.ndarray) -> float:
+        self.last |= {p.uid: bool(v) for p, v in zip(problems, solved)}
+        return float(np.mean(list(self.last.values())))
 
 
 def rl_optimizer(c: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, Any]:
@@ -142,12 +158,14 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, source: Critique
     it = BatchIterator(pool, c.rl.prompts_per_step, seed=c.seed + 1)
     latest = ckpt.latest_step()
     start = s
+    coverage = PoolCoverage()
     if latest is not None and latest > s:
         restored, meta = ckpt.restore(latest, like=checkpoint_state(state, key=key, ref_params=ref_params))
         state = restored_state(restored)
         key = jax.random.wrap_key_data(restored["key"])
         ref_params = restored.get("ref_params", ref_params)
         it.set_state(meta["iterator"])
+        coverage = PoolCoverage(meta.get("pool_solved"))
         start = latest
         log.info("resumed RL at step %d", start)
     elif c.init_from:  # the SFT run evaluated this policy in its own directory; log it here too
@@ -168,8 +186,9 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, source: Critique
         t0 = time.perf_counter()
         with CompileCounter() as compiles:
             problems = [ex.problem for ex in next(it)]
-            batch, metrics = rl_batch(run, live["state"].params, source, problems, n, rewards_spec, refine,
-                                      confidence)
+            batch, metrics, solved = rl_batch(run, live["state"].params, source, problems, n, rewards_spec,
+                                              refine, confidence)
+            metrics["train/pool_coverage"] = coverage.update(problems, solved)
             times: dict[str, float] = {}
             with timed(times, "perf/update_s"):
                 # The entropy of the batch's initial responses before the update: the recompute's
@@ -202,7 +221,7 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, source: Critique
         st = live["state"]
         evals = {k: v for k, v in s_.log.items() if k.startswith("eval/")} if with_metrics else {}
         ckpt.save(s_.n, checkpoint_state(st, key=live["key"], ref_params=ref_params),
-                  {"phase": "rl", "iterator": it.get_state()}, metrics=evals or None)
+                  {"phase": "rl", "iterator": it.get_state(), "pool_solved": coverage.last}, metrics=evals or None)
 
     def checkpoint(s_: Step) -> None:
         if not bool(all_finite(live["state"].params)):

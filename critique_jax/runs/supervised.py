@@ -110,7 +110,9 @@ def run_sft(run: Run, ckpt: Checkpointer, progress: Progress) -> nnx.State:
     optimizer, schedule = make_optimizer(c.sft.lr, c.sft.warmup_steps, c.sft.steps, weight_decay=c.sft.weight_decay,
                                          mu_dtype=c.sft.adam_mu_dtype)
     state = init_state(run, params, optimizer)
-    it = BatchIterator(run.train, c.sft.batch_size, seed=c.seed)
+    # sft.skip_rl_pool: the RL pool's problems are not trained on (RL then meets unseen problems)
+    data = run.train.tail(c.rl.pool_size) if c.sft.skip_rl_pool else run.train
+    it = BatchIterator(data, c.sft.batch_size, seed=c.seed)
     key = replicated_key(run, c.seed)
     start = 0
     latest = ckpt.latest_step()
@@ -146,14 +148,19 @@ def refine_sft_arrays(run: Run, examples: list, rng: np.random.Generator) -> dic
     ``critique.format``) -> a correct solution, so the policy learns to use critiques before RL
     asks it to. ``critique.sft_refine_target``: ``any`` = a random reference solution of the
     problem (write a correct solution), ``source`` = the one the error was planted in (keep the
-    steps the critique accepts, repair the one it flags)."""
+    steps the critique accepts, repair the one it flags). With ``critique.type='plan'`` half the
+    wrong solutions are planted dead ends (a right first step after which the target is out of
+    reach, :meth:`~critique_jax.tasks.base.Task.plant_dead_end`) and every critique is the plan
+    critique; otherwise the critique is ``rule_step``'s."""
     c = run.config.critique
+    kind = "plan" if c.type == "plan" else "rule_step"
     prompts, targets = [], []
     for ex in examples:
         p = ex.problem
         source = ex.solutions[int(rng.integers(len(ex.solutions)))]
-        wrong = run.task.perturb(p, source, rng).solution
-        prompts.append(run.prompts.refine(p.question, wrong, rule_critique("rule_step", run.task, p, wrong, c.format)))
+        planted = run.task.plant_dead_end(p, rng) if kind == "plan" and rng.random() < 0.5 else None
+        wrong = (planted or run.task.perturb(p, source, rng)).solution
+        prompts.append(run.prompts.refine(p.question, wrong, rule_critique(kind, run.task, p, wrong, c.format)))
         target = source if c.sft_refine_target == "source" else ex.solutions[int(rng.integers(len(ex.solutions)))]
         targets.append(target)
     return rollout_lib.pack_pairs(run.tok, prompts, targets, max(run.config.critique.refine_buckets),

@@ -189,6 +189,22 @@ class Task(abc.ABC):
         ``check_steps(p, t)``."""
         raise NotImplementedError(f"task {self.name!r} does not implement step_notes (the worked critique format)")
 
+    @property
+    def has_plan_checker(self) -> bool:
+        """Whether the task finds dead ends (:meth:`dead_end`; the ``plan`` critique type)."""
+        return type(self).dead_end is not Task.dead_end
+
+    def dead_end(self, problem: Problem, text: str) -> tuple[int, str] | None:
+        """The first step (0-based) of ``text`` after which the problem can no longer be solved
+        from what is left, if every step up to it is right, and a one-line note saying so
+        (without the words ``correct``/``wrong``); None when no right step leads into a dead end."""
+        raise NotImplementedError(f"task {self.name!r} does not find dead ends (the plan critique)")
+
+    def plant_dead_end(self, problem: Problem, rng: np.random.Generator) -> Perturbation | None:
+        """A wrong solution whose first step is right but a dead end (:meth:`dead_end` at step 0),
+        or None when every first step keeps the problem solvable."""
+        raise NotImplementedError(f"task {self.name!r} does not find dead ends (the plan critique)")
+
     def solution_key(self, text_or_lines: str | Sequence[str]) -> Hashable:
         """What makes two correct solutions the same solution (the distinct-solutions count of
         :func:`critique_jax.analysis.diversity.distinct_correct_solutions`), from a solution

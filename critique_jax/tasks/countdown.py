@@ -97,9 +97,9 @@ def _combine(a: int, b: int) -> Iterator[tuple[str, int, int, int]]:
         yield "-", a, b, a - b
     elif b > a:
         yield "-", b, a, b - a
-    if b != 1 and a % b == 0:
+    if b not in (0, 1) and a % b == 0:
         yield "/", a, b, a // b
-    if a != 1 and a != b and b % a == 0:
+    if a not in (0, 1) and a != b and b % a == 0:
         yield "/", b, a, b // a
 
 
@@ -158,11 +158,28 @@ def _trees(numbers, vals, mask: int, target: int) -> Iterator[ex.Tree]:
 def _partners(target: int, b: int) -> set[int]:
     """Values ``a`` for which some operation on ``a`` and ``b`` can give ``target``."""
     out = {target - b, target + b, b - target, target * b}
-    if target % b == 0:
+    if b != 0 and target % b == 0:
         out.add(target // b)
     if target != 0 and b % target == 0:
         out.add(b // target)
     return out
+
+
+def reachable(numbers: Sequence[int], target: int) -> bool:
+    """Whether ``target`` can be made from some of ``numbers`` (each used at most once), with the
+    operations of the solution search (:func:`_combine`: values in 1..MAX_VALUE after each
+    operation; a number equal to the target counts)."""
+    numbers = [int(v) for v in numbers]
+    if target in numbers:
+        return True
+    if len(numbers) < 2:
+        return False
+    vals = _reachable(numbers)  # proper subsets
+    if any(target in v for v in vals.values()):
+        return True
+    full = (1 << len(numbers)) - 1
+    return any(v == target for a_mask, b_mask in _splits(full) for b in vals[b_mask]
+               for a in _partners(target, b) & vals[a_mask] for *_, v in _combine(a, b))
 
 
 def canonical(tree: ex.Tree) -> tuple:
@@ -430,6 +447,46 @@ class Countdown(Task):
         if got != target or last is None or str(last) != target:
             return notes, StepCheck(len(lines), "wrong_answer", n_steps)
         return notes, StepCheck(None, "ok", n_steps)
+
+    def dead_end(self, problem: Problem, text: str) -> tuple[int, str] | None:
+        """The first right step after which the target cannot be reached from the numbers left
+        (:func:`reachable`), with the note ``"5 + 6 = 11 leaves 5 11, 19 unreachable"``; None
+        when a wrong step (or the end) comes first."""
+        pool = [int(v) for v in problem.meta["numbers"]]
+        target = int(problem.meta["target"])
+        for i, line in enumerate(split_steps(text)[0]):
+            step = ex.parse_step(line)
+            if step is None or step.rest is not None or not ex.is_node(step.lhs) or _check_line(pool, step)[1]:
+                return None
+            if not reachable(pool, target):
+                left = " ".join(map(str, pool))
+                return i, f"{ex.render(step.lhs)} = {ex.render(step.result)} leaves {left}, {target} unreachable"
+        return None
+
+    def plant_dead_end(self, problem: Problem, rng: np.random.Generator) -> Perturbation | None:
+        """A random right first step that leaves the target unreachable, then random right
+        steps on what is left (each further one with probability 1/2) and ``answer: <target>``."""
+        numbers, target = [int(v) for v in problem.meta["numbers"]], int(problem.meta["target"])
+        firsts = [(i, j, op, a, b, v) for i in range(len(numbers)) for j in range(i + 1, len(numbers))
+                  for op, a, b, v in _combine(numbers[i], numbers[j])
+                  if not reachable([n for k, n in enumerate(numbers) if k not in (i, j)] + [v], target)]
+        if not firsts:
+            return None
+        i, j, op, a, b, v = firsts[int(rng.integers(len(firsts)))]
+        pool = [n for k, n in enumerate(numbers) if k not in (i, j)] + [v]
+        lines = [f"{a} {op} {b} = {v}"]
+        while len(pool) > 1 and rng.random() < 0.5:
+            i, j = sorted(int(k) for k in rng.choice(len(pool), size=2, replace=False))
+            options = list(_combine(pool[i], pool[j]))
+            if not options:
+                break
+            op, a, b, v = options[int(rng.integers(len(options)))]
+            pool = [n for k, n in enumerate(pool) if k not in (i, j)] + [v]
+            lines.append(f"{a} {op} {b} = {v}")
+        text = join_steps(lines, target)
+        if self.dead_end(problem, text) is None or self.reward(problem, text) > 0:  # pragma: no cover
+            raise AssertionError(f"{problem.uid}: planted dead end {text!r} is not one")
+        return Perturbation(text, 0, "plan")
 
     def reward(self, problem: Problem, text: str) -> float:
         """1.0 only for a solution whose every step checks (see the module docstring)."""

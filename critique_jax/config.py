@@ -82,7 +82,8 @@ def default_config() -> ml_collections.ConfigDict:
     # text; instruction "" = the task's answer-format instruction; system "" = no system prompt.
     c.prompt = dict(format="auto", instruction="", system="")
     # adam_mu_dtype (sft, rl): the dtype of Adam's first moment ("" = the parameters' dtype).
-    # skip_rl_pool: SFT leaves out the first rl.pool_size train problems, so the RL pool is unseen.
+    # skip_rl_pool: SFT leaves out every train record whose question is one of the RL pool's (the first
+    # rl.pool_size train problems; a generated split repeats questions), so the RL pool is unseen.
     c.sft = dict(steps=400, batch_size=64, lr=2e-3, warmup_steps=20, weight_decay=0.0, log_every=20,
                  max_bad_steps=3, adam_mu_dtype="", skip_rl_pool=False)
     # RL: lr_schedule "constant" (the papers') or "cosine" (decays to lr x end_lr_ratio at the last

@@ -193,12 +193,14 @@ def test_head_is_a_fixed_pool_of_the_first_records(built):
         pool.__getitems__([31, 32])
     with pytest.raises(ValueError, match=f"a pool of 0 records, expected 1 to {len(train)}"):
         train.head(0)
-    rest = train.tail(32)  # SFT without the pool (sft.skip_rl_pool)
-    assert len(rest) == len(train) - 32 and rest[0].problem.uid == train[32].problem.uid
-    assert [e.problem.uid for e in rest.__getitems__([0, 1])] == [train[32].problem.uid, train[33].problem.uid]
-    assert rest.head(2)[1].problem.uid == train[33].problem.uid and rest[-1].problem.uid == train[-1].problem.uid
-    with pytest.raises(ValueError, match=f"skipping {len(train)} records, expected 0 to {len(train) - 1}"):
-        train.tail(len(train))
+    questions = {pool[i].problem.question for i in range(len(pool))}
+    rest = train.excluding(questions)  # SFT without the pool's problems (sft.skip_rl_pool)
+    kept = [i for i in range(len(train)) if train[i].problem.question not in questions]
+    assert [e.problem.uid for e in rest.__getitems__(range(len(rest)))] == [train[i].problem.uid for i in kept]
+    assert len(rest) == len(kept) <= len(train) - 32 and rest[-1].problem.uid == train[kept[-1]].problem.uid
+    assert rest.head(2)[1].problem.uid == train[kept[1]].problem.uid
+    with pytest.raises(ValueError, match="every record's question is excluded"):
+        train.excluding({train[i].problem.question for i in range(len(train))})
 
 
 @pytest.mark.parametrize(

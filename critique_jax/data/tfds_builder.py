@@ -33,7 +33,7 @@ import json
 import logging
 import os
 import re
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -271,42 +271,45 @@ def decode_record(record: dict[str, Any]) -> Example:
 
 
 class TaskSource:
-    """Random access to one split: ``len(src)``, ``src[i] -> Example``, ``__getitems__``."""
+    """Random access to one split: ``len(src)``, ``src[i] -> Example``, ``__getitems__``; a view
+    (:meth:`head`, :meth:`excluding`) reads the records ``index`` of the split."""
 
     def __init__(self, data_source: Any, config: TaskDatasetConfig, split: str, limit: int | None = None,
-                 start: int = 0):
+                 index: np.ndarray | None = None):
         self._source = data_source
         self.config = config
         self.split = split
-        self._start = start
-        self._len = len(data_source) - start if limit is None else limit
+        self._index = np.arange(len(data_source) if limit is None else limit) if index is None else index[:limit]
 
     def head(self, n: int) -> "TaskSource":
         """The first ``n`` records of the split, e.g. a fixed RL prompt pool (``rl.pool_size``)."""
         if not 0 < n <= len(self):
             raise ValueError(f"{self.split} split: a pool of {n} records, expected 1 to {len(self)}")
-        return TaskSource(self._source, self.config, self.split, limit=n, start=self._start)
+        return TaskSource(self._source, self.config, self.split, index=self._index[:n])
 
-    def tail(self, n: int) -> "TaskSource":
-        """The records after the first ``n`` (e.g. SFT data without the RL pool, ``sft.skip_rl_pool``)."""
-        if not 0 <= n < len(self):
-            raise ValueError(f"{self.split} split: skipping {n} records, expected 0 to {len(self) - 1}")
-        return TaskSource(self._source, self.config, self.split, limit=len(self) - n, start=self._start + n)
+    def excluding(self, questions: Collection[str]) -> "TaskSource":
+        """The records whose question is not in ``questions`` (e.g. SFT data without any problem of
+        the RL pool, ``sft.skip_rl_pool``: a generated split repeats questions)."""
+        records = self._source.__getitems__([int(i) for i in self._index])
+        keep = np.asarray([i for i, r in zip(self._index, records) if _text(r["question"]) not in questions], np.int64)
+        if not len(keep):
+            raise ValueError(f"{self.split} split: every record's question is excluded")
+        return TaskSource(self._source, self.config, self.split, index=keep)
 
     def __len__(self) -> int:
-        return self._len
+        return len(self._index)
 
     def __getitem__(self, index: int) -> Example:
         n = len(self)
         if not -n <= index < n:
             raise IndexError(f"{self.split} record {index} out of range [0, {n})")
-        return decode_record(self._source[self._start + index % n])
+        return decode_record(self._source[int(self._index[index % n])])
 
     def __getitems__(self, indices: Sequence[int]) -> list[Example]:
         indices = list(indices)
         if indices and not 0 <= min(indices) <= max(indices) < len(self):
             raise IndexError(f"{self.split} records {min(indices)}..{max(indices)} out of range [0, {len(self)})")
-        return [decode_record(r) for r in self._source.__getitems__([self._start + i for i in indices])]
+        return [decode_record(r) for r in self._source.__getitems__([int(self._index[i]) for i in indices])]
 
     def __repr__(self) -> str:
         return f"TaskSource({self.config.name}, split={self.split!r}, n={len(self)})"

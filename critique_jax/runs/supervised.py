@@ -110,8 +110,11 @@ def run_sft(run: Run, ckpt: Checkpointer, progress: Progress) -> nnx.State:
     optimizer, schedule = make_optimizer(c.sft.lr, c.sft.warmup_steps, c.sft.steps, weight_decay=c.sft.weight_decay,
                                          mu_dtype=c.sft.adam_mu_dtype)
     state = init_state(run, params, optimizer)
-    # sft.skip_rl_pool: the RL pool's problems are not trained on (RL then meets unseen problems)
-    data = run.train.tail(c.rl.pool_size) if c.sft.skip_rl_pool else run.train
+    # sft.skip_rl_pool: no record with a question of the RL pool is trained on (RL meets unseen problems)
+    data = run.train
+    if c.sft.skip_rl_pool:
+        pool = run.train.head(c.rl.pool_size)
+        data = run.train.excluding({pool[i].problem.question for i in range(len(pool))})
     it = BatchIterator(data, c.sft.batch_size, seed=c.seed)
     key = replicated_key(run, c.seed)
     start = 0

@@ -1,12 +1,12 @@
 """Critique in the entropy-collapse regime (issue: does critique keep entropy from collapsing?).
-The argument after ``:`` is the arm: a critique type (``plan``, ``rule_step``, ``indicative``), the
+The argument after ``:`` is the arm: a critique type (``plan_hint``, ``plan``, ``rule_step``, ``indicative``), the
 compute-matched control ``resample``, or ``none`` (GRPO). Critique acts on all-wrong groups only
 (``critique.scope='all_wrong'``; ``--config.critique.scope=all`` for the paper's layout)::
 
-    python -m critique_jax.train --config=configs/countdown_critique_collapse.py:plan --workdir=runs/ccl_sft \\
+    python -m critique_jax.train --config=configs/countdown_critique_collapse.py:plan_hint --workdir=runs/ccl_sft \\
         --config.rl.steps=0                                                    # the shared SFT policy
-    python -m critique_jax.train --config=configs/countdown_critique_collapse.py:plan \\
-        --config.init_from=runs/ccl_sft --workdir=runs/ccl_plan
+    python -m critique_jax.train --config=configs/countdown_critique_collapse.py:plan_hint \\
+        --config.init_from=runs/ccl_sft --workdir=runs/ccl_plan_hint
     python -m critique_jax.train --config=configs/countdown_critique_collapse.py:resample \\
         --config.init_from=runs/ccl_sft --workdir=runs/ccl_resample
 
@@ -18,8 +18,10 @@ something to act on:
   part of SFT's data, the policy solves ~70% of it before RL and only ~0.3% of its groups are ever
   all wrong, so critique of all-wrong groups would have nothing to act on.
 * refinement-format SFT batches every 3 steps (``critique.sft_refine_every``) in every arm, so all
-  arms start from one policy that can read a critique; with ``plan`` half their wrong solutions
-  are planted dead ends under the plan critique (``critique_jax.runs.supervised``).
+  arms start from one policy that can read a critique; with ``plan`` / ``plan_hint`` half their
+  wrong solutions are planted dead ends under that critique, and after a ``plan_hint`` critique
+  the target follows the hint (``critique_jax.runs.supervised``). The shared SFT policy of the
+  sweep is trained with ``plan_hint``.
 
 Critique arms use the ``critique_grpo`` loss (PPO on initial responses, ``-A * p / (p + 0.1)`` on
 refinement tokens) with GRPO advantages, as the collapse regime's GRPO; ``resample`` and ``none``
@@ -32,7 +34,7 @@ from pathlib import Path
 from critique_jax.critique.feedback import CRITIQUE_TYPES
 
 
-def get_config(kind: str = "plan"):
+def get_config(kind: str = "plan_hint"):
     if kind not in CRITIQUE_TYPES:
         raise ValueError(f"configs/countdown_critique_collapse.py:{kind}: expected a critique type, one of "
                          f"{list(CRITIQUE_TYPES)}")

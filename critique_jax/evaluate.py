@@ -14,12 +14,12 @@ evaluates several policies of the run, each into ``OUT/<which>/`` as a single ev
 
     python -m critique_jax.evaluate --run=runs/grpo --which=all --samples=8 --budgets=16,32,64 --out=runs/grpo/eval_all
 
-``--critique_gate=plan,rule_step,indicative,resample`` runs the critique gate instead
+``--critique_gate=plan_hint,plan,rule_step,indicative,resample`` runs the critique gate instead
 (:mod:`critique_jax.runs.gate`): per critique type, refinement success on the policy's failed
 held-out responses against its own pass@1 on those prompts (``gate.json``, ``gate.md``)::
 
-    python -m critique_jax.evaluate --run=runs/cc_sft --which=sft --critique_gate=plan,rule_step,indicative,resample \
-        --n_problems=128 --out=runs/cc_sft/gate
+    python -m critique_jax.evaluate --run=runs/ccl_sft --which=sft --critique_gate=plan_hint,plan,indicative,resample \
+        --n_problems=128 --out=runs/ccl_sft/gate
 
 ``--budgets`` adds the test-time budget sweep (:mod:`critique_jax.runs.budget_sweep`): every
 problem sampled ``--samples`` times at each max-new-tokens value, maj@k / pass@k for the

@@ -9,7 +9,9 @@ last step; each label's difference from GRPO (Welch SE) and its entropy ratio; C
 and selected token shares over training; the law ``R = -a exp(H) + b`` fitted on held-out pass@1
 against the training entropy per label and pooled, and fitted on the first 25% of the step range
 of each run to predict the rest (RMSE against predicting the early mean); the correlation of the
-step's mean token covariance with the same batch's entropy decrease.
+step's mean token covariance with the same batch's entropy decrease. For a critique sweep
+(``configs/sweeps/critique_collapse.py``: runs logging ``train/pool_coverage``) also the pool
+coverage, the all-wrong groups critique acts on, and what refinements did.
 """
 
 from __future__ import annotations
@@ -36,6 +38,37 @@ def window_mean(run: RunRecord, key: str, first: int, last: int) -> float:
 def at_step(run: RunRecord, key: str, step: int) -> float:
     steps, values = run.series(key)
     return float(values[steps == step][0]) if (steps == step).any() else math.nan
+
+
+def critique_table(groups: dict[str, list[RunRecord]], last: int) -> None:
+    """Pool coverage (share of pool prompts with a correct initial response at their latest visit,
+    at step ``last``), all-wrong groups (before any refinement) over steps 1-5 and the last 5,
+    and, over all steps, rescued groups, refinement success and the mean probability of
+    refinement tokens under the policy (``train/refinement_prob``: near 1, the shaping
+    ``p / (p + 0.1)`` has little gradient left)."""
+    def all_wrong(r: RunRecord) -> str:
+        return "critique/groups_all_wrong" if r.has("critique/groups_all_wrong") else "train/groups_none_correct"
+
+    def mean_over_steps(rs: list[RunRecord], key: str) -> str:
+        if not all(r.has(key) for r in rs):
+            return "-"
+        return f"{seed_stat(float(np.nanmean(r.series(key)[1])) for r in rs):.3f}"
+
+    print(f"\n| method (seeds) | pool coverage, step {last} | all-wrong groups, steps 1-5 -> {last - 4}-{last} | "
+          "groups rescued | refinement success | refinement p |")
+    print("|---|---|---|---|---|---|")
+    coverage = {}
+    for label, rs in groups.items():
+        coverage[label] = seed_stat(at_step(r, "train/pool_coverage", last) for r in rs)
+        w0 = seed_stat(run_value(r, all_wrong(r), "first", 5) for r in rs)
+        w1 = seed_stat(window_mean(r, all_wrong(r), last - 4, last) for r in rs)
+        print(f"| {label} ({len(rs)}) | {coverage[label]:.3f} | {w0:.3f} -> {w1:.3f} | "
+              f"{mean_over_steps(rs, 'critique/groups_rescued')} | "
+              f"{mean_over_steps(rs, 'critique/refine_success_on_failed')} | "
+              f"{mean_over_steps(rs, 'train/refinement_prob')} |")
+    if "grpo" in coverage:
+        print("\npool coverage minus GRPO's: " + ", ".join(
+            f"{label} {difference(c, coverage['grpo']):+.3f}" for label, c in coverage.items() if label != "grpo"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             if label != "grpo":
                 print(f"- {label}: entropy {difference(s['h1'], g['h1']):+.4f} ({s['h1'].mean / g['h1'].mean:.2f}x), "
                       f"pass@1 {difference(s['p1'], g['p1']):+.3f}, pass@8 {difference(s['p8'], g['p8']):+.3f}")
+    if any(r.has("train/pool_coverage") for r in runs):
+        critique_table(groups, last)
     for r in groups.get("clip_cov", []):
         steps, band = r.series("train/band_frac")
         _, selected = r.series("train/selected_frac")

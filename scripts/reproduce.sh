@@ -45,14 +45,14 @@ budgets "$ROOT/sft_mini" sft sft
 for done in "$ROOT"/entropy/*/done.json "$ROOT"/rlsf/*/done.json; do
   budgets "$(dirname "$done")" final "$(basename "$(dirname "$done")")"
 done
-# Critique in the collapse regime: its own SFT policy (the RL pool left out of SFT, plan critiques in the
+# Critique in the collapse regime: its own SFT policy (the RL pool left out of SFT, plan_hint critiques in the
 # refinement batches), the critique gate on held-out problems first, then GRPO vs resampling vs critique.
 step "critique-collapse SFT policy -> $ROOT/ccl_sft"
-python -m critique_jax.train --config=configs/countdown_critique_collapse.py:plan --workdir="$ROOT/ccl_sft" \
+python -m critique_jax.train --config=configs/countdown_critique_collapse.py:plan_hint --workdir="$ROOT/ccl_sft" \
   --config.rl.steps=0 --config.log.progress=False
 step "critique gate -> $ROOT/ccl_sft/gate"
 python -m critique_jax.evaluate --run="$ROOT/ccl_sft" --which=sft --n_problems=128 \
-  --critique_gate=plan,rule_step,indicative,resample --out="$ROOT/ccl_sft/gate"
+  --critique_gate=plan_hint,plan,rule_step,indicative,resample --out="$ROOT/ccl_sft/gate"
 step "sweep critique_collapse -> $ROOT/critique_collapse"
 python scripts/sweep.py --config configs/sweeps/critique_collapse.py --out "$ROOT/critique_collapse" \
   --parallel "$PARALLEL" --set "init_from=$ROOT/ccl_sft"

@@ -16,7 +16,7 @@ VARIANTS = {"countdown_critique_grpo": [t for t in CRITIQUE_TYPES if t != "model
                                       + ["rule_step,clip_cov", "rule_step,kl_cov", "none,clip_cov"],
             "self_train_countdown": ["rule_step", "none"],
             "countdown_collapse": ["ppo", "clip_cov", "kl_cov", "gppo"],
-            "countdown_critique_collapse": ["none", "plan", "resample", "rule_step", "indicative"]}
+            "countdown_critique_collapse": ["none", "plan", "plan_hint", "resample", "rule_step", "indicative"]}
 CASES = [(p, arg) for p in CONFIGS for arg in VARIANTS.get(p.stem, [None])]
 
 

@@ -58,6 +58,9 @@ def test_plan_critiques_name_the_dead_end_else_the_first_wrong_step(np_rng):
         assert rule_critique("plan", task, p, dead, fmt) == ("step 1: 4 * 9 = 36 leaves 3 36, 21 unreachable, "
                                                               "wrong, plan\nverdict: wrong")
     assert parse_critique(rule_critique("plan", task, p, dead)) == (False, 0)
+    hinted = rule_critique("plan_hint", task, p, dead)  # a right step in place of the dead end
+    assert hinted == ("step 1: 4 * 9 = 36 leaves 3 36, 21 unreachable, wrong, plan\nhint: 3 * 4 = 12\n"
+                      "verdict: wrong") and parse_critique(hinted) == (False, 0)
     assert parse_critique(rule_critique("rule_step", task, p, dead)) == (False, 2)  # the answer line
     for i in range(20):  # no dead end before the planted error: the step critique
         q = make_problem(task, "test", 0, i, 2)
@@ -65,6 +68,7 @@ def test_plan_critiques_name_the_dead_end_else_the_first_wrong_step(np_rng):
         bad = task.perturb(q, good, np_rng).solution
         if task.dead_end(q, bad) is None:
             assert rule_critique("plan", task, q, bad) == rule_critique("rule_step", task, q, bad)
+            assert rule_critique("plan_hint", task, q, bad) == rule_critique("rule_step", task, q, bad)
         assert rule_critique("plan", task, q, good) == rule_critique("rule_step", task, q, good)
 
 
@@ -132,16 +136,22 @@ def test_refinement_sft_targets_a_solution_of_the_problem(tmp_path, fmt):
         refine_sft_arrays(run, examples, np.random.default_rng(0))
 
 
-def test_plan_refinement_sft_plants_dead_ends_in_half_the_rows(tmp_path):
-    run = setup(tiny_config(tmp_path, **{"critique.sft_refine_every": 2, "critique.type": "plan",
+@pytest.mark.parametrize("kind", ["plan", "plan_hint"])
+def test_plan_refinement_sft_plants_dead_ends_in_half_the_rows(tmp_path, kind):
+    run = setup(tiny_config(tmp_path, **{"critique.sft_refine_every": 2, "critique.type": kind,
                                          "rl.loss.name": "critique_grpo", "critique.refine_buckets": (160,)}),
                 str(tmp_path / "run"))
     examples = [run.train[i] for i in range(32)]
     n_plan = 0
     for ex, (wrong, critique, target) in zip(examples, _refine_sft_pairs(run, examples)):
-        assert target in ex.solutions and run.task.reward(ex.problem, wrong) == 0
-        assert critique == rule_critique("plan", run.task, ex.problem, wrong)
-        n_plan += ", wrong, plan" in critique
+        assert run.task.reward(ex.problem, wrong) == 0 and run.task.reward(ex.problem, target) == 1
+        assert critique == rule_critique(kind, run.task, ex.problem, wrong)
+        dead_end = ", wrong, plan" in critique
+        n_plan += dead_end
+        if kind == "plan_hint" and dead_end:  # the target follows the hint
+            assert target.splitlines()[0] == critique.splitlines()[1].removeprefix("hint: ")
+        else:
+            assert target in ex.solutions
     assert 8 <= n_plan <= 24
 
 

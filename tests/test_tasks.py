@@ -11,6 +11,7 @@ import pytest
 
 from critique_jax.tasks import (
     get_task,
+    join_steps,
     iter_problems,
     load_jsonl,
     make_problem,
@@ -347,6 +348,15 @@ def test_countdown_dead_end_is_the_first_right_step_that_loses_the_target(text, 
     task = get_task("countdown")
     assert task.has_plan_checker and not get_task("gsm8k").has_plan_checker
     assert task.dead_end(CD, text) == dead
+
+
+def test_hinted_steps_solve_from_the_numbers_left():
+    task = get_task("countdown")
+    text = "25 + 50 = 75\n75 - 3 = 72\nanswer: 82"  # step 2 is the dead end: from 3 7 75, 75 + 7 = 82
+    assert task.hinted_steps(CD, text, 1) == ["7 + 75 = 82"]
+    assert task.reward(CD, join_steps(["25 + 50 = 75"] + task.hinted_steps(CD, text, 1), 82)) == 1
+    assert task.hinted_steps(CD, "25 + 50 = 76\nanswer: 82", 1) is None  # a wrong step before it
+    assert task.hinted_steps(CD, "3 * 7 = 21\nanswer: 82", 1) is None  # out of reach
 
 
 def test_planted_dead_ends_are_right_first_steps_into_a_dead_end(np_rng):

@@ -10,6 +10,9 @@ Types (``critique.type`` in the config):
   solved (the task's :meth:`~critique_jax.tasks.base.Task.dead_end`) is the first wrong one,
   with its note: ``step 1: 5 + 6 = 11 leaves 5 11, 19 unreachable, wrong, plan`` (countdown's
   failures are mostly wrong plans, not arithmetic slips; this names the decision);
+* ``plan_hint``: ``plan``, with a right step in place of the dead end on the line after it
+  (``hint: 3 * 4 = 12``, the first line of a solution from the numbers left there: what a
+  teacher's critique adds, part of the solution);
 * ``ground_truth``: the verdict plus the reference answer (``verdict: wrong`` +
   ``reference answer: 19``);
 * ``indicative``: the verdict alone;
@@ -32,8 +35,9 @@ from critique_jax.tasks import Problem, StepCheck, Task
 from critique_jax.text.templates import (CORRECT, POLICY_FORMATS, WRONG, condense_critique, format_step_critique,
                                          format_worked_critique, parse_critique)
 
-CRITIQUE_TYPES = ("none", "resample", "indicative", "ground_truth", "rule_step", "plan", "self", "model")
-RULE_TYPES = ("indicative", "ground_truth", "rule_step", "plan")  # built on the host from the verifier
+CRITIQUE_TYPES = ("none", "resample", "indicative", "ground_truth", "rule_step", "plan", "plan_hint", "self", "model")
+RULE_TYPES = ("indicative", "ground_truth", "rule_step", "plan", "plan_hint")  # built on the host from the verifier
+PLAN_TYPES = ("plan", "plan_hint")  # need the task's dead ends
 REVEALS_ANSWER = ("ground_truth",)
 
 
@@ -42,7 +46,7 @@ def verdict_line(correct: bool) -> str:
 
 
 def rule_critique(kind: str, task: Task, problem: Problem, response: str, fmt: str = "plain") -> str:
-    """The critique of ``response`` for one of :data:`RULE_TYPES`; ``rule_step`` and ``plan``
+    """The critique of ``response`` for one of :data:`RULE_TYPES`; ``rule_step`` and plan
     critiques in the policy format ``fmt`` (:data:`~critique_jax.text.templates.POLICY_FORMATS`;
     a ``plan`` step always carries its note: it is what the critique says)."""
     correct = task.reward(problem, response) >= 1.0
@@ -50,13 +54,17 @@ def rule_critique(kind: str, task: Task, problem: Problem, response: str, fmt: s
         return verdict_line(correct)
     if kind == "ground_truth":
         return f"{verdict_line(correct)}\nreference answer: {problem.answer}"
-    if kind not in ("rule_step", "plan"):
+    if kind not in ("rule_step",) + PLAN_TYPES:
         raise ValueError(f"critique type {kind!r} is not built by rules; rule types: {RULE_TYPES}")
     check = task.check_steps(problem, response)
-    if kind == "plan" and not correct and (dead := task.dead_end(problem, response)) is not None:
+    if kind in PLAN_TYPES and not correct and (dead := task.dead_end(problem, response)) is not None:
         step, note = dead
         if check.first_wrong is None or step < check.first_wrong:
-            return format_worked_critique(StepCheck(step, "plan", check.n_steps), [""] * step + [note], correct=False)
+            text = format_worked_critique(StepCheck(step, "plan", check.n_steps), [""] * step + [note], correct=False)
+            if kind == "plan_hint" and (hint := task.hinted_steps(problem, response, step)):
+                head, verdict = text.rsplit("\n", 1)
+                text = f"{head}\nhint: {hint[0]}\n{verdict}"
+            return text
     if fmt == "plain":
         return format_step_critique(check, correct=correct)
     if fmt == "explained":

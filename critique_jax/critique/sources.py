@@ -2,7 +2,7 @@
 at set-up (:func:`critique_source`), and the RL and self-training loops call its one method,
 ``write``; the checks of a critique type live with its source (:func:`check_config`).
 
-* :class:`RuleSource` (``indicative``, ``ground_truth``, ``rule_step``, ``plan``): built on the host from
+* :class:`RuleSource` (``indicative``, ``ground_truth``, ``rule_step``, ``plan``, ``plan_hint``): built on the host from
   the task's verifier and step checker (:mod:`critique_jax.critique.feedback`);
 * :class:`GeneratedSource` (``self``, ``model``): greedy generation from the critique prompt, by
   the policy itself or by a trained critique model (:class:`CritiqueModel`), condensed to the
@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from critique_jax.critique.feedback import CRITIQUE_TYPES, RULE_TYPES, rule_critiques, score_critiques
+from critique_jax.critique.feedback import CRITIQUE_TYPES, PLAN_TYPES, RULE_TYPES, rule_critiques, score_critiques
 from critique_jax.critique.pool import fits
 from critique_jax.perf import timed
 from critique_jax.rl import rollout as rollout_lib
@@ -49,7 +49,8 @@ class Written:
 
 @dataclasses.dataclass(frozen=True)
 class RuleSource:
-    """``indicative``, ``ground_truth``, ``rule_step`` or ``plan`` critiques (``fmt``: the policy format)."""
+    """``indicative``, ``ground_truth``, ``rule_step``, ``plan`` or ``plan_hint`` critiques (``fmt``: the policy
+    format)."""
 
     kind: str
     task: Task
@@ -150,9 +151,9 @@ def check_config(c: ml_collections.ConfigDict) -> list[str]:
     if c.critique.type == "rule_step" and not task.exact_step_checker:
         problems.append(f"critique.type='rule_step' needs a task whose step checker follows every step; task.name="
                         f"{c.task.name!r} does not check every step: use 'ground_truth', 'indicative' or 'model'")
-    if c.critique.type == "plan" and not task.has_plan_checker:
-        problems.append(f"critique.type='plan' needs a task that finds dead ends; task.name={c.task.name!r} does "
-                        f"not: use 'rule_step', 'ground_truth' or 'indicative'")
+    if c.critique.type in PLAN_TYPES and not task.has_plan_checker:
+        problems.append(f"critique.type={c.critique.type!r} needs a task that finds dead ends; task.name="
+                        f"{c.task.name!r} does not: use 'rule_step', 'ground_truth' or 'indicative'")
     if c.critique.format not in POLICY_FORMATS:
         problems.append(f"critique.format={c.critique.format!r}: expected one of {list(POLICY_FORMATS)}")
     elif c.critique.format != "plain" and not task.has_step_notes:

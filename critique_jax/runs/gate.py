@@ -16,7 +16,7 @@ import json
 import os
 from typing import Any, Sequence
 
-from critique_jax.critique.feedback import RULE_TYPES
+from critique_jax.critique.feedback import PLAN_TYPES, RULE_TYPES
 from critique_jax.critique.loop import RefineSettings, evaluate_refinement
 from critique_jax.critique.sources import CritiqueSource, GeneratedSource, ResampleSource, RuleSource
 from critique_jax.runs.run import Run, prompt_buckets
@@ -34,8 +34,8 @@ def gate_source(run: Run, kind: str) -> CritiqueSource:
         raise ValueError(f"--critique_gate: {kind!r} is not one of {list(GATE_TYPES)}")
     if kind == "resample":
         return ResampleSource()
-    if kind == "plan" and not task.has_plan_checker:
-        raise ValueError(f"--critique_gate: 'plan' needs a task that finds dead ends; {task.name!r} does not")
+    if kind in PLAN_TYPES and not task.has_plan_checker:
+        raise ValueError(f"--critique_gate: {kind!r} needs a task that finds dead ends; {task.name!r} does not")
     if kind == "self":
         return GeneratedSource(kind, task, c.format, tuple(c.prompt_buckets), None)
     return RuleSource(kind, task, c.format)

@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 
 from critique_jax.checkpoint import Checkpointer
-from critique_jax.critique.feedback import rule_critique
+from critique_jax.critique.feedback import PLAN_TYPES, rule_critique
 from critique_jax.data import BatchIterator
 from critique_jax.metrics import MetricsWriter, Progress
 from critique_jax.rl import policy_init
@@ -22,6 +22,7 @@ from critique_jax.runs import roles
 from critique_jax.runs.loop import Loop, Step
 from critique_jax.runs.run import Run
 from critique_jax.runs.state import checkpoint_state, init_state, replicated_key, restored_state, scalars, sft_step_fn
+from critique_jax.tasks import join_steps
 
 log = logging.getLogger("critique_jax")
 
@@ -151,20 +152,23 @@ def refine_sft_arrays(run: Run, examples: list, rng: np.random.Generator) -> dic
     ``critique.format``) -> a correct solution, so the policy learns to use critiques before RL
     asks it to. ``critique.sft_refine_target``: ``any`` = a random reference solution of the
     problem (write a correct solution), ``source`` = the one the error was planted in (keep the
-    steps the critique accepts, repair the one it flags). With ``critique.type='plan'`` half the
-    wrong solutions are planted dead ends (a right first step after which the target is out of
-    reach, :meth:`~critique_jax.tasks.base.Task.plant_dead_end`) and every critique is the plan
-    critique; otherwise the critique is ``rule_step``'s."""
+    steps the critique accepts, repair the one it flags). With ``critique.type`` ``plan`` or
+    ``plan_hint`` half the wrong solutions are planted dead ends (a right first step after which
+    the target is out of reach, :meth:`~critique_jax.tasks.base.Task.plant_dead_end`) and every
+    critique is of that type; after a ``plan_hint`` critique of a dead end the target is the
+    hinted solution (it starts with the hint). Otherwise the critique is ``rule_step``'s."""
     c = run.config.critique
-    kind = "plan" if c.type == "plan" else "rule_step"
+    kind = c.type if c.type in PLAN_TYPES else "rule_step"
     prompts, targets = [], []
     for ex in examples:
         p = ex.problem
         source = ex.solutions[int(rng.integers(len(ex.solutions)))]
-        planted = run.task.plant_dead_end(p, rng) if kind == "plan" and rng.random() < 0.5 else None
+        planted = run.task.plant_dead_end(p, rng) if kind in PLAN_TYPES and rng.random() < 0.5 else None
         wrong = (planted or run.task.perturb(p, source, rng)).solution
         prompts.append(run.prompts.refine(p.question, wrong, rule_critique(kind, run.task, p, wrong, c.format)))
         target = source if c.sft_refine_target == "source" else ex.solutions[int(rng.integers(len(ex.solutions)))]
+        if planted is not None and kind == "plan_hint":
+            target = join_steps(run.task.hinted_steps(p, wrong, 0), p.answer)
         targets.append(target)
     return rollout_lib.pack_pairs(run.tok, prompts, targets, max(run.config.critique.refine_buckets),
                                   run.config.sampling.max_new_tokens, [ex.problem.uid for ex in examples],

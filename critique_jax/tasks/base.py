@@ -200,6 +200,12 @@ class Task(abc.ABC):
         (without the words ``correct``/``wrong``); None when no right step leads into a dead end."""
         raise NotImplementedError(f"task {self.name!r} does not find dead ends (the plan critique)")
 
+    def hinted_steps(self, problem: Problem, text: str, step: int) -> list[str] | None:
+        """Right step lines that solve the problem from what is left before step ``step`` (0-based)
+        of ``text`` (its steps before that one replayed), the same for the same inputs; None when
+        the problem cannot be solved from there. The ``plan_hint`` critique names the first line."""
+        raise NotImplementedError(f"task {self.name!r} does not find dead ends (the plan critique)")
+
     def plant_dead_end(self, problem: Problem, rng: np.random.Generator) -> Perturbation | None:
         """A wrong solution whose first step is right but a dead end (:meth:`dead_end` at step 0),
         or None when every first step keeps the problem solvable."""

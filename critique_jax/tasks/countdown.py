@@ -463,6 +463,20 @@ class Countdown(Task):
                 return i, f"{ex.render(step.lhs)} = {ex.render(step.result)} leaves {left}, {target} unreachable"
         return None
 
+    def hinted_steps(self, problem: Problem, text: str, step: int) -> list[str] | None:
+        """The lines of the search's first solution (fewest numbers first, :func:`find_solutions`)
+        from the numbers left before step ``step`` of ``text``, in the order of
+        ``linearize(tree, default_rng(0))``; None when a step before it is wrong or the target is
+        out of reach."""
+        pool = [int(v) for v in problem.meta["numbers"]]
+        target = int(problem.meta["target"])
+        for line in split_steps(text)[0][:step]:
+            parsed = ex.parse_step(line)
+            if parsed is None or parsed.rest is not None or not ex.is_node(parsed.lhs) or _check_line(pool, parsed)[1]:
+                return None
+        trees = find_solutions(pool, target, cap=1)
+        return linearize(trees[0], np.random.default_rng(0)) if trees else None
+
     def plant_dead_end(self, problem: Problem, rng: np.random.Generator) -> Perturbation | None:
         """A random right first step that leaves the target unreachable, then random right
         steps on what is left (each further one with probability 1/2) and ``answer: <target>``."""

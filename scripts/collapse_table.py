@@ -2,6 +2,7 @@
 
     python scripts/collapse_table.py runs/repro/entropy            # finished runs only
     python scripts/collapse_table.py runs/repro/entropy --partial  # also unfinished ones, to their common last step
+    python scripts/collapse_table.py runs/repro/critique_collapse --plot notebooks/figures/critique_collapse.png
 
 Per label (mean ± sd over seeds): training-rollout entropy (nats, mean of RL steps 1-5 and of the
 last 5), its share of the start, held-out pass@1 / pass@8 and distinct correct solutions at the
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", help="the sweep directory (its manifest.json)")
     parser.add_argument("--partial", action="store_true", help="include unfinished runs, to their common last step")
+    parser.add_argument("--plot", help="also draw the training entropy, pool coverage (critique sweeps) and held-out "
+                                       "pass@1 / pass@8 of each label against the step into this PNG")
     args = parser.parse_args(argv)
     try:
         sweep = read_sweep(args.sweep, skip_missing=True)
@@ -114,6 +117,14 @@ def main(argv: list[str] | None = None) -> int:
                       f"pass@1 {difference(s['p1'], g['p1']):+.3f}, pass@8 {difference(s['p8'], g['p8']):+.3f}")
     if any(r.has("train/pool_coverage") for r in runs):
         critique_table(groups, last)
+    if args.plot:
+        from critique_jax.analysis import plots
+
+        keys = ["train/entropy", "train/pool_coverage", "eval/pass@1", "eval/pass@k/8"]
+        titles = ["training-rollout entropy (nats)", "pool coverage", "held-out pass@1", "held-out pass@8"]
+        fig = plots.curves(groups, keys, titles=titles, ncols=4)
+        fig.savefig(args.plot, dpi=120, bbox_inches="tight")
+        print(f"\nfigure: {args.plot}")
     for r in groups.get("clip_cov", []):
         steps, band = r.series("train/band_frac")
         _, selected = r.series("train/selected_frac")

@@ -14,10 +14,10 @@ as in the paper; ``clip_cov`` / ``kl_cov`` / ``gppo`` add entropy control to the
     python -m critique_jax.train --config=configs/countdown_critique_grpo.py:none --workdir=runs/grpo
 
 ``resample`` (no critique: each kept "refinement" is a fresh sample, the compute-matched control)
-and ``none`` take the loss after the comma as the whole loss. ``none`` is the GRPO baseline with everything else equal (including the refinement-format SFT
-batches, so both arms start from the same kind of policy). Every group holds G - n_refine
-initial responses and n_refine = 1 refinement; refinement tokens get the shaped objective
-``-A * p / (p + 0.1)``. Advantages are
+and ``none`` take the loss after the comma as the whole loss. ``none`` is the GRPO baseline with
+everything else equal (including the refinement-format SFT batches, so both arms start from the
+same kind of policy). Every group holds G - n_refine initial responses and n_refine = 1
+refinement; refinement tokens get the shaped objective ``-A * p / (p + 0.1)``. Advantages are
 Dr.GRPO's (group mean subtracted, no std division), as in the paper's script, in every arm.
 """
 

@@ -170,9 +170,10 @@ def critique_batch(run: Sampling, params: Any, problems: Sequence[Problem], seed
 
     Returns ``tokens``, ``valid`` [B·G, P + L], ``response_mask`` [B·G, L], ``rewards`` [B·G],
     ``is_refinement`` [B·G] (group-major; ``all``: each prompt's initial responses, then its
-    refinements), ``solved`` [B] (a correct initial response) and metrics under ``critique/``, plus ``perf/critique_s`` (seconds spent
-    writing critiques, inside ``perf/sample_s`` for generated ones and ``perf/score_s`` for
-    rule ones) and, for generated critiques, ``perf/critique_tokens_per_s``.
+    refinements), ``solved`` [B] (a correct initial response) and metrics under ``critique/``,
+    plus ``perf/critique_s`` (seconds spent writing critiques, inside ``perf/sample_s`` for
+    generated ones and ``perf/score_s`` for rule ones) and, for generated critiques,
+    ``perf/critique_tokens_per_s``.
     """
     if settings.scope == "all_wrong":
         return _all_wrong_batch(run, params, problems, seed, source, settings, times)

@@ -66,7 +66,8 @@ def gate_markdown(rows: Sequence[dict[str, Any]], source: str) -> str:
     lines = [f"# Critique gate: {source}", "",
              f"Refinement success on failed held-out responses vs the policy's own pass@1 on their prompts; a type "
              f"passes at ratio >= {GATE_RATIO:g}.", "",
-             "| type | failed responses | refinement success | own pass@1 | ratio | passes |", "|---|---|---|---|---|---|"]
+             "| type | failed responses | refinement success | own pass@1 | ratio | passes |",
+             "|---|---|---|---|---|---|"]
     lines += [f"| {r['type']} | {r['n_failed']} | {r['refine_success']:.3f} | {r['pass1']:.3f} | {r['ratio']:.2f} | "
               f"{'yes' if r['passed'] else 'no'} |" for r in rows]
     return "\n".join(lines) + "\n"

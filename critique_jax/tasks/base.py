@@ -1,4 +1,6 @@
 """The verifiable-task interface and the task registry.
+Over 300 lines: the interface is one class, each optional method (step notes, dead ends, hints)
+next to the contract a task implementing it must keep.
 
 A task turns a seeded RNG into problems, writes reference solutions in several styles,
 verifies answers (reward 0/1), finds the first wrong step of a solution (the basis of

@@ -70,6 +70,13 @@ def critique_table(groups: dict[str, list[RunRecord]], last: int) -> None:
     if "grpo" in coverage:
         print("\npool coverage minus GRPO's: " + ", ".join(
             f"{label} {difference(c, coverage['grpo']):+.3f}" for label, c in coverage.items() if label != "grpo"))
+    if "resample" in groups:  # critique beyond the compute-matched control
+        def entropy(rs: list[RunRecord]):
+            return seed_stat(window_mean(r, "train/entropy", last - 4, last) for r in rs)
+
+        for label in (k for k in groups if k.startswith("cg_")):
+            print(f"{label} minus resample: entropy {difference(entropy(groups[label]), entropy(groups['resample'])):+.4f}"
+                  f" nats, pool coverage {difference(coverage[label], coverage['resample']):+.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces every run the notebooks read, then executes the notebooks (outputs and PNGs under
-# notebooks/). About 6 hours on a quiet 2-core CPU; re-running skips finished steps and resumes the
+# notebooks/). About 9 hours on a quiet 2-core CPU; re-running skips finished steps and resumes the
 # rest. ROOT (default runs/repro) is where the runs go; PARALLEL (default 1) runs that many
 # sweep runs at a time (2 helps even on 2 cores: an entropy run then takes 13 min instead of 9).
 #
@@ -56,6 +56,8 @@ python -m critique_jax.evaluate --run="$ROOT/ccl_sft" --which=sft --n_problems=1
 step "sweep critique_collapse -> $ROOT/critique_collapse"
 python scripts/sweep.py --config configs/sweeps/critique_collapse.py --out "$ROOT/critique_collapse" \
   --parallel "$PARALLEL" --set "init_from=$ROOT/ccl_sft"
+python scripts/collapse_table.py "$ROOT/critique_collapse" --plot notebooks/figures/critique_collapse.png \
+  > "$ROOT/critique_collapse/collapse_table.md"  # README's tables and figure
 step "sweep critique -> $ROOT/critique"
 python scripts/sweep.py --config configs/sweeps/critique.py --out "$ROOT/critique" --parallel "$PARALLEL" \
   --set "init_from=$ROOT/sft" --set "critique.critic_from=$ROOT/critic"

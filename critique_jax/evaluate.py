@@ -57,7 +57,8 @@ BUDGETS = flags.DEFINE_list("budgets", [], "Test-time budget sweep (off when emp
 SAMPLE_COUNTS = flags.DEFINE_list("sample_counts", [], "With --budgets: the sample counts k of maj@k and pass@k "
                                   "(default: 1, 2, 4, ... up to --samples).")
 GATE = flags.DEFINE_list("critique_gate", [], "Instead of the evaluation: the critique gate of these critique types "
-                         "(e.g. plan,rule_step,indicative,resample) on --n_problems test problems (gate.*).")
+                         "(e.g. plan_hint,plan,rule_step,indicative,resample) on --n_problems problems of --split "
+                         "(gate.*).")
 VERBOSE = cli.define_verbose()
 
 
@@ -105,9 +106,10 @@ def main(argv: list[str]) -> None:
         run, params, source = config_policy(CONFIG.value, OUT.value)
     settings = dataclasses.replace(settings, source=source)
     if GATE.value:
+        from critique_jax.runs.evaluation_run import eval_problems
         from critique_jax.runs.gate import critique_gate, gate_markdown, write_gate
 
-        rows = critique_gate(run, params, GATE.value, settings.n_problems)
+        rows = critique_gate(run, params, GATE.value, eval_problems(run, settings))
         write_gate(OUT.value, rows, source)
         print(gate_markdown(rows, source) + f"gate in {OUT.value}/gate.md")
         return

@@ -301,23 +301,24 @@ def test_critique_gate_rows_and_errors(tmp_path, monkeypatch):
 
     run = setup(tiny_config(tmp_path, **{"critique.sft_refine_every": 2}), str(tmp_path / "run"))
     params = roles.init_params(run, 0)
-    rows = gate_lib.critique_gate(run, params, ["plan", "resample"], 5)  # a random policy: every response fails
+    problems = [run.test[i].problem for i in range(5)]
+    rows = gate_lib.critique_gate(run, params, ["plan", "resample"], problems)  # a random policy: every response fails
     assert [r["type"] for r in rows] == ["plan", "resample"] and rows[0]["n_failed"] == rows[1]["n_failed"] == 5 * 3
     fake = {"plan": (0.5, 0.2), "indicative": (0.25, 0.5), "resample": (0.0, 0.0)}
     monkeypatch.setattr(gate_lib, "evaluate_refinement", lambda run, params, source, *a: {
         "eval/critique/refine_success_on_failed": fake[source.kind][0],
         "eval/critique/pass1_on_failed_prompts": fake[source.kind][1],
         "eval/critique/n_failed": 10.0, "eval/critique/initial_reward": 0.1})
-    rows = gate_lib.critique_gate(run, params, list(fake), 5)
+    rows = gate_lib.critique_gate(run, params, list(fake), problems)
     assert [(r["ratio"], r["passed"]) for r in rows][:2] == [(2.5, True), (0.5, False)]
     assert math.isnan(rows[2]["ratio"]) and not rows[2]["passed"]
     gate_lib.write_gate(str(tmp_path / "gate"), rows, "tiny")
     assert "| plan | 10 | 0.500 | 0.200 | 2.50 | yes |" in (tmp_path / "gate" / "gate.md").read_text()
     with pytest.raises(ValueError, match=r"--critique_gate: 'oracle' is not one of \['indicative'"):
-        gate_lib.critique_gate(run, params, ["oracle"], 5)
+        gate_lib.critique_gate(run, params, ["oracle"], problems)
     plain = setup(tiny_config(tmp_path / "plain"), str(tmp_path / "plain_run"))
     with pytest.raises(ValueError, match="the run's model was not sized for refinement prompts"):
-        gate_lib.critique_gate(plain, params, ["plan"], 5)
+        gate_lib.critique_gate(plain, params, ["plan"], problems)
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -2,8 +2,8 @@
 critique type enters an RL sweep, its refinements of held-out failed responses must succeed at
 least :data:`GATE_RATIO` times as often as the policy's own pass@1 on those prompts.
 
-Per type, :func:`~critique_jax.critique.loop.evaluate_refinement` on the first problems of the
-test split: ``G - n_refine`` samples per problem (the same samples for every type: same seeds),
+Per type, :func:`~critique_jax.critique.loop.evaluate_refinement` on the evaluation's problems
+(``--split``, ``--n_problems``): ``G - n_refine`` samples per problem (the same samples for every type: same seeds),
 each failed one critiqued and refined once. The ``resample`` type (a fresh sample instead of a
 refinement) is the gate's own check: its ratio should be near 1.
 
@@ -20,6 +20,7 @@ from critique_jax.critique.feedback import PLAN_TYPES, RULE_TYPES
 from critique_jax.critique.loop import RefineSettings, evaluate_refinement
 from critique_jax.critique.sources import CritiqueSource, GeneratedSource, ResampleSource, RuleSource
 from critique_jax.runs.run import Run, prompt_buckets
+from critique_jax.tasks import Problem
 
 GATE_RATIO = 2.0
 GATE_TYPES = RULE_TYPES + ("self", "resample")
@@ -41,8 +42,9 @@ def gate_source(run: Run, kind: str) -> CritiqueSource:
     return RuleSource(kind, task, c.format)
 
 
-def critique_gate(run: Run, params: Any, kinds: Sequence[str], n_problems: int) -> list[dict[str, Any]]:
-    """One row per critique type: ``type``, ``n_failed`` (failed held-out responses),
+def critique_gate(run: Run, params: Any, kinds: Sequence[str], problems: Sequence[Problem]) -> list[dict[str, Any]]:
+    """One row per critique type on ``problems`` (held-out ones: the evaluation's
+    :func:`~critique_jax.runs.evaluation_run.eval_problems`): ``type``, ``n_failed`` (failed responses),
     ``refine_success`` (their refinements' success rate), ``pass1`` (the policy's own pass@1 on
     their prompts, leave-one-out), ``ratio`` and ``passed`` (ratio >= :data:`GATE_RATIO`)."""
     buckets = prompt_buckets(run.config)
@@ -50,7 +52,6 @@ def critique_gate(run: Run, params: Any, kinds: Sequence[str], n_problems: int) 
         raise ValueError("--critique_gate: the run's model was not sized for refinement prompts (critique.type 'none' "
                          "and critique.sft_refine_every 0): gate a policy trained with refinement-format SFT")
     settings = RefineSettings.from_config(run.config)
-    problems = [run.test[i].problem for i in range(min(n_problems or len(run.test), len(run.test)))]
     rows = []
     for kind in kinds:
         m = evaluate_refinement(run, params, gate_source(run, kind), settings, problems, 0)

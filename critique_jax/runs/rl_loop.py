@@ -37,7 +37,7 @@ from critique_jax.rl.train_step import SequenceBatch, initial_response_mask, mak
 from critique_jax.runs.evaluate import evaluate
 from critique_jax.runs.loop import Loop, Step
 from critique_jax.critique.sources import CritiqueSource
-from critique_jax.runs.run import Run
+from critique_jax.runs.run import Run, rl_pool
 from critique_jax.runs.state import (all_finite, checkpoint_state, copy_tree, init_state, replicated_key,
                                      restored_state, scalars, state_shardings)
 from critique_jax.tasks import Problem, verifier
@@ -154,8 +154,7 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, source: Critique
     ref_params = copy_tree(sft_params) if needs_ref else None
     state = init_state(run, sft_params, optimizer)
     key = replicated_key(run, c.seed + 7)
-    pool = run.train.head(c.rl.pool_size) if c.rl.pool_size else run.train  # a fixed pool, revisited
-    it = BatchIterator(pool, c.rl.prompts_per_step, seed=c.seed + 1)
+    it = BatchIterator(rl_pool(run), c.rl.prompts_per_step, seed=c.seed + 1)
     latest = ckpt.latest_step()
     start = s
     coverage = PoolCoverage()

@@ -117,6 +117,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str, program: str = "train
                test=splits["test"], model_cfg=model_cfg, graphdef=graphdef, param_sh=param_sh, sampler=sampler)
 
 
+def rl_pool(run: Run) -> TaskSource:
+    """The RL prompts: the first ``rl.pool_size`` train problems (a fixed pool, revisited), or all."""
+    return run.train.head(run.config.rl.pool_size) if run.config.rl.pool_size else run.train
+
+
 def prompt_buckets(config: ml_collections.ConfigDict) -> tuple[int, ...]:
     """Every prompt bucket the run samples with (solve, and critique/refine when critiquing)."""
     buckets = tuple(config.sampling.prompt_buckets)

@@ -20,7 +20,7 @@ from critique_jax.rl.guard import NonFiniteGuard
 from critique_jax.rl.train_step import SequenceBatch, TrainState, make_optimizer
 from critique_jax.runs import roles
 from critique_jax.runs.loop import Loop, Step
-from critique_jax.runs.run import Run
+from critique_jax.runs.run import Run, rl_pool
 from critique_jax.runs.state import checkpoint_state, init_state, replicated_key, restored_state, scalars, sft_step_fn
 from critique_jax.tasks import join_steps
 
@@ -114,7 +114,7 @@ def run_sft(run: Run, ckpt: Checkpointer, progress: Progress) -> nnx.State:
     # sft.skip_rl_pool: no record with a question of the RL pool is trained on (RL meets unseen problems)
     data = run.train
     if c.sft.skip_rl_pool:
-        pool = run.train.head(c.rl.pool_size)
+        pool = rl_pool(run)
         data = run.train.excluding({pool[i].problem.question for i in range(len(pool))})
     it = BatchIterator(data, c.sft.batch_size, seed=c.seed)
     key = replicated_key(run, c.seed)

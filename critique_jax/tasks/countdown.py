@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 from fractions import Fraction
 from typing import Hashable, Iterator, Sequence
 
@@ -280,6 +281,16 @@ def _check_line(pool: list[int], step: ex.StepLine) -> tuple[str, str | None]:
     return f"{note}, left {' '.join(map(str, pool))}", None if value == step.result else "arithmetic"
 
 
+def _right_steps(problem: Problem, text: str) -> Iterator[tuple[ex.StepLine, list[int]]]:
+    """Each step line of ``text`` with the numbers left after it, up to the first wrong one."""
+    pool = [int(v) for v in problem.meta["numbers"]]
+    for line in split_steps(text)[0]:
+        step = ex.parse_step(line)
+        if step is None or step.rest is not None or not ex.is_node(step.lhs) or _check_line(pool, step)[1]:
+            return
+        yield step, list(pool)
+
+
 _PERTURB_WEIGHTS = (0.5, 0.3, 0.2)  # arithmetic, unavailable_number, wrong_answer
 
 
@@ -452,12 +463,8 @@ class Countdown(Task):
         """The first right step after which the target cannot be reached from the numbers left
         (:func:`reachable`), with the note ``"5 + 6 = 11 leaves 5 11, 19 unreachable"``; None
         when a wrong step (or the end) comes first."""
-        pool = [int(v) for v in problem.meta["numbers"]]
         target = int(problem.meta["target"])
-        for i, line in enumerate(split_steps(text)[0]):
-            step = ex.parse_step(line)
-            if step is None or step.rest is not None or not ex.is_node(step.lhs) or _check_line(pool, step)[1]:
-                return None
+        for i, (step, pool) in enumerate(_right_steps(problem, text)):
             if not reachable(pool, target):
                 left = " ".join(map(str, pool))
                 return i, f"{ex.render(step.lhs)} = {ex.render(step.result)} leaves {left}, {target} unreachable"
@@ -468,13 +475,11 @@ class Countdown(Task):
         from the numbers left before step ``step`` of ``text``, in the order of
         ``linearize(tree, default_rng(0))``; None when a step before it is wrong or the target is
         out of reach."""
-        pool = [int(v) for v in problem.meta["numbers"]]
-        target = int(problem.meta["target"])
-        for line in split_steps(text)[0][:step]:
-            parsed = ex.parse_step(line)
-            if parsed is None or parsed.rest is not None or not ex.is_node(parsed.lhs) or _check_line(pool, parsed)[1]:
-                return None
-        trees = find_solutions(pool, target, cap=1)
+        pools = [[int(v) for v in problem.meta["numbers"]]]
+        pools += [pool for _, pool in itertools.islice(_right_steps(problem, text), step)]
+        if len(pools) <= step:
+            return None
+        trees = find_solutions(pools[step], int(problem.meta["target"]), cap=1)
         return linearize(trees[0], np.random.default_rng(0)) if trees else None
 
     def plant_dead_end(self, problem: Problem, rng: np.random.Generator) -> Perturbation | None:

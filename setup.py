@@ -37,5 +37,7 @@ setup(
         # GSM8K / MATH from local files: Parquet (pyarrow, also pulled in by tensorflow-datasets)
         # and MATH answer equivalence (math-verify: sympy + latex2sympy2_extended).
         "data": ["pyarrow>=14", "math-verify>=0.9.0"],
+        # Weights & Biases logging (log.wandb).
+        "wandb": ["wandb>=0.19"],
     },
 )

@@ -134,7 +134,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval = dict(every=20, n_problems=128, group_size=8, batch_prompts=32, n_logged_samples=4)
     c.checkpoint = dict(every=20, keep_last=2, keep_best=1, best_metric="eval/pass@1", async_save=True)
     c.init_from = ""  # a run directory whose final SFT checkpoint initialises the policy (skips SFT)
-    c.log = dict(tensorboard=True, progress=True)
+    # wandb: a Weights & Biases project ("" = off), wandb_mode online | offline (critique_jax.wandb_log).
+    c.log = dict(tensorboard=True, progress=True, wandb="", wandb_mode="online")
     c.lock()
     return c
 

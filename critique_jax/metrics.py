@@ -165,10 +165,12 @@ class MetricsWriter:
         enabled: bool = True,
         tensorboard: bool = True,
         resume_step: int | None = None,
+        sinks: Sequence[Any] = (),
     ):
         self.workdir = Path(workdir)
         self.enabled = enabled and jax.process_index() == 0
         self._metrics = self._samples = self._tb = None
+        self._sinks = list(sinks) if self.enabled else []
         if not self.enabled:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -207,6 +209,8 @@ class MetricsWriter:
             summary = summary_pb2.Summary(value=tb_values)
             self._tb.add_summary(summary, global_step=int(step))
             self._tb.flush()
+        for sink in self._sinks:
+            sink.log(int(step), values)
 
     def write_samples(self, step: int, samples: Sequence[Mapping[str, Any]]) -> None:
         """Appends one line ``{"step": step, **sample}`` per sample to ``samples.jsonl``."""
@@ -224,10 +228,11 @@ class MetricsWriter:
         return self.enabled
 
     def close(self) -> None:
-        for f in (self._metrics, self._samples, self._tb):
+        for f in (self._metrics, self._samples, self._tb, *self._sinks):
             if f is not None:
                 f.close()
         self._metrics = self._samples = self._tb = None
+        self._sinks = []
 
     def __enter__(self) -> MetricsWriter:
         return self

@@ -25,6 +25,7 @@ from critique_jax.rl.rewards import parse_rewards, uses_confidence
 from critique_jax.rl.train_step import SCHEDULES
 from critique_jax.tasks import files, get_task, task_names
 from critique_jax.text.prompt_format import PROMPT_FORMATS
+from critique_jax.wandb_log import check_wandb
 
 log = logging.getLogger("critique_jax")
 
@@ -119,6 +120,7 @@ def validate(c: ml_collections.ConfigDict, n_devices: int, program: str = "train
         if not cond:
             raise ValueError(f"config {msg}")
 
+    check_wandb(c)
     need(c.task.name in task_names(), f"task.name={c.task.name!r}: expected one of {task_names()}")
     need(c.model.preset in SIZES, f"model.preset={c.model.preset!r}: expected one of {sorted(SIZES)}")
     need(c.model.family in FAMILIES, f"model.family={c.model.family!r}: expected one of {sorted(FAMILIES)}")

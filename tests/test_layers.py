@@ -30,6 +30,7 @@ LAYERS = {
     "critique_jax.parallel": 0,
     "critique_jax.checkpoint": 0,
     "critique_jax.metrics": 0,
+    "critique_jax.wandb_log": 0,
     "critique_jax.perf": 0,
     "critique_jax.runlock": 0,
     # 1 text, data and sampling

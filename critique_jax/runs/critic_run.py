@@ -53,7 +53,7 @@ from critique_jax.critique.critic import resolve_widths
 from critique_jax.critique.data import CritiqueExample
 from critique_jax.critique.feedback import score_critiques
 from critique_jax.data import BatchIterator
-from critique_jax.metrics import MetricsWriter, Progress
+from critique_jax.metrics import Progress
 from critique_jax.parallel.distributed import is_main_process
 from critique_jax.rl import rollout as rollout_lib
 from critique_jax.rl.guard import NonFiniteGuard
@@ -279,8 +279,7 @@ def train_critic(config: ml_collections.ConfigDict, workdir: str, *, resume: boo
     ckpt = rd.training(config.checkpoint)
     latest = ckpt.latest_step()
     # Logs past the resumed step (all of them when nothing was saved) belong to a crashed attempt.
-    critic.run.writer = MetricsWriter(workdir, enabled=is_main_process(), tensorboard=config.log.tensorboard,
-                                      resume_step=latest if latest is not None else -1)
+    critic.run.writer = rd.writer(config, latest if latest is not None else -1)
     progress = Progress(total=config.critic.steps, initial=latest or 0, enabled=config.log.progress,
                         keys=("critic/nll", "critic/verdict_acc", "critic/first_wrong_acc"))
     params = run_critic_sft(critic, ckpt, progress, stop_at)

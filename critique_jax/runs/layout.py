@@ -8,6 +8,7 @@
     <workdir>/critic_policy/<step>/ a train_critic run's final critic, {"params"}; its meta holds
                                    the critic's architecture, dtypes and widths
     <workdir>/run.lock             held by the process that trains in it (critique_jax.runlock)
+    <workdir>/wandb/, wandb_id     with log.wandb: the Weights & Biases run (critique_jax.wandb_log)
 
 Training checkpointers (read-write, asynchronous per ``checkpoint.async_save``) keep the latest
 and best steps; final-policy checkpointers keep one step and write synchronously; read-only
@@ -22,6 +23,9 @@ import os
 import ml_collections
 
 from critique_jax.checkpoint import Checkpointer
+from critique_jax.metrics import MetricsWriter
+from critique_jax.parallel.distributed import is_main_process
+from critique_jax.wandb_log import wandb_sinks
 
 CONFIG = "config.json"
 CHECKPOINTS = "checkpoints"
@@ -69,6 +73,14 @@ class RunDir:
         return Checkpointer(self / CHECKPOINTS, keep_last=checkpoint.keep_last,
                             keep_best=checkpoint.keep_best if best else 0,
                             best_metric=checkpoint.best_metric if best else None, async_save=checkpoint.async_save)
+
+    def writer(self, config: ml_collections.ConfigDict, resume_step: int) -> MetricsWriter:
+        """The run's metrics writer (process 0 only): ``metrics.jsonl``, TensorBoard (``log.tensorboard``)
+        and W&B (``log.wandb``); lines past ``resume_step`` (-1: all) belong to a crashed attempt and are
+        dropped."""
+        main = is_main_process()
+        return MetricsWriter(self.path, enabled=main, tensorboard=config.log.tensorboard, resume_step=resume_step,
+                             sinks=wandb_sinks(config, self.path, main))
 
     def final(self, name: str) -> Checkpointer:
         """The one-step, synchronous checkpointer of a final policy folder (``sft_policy``, ``critic_policy``)."""

@@ -61,7 +61,7 @@ from critique_jax.critique.feedback import refinement_reward
 from critique_jax.critique.pool import (PoolRound, eval_metrics, fits, logged_samples, pool_metrics, select_kept,
                                         sft_batches, stream_seed, training_pairs)
 from critique_jax.critique.sources import CritiqueSource, critique_source
-from critique_jax.metrics import MetricsWriter, Progress
+from critique_jax.metrics import Progress
 from critique_jax.parallel.distributed import is_main_process
 from critique_jax.perf import timed
 from critique_jax.rl import rollout as rollout_lib
@@ -257,8 +257,7 @@ def self_train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool 
         params = ckpt.restore(latest, like={"params": run.abstract_params()})[0]["params"]
         log.info("resumed self-training after iteration %d", latest)
     # Logs past the last finished iteration (all of them when none finished) belong to a crashed attempt.
-    run.writer = MetricsWriter(workdir, enabled=is_main_process(), tensorboard=config.log.tensorboard,
-                               resume_step=latest if latest is not None else -1)
+    run.writer = rd.writer(config, latest if latest is not None else -1)
     progress = Progress(total=st.iterations, initial=latest or 0, enabled=config.log.progress,
                         keys=("self_train/pool/n_kept", "self_train/eval/solved"))
     if latest is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 from critique_jax.critique.sources import critique_source
-from critique_jax.metrics import MetricsWriter, Progress
+from critique_jax.metrics import Progress
 from critique_jax.parallel.distributed import is_main_process
 from critique_jax.rundir import save_config
 from critique_jax.runs import roles
@@ -42,7 +42,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, resume: bool = True, 
     # checkpoint is an older SFT one (killed before the first RL checkpoint).
     sft_done = c.sft.steps if sft_ckpt.latest_step() is not None and not c.init_from else -1
     done = max(latest if latest is not None else -1, sft_done)
-    run.writer = MetricsWriter(workdir, enabled=is_main_process(), tensorboard=c.log.tensorboard, resume_step=done)
+    run.writer = rd.writer(c, done)
     progress = Progress(total=total, initial=latest or 0, enabled=c.log.progress,
                         keys=("sft/nll", "train/reward", "train/entropy", "eval/pass@1"))
     source = critique_source(c, run.task, roles.load_critic(run) if c.critique.type == "model" else None)

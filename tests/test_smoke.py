@@ -22,3 +22,17 @@ def test_make_mesh_rejects_bad_sizes():
         mesh_lib.make_mesh(data=3, fsdp=2)
     with pytest.raises(ValueError, match="not divisible by 3"):
         mesh_lib.make_mesh(data=-1, fsdp=3)
+
+
+def test_a_tensor_axis_that_splits_heads_is_refused_before_compiling():
+    import pytest
+
+    from critique_jax.models import ModelConfig
+    from critique_jax.runs import roles
+
+    cfg = ModelConfig(vocab_size=64, d_model=64, n_layers=1, n_heads=4, n_kv_heads=2, head_dim=32, d_ff=64,
+                      max_seq_len=16)
+    with pytest.raises(ValueError, match=r"mesh.tensor=4 does not divide the model's 4 query / 2 key-value heads "
+                                         r"\(tensor parallelism splits whole heads\): use mesh.tensor in \[1, 2\]"):
+        roles.define(cfg, mesh_lib.make_mesh(data=2, tensor=4))
+    roles.define(cfg, mesh_lib.make_mesh(data=4, tensor=2))  # 2 divides both

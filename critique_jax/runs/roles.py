@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 
 from critique_jax import config as config_lib
 from critique_jax.models import ModelConfig, Transformer, model_config
-from critique_jax.parallel.sharding import param_shardings
+from critique_jax.parallel.sharding import check_heads, param_shardings
 from critique_jax.runs.layout import CONFIG, CRITIC_POLICY, SFT_POLICY, RunDir, final_checkpointer
 from critique_jax.critique.sources import CritiqueModel
 
@@ -40,6 +40,7 @@ POLICY_MATCHING_KEYS = ("task.name", "model.preset", "model.family", "model.over
 
 def define(cfg: ModelConfig, mesh: Mesh) -> tuple[nnx.GraphDef, Any]:
     """The model definition of ``cfg`` and its parameter shardings on ``mesh`` (nothing allocated)."""
+    check_heads(cfg.n_heads, cfg.n_kv_heads, mesh)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
     return graphdef, param_shardings(abstract, mesh)
 

@@ -58,14 +58,18 @@ python scripts/sweep.py --config configs/sweeps/critique_collapse.py --out "$ROO
   --parallel "$PARALLEL" --set "init_from=$ROOT/ccl_sft"
 python scripts/collapse_table.py "$ROOT/critique_collapse" --plot notebooks/figures/critique_collapse.png \
   > "$ROOT/critique_collapse/collapse_table.md"  # README's tables and figure
+step "test-time budget sweeps of the critique sweep's 3-seed arms -> $ROOT/test_time/critique_collapse.*"
+for done in "$ROOT"/critique_collapse/{grpo,resample,cg_plan_hint}_s*/done.json; do
+  budgets "$(dirname "$done")" final "critique_collapse.$(basename "$(dirname "$done")")"
+done
 step "sweep critique -> $ROOT/critique"
 python scripts/sweep.py --config configs/sweeps/critique.py --out "$ROOT/critique" --parallel "$PARALLEL" \
   --set "init_from=$ROOT/sft" --set "critique.critic_from=$ROOT/critic"
 
-# 4. Self-training with and without critique (levels 1-3, its own SFT policy).
+# 4. Self-training with and without critique (levels 1-2, its own SFT policy, the pool left out of SFT).
 step "self-training SFT policy -> $ROOT/st_sft"
 python -m critique_jax.train --config=configs/self_train_countdown.py --workdir="$ROOT/st_sft" \
-  --config.sft.steps=400 --config.log.progress=False
+  --config.log.progress=False
 step "sweep self_train -> $ROOT/self_train"
 python scripts/sweep.py --config configs/sweeps/self_train.py --out "$ROOT/self_train" --parallel "$PARALLEL" \
   --set "init_from=$ROOT/st_sft"

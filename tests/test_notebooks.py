@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -21,7 +22,8 @@ from critique_jax.analysis import (covariance_by_accuracy, fork_share_by_token, 
 from critique_jax.metrics import MetricsWriter
 from critique_jax.runs import self_train, train, train_critic
 from critique_jax.runs.budget_sweep import budget_sweep
-from critique_jax.runs.evaluation_run import EvalSettings, evaluate_policy
+from critique_jax.runs.evaluation_run import EvalSettings, eval_problems, evaluate_policy
+from critique_jax.runs.gate import critique_gate, write_gate
 from critique_jax.runs.policies import load_policy, load_run_config
 
 from test_trainer import tiny_config
@@ -32,7 +34,7 @@ FIGURES = {
     "02_entropy_law": ["law_fits", "early_fit", "law_fits_batch"],
     "03_covariance": ["cov_vs_dH", "cov_vs_step", "cov_by_accuracy"],
     "04_critique_diversity": ["curves", "critique", "passk"],
-    "05_tail_narrowing": ["eval_solved", "pool_contributed", "data_share", "passk"],
+    "05_tail_narrowing": ["eval_solved", "eval_pass1", "pool_contributed", "data_share", "passk"],
     "06_forking_tokens": ["entropy_hist", "training"],
     "07_critique_information": ["critic", "refinement", "refinement_curves", "compare_passk"],
     "08_dual_failure": ["budget", "train_vs_test", "rlsf"],
@@ -49,24 +51,33 @@ EXPECTED_NO_DATA = {"05_tail_narrowing": ["share of the training data"],
 
 #: Shared by every run: countdown levels 1-2. Shapes are chosen so that the runs share compiled
 #: programs (through the persistent compilation cache of the build process): sft_refine_every > sft.steps
-#: gives every model the same max_seq_len (critique buckets included) without a second SFT program; GRPO
-#: samples 8 prompts x 2 like the evaluation, Critique-GRPO 8 x 2 initial + 16 refinements like self-training.
+#: gives every model the same max_seq_len (critique buckets included) without a second SFT program; every
+#: RL run but Critique-GRPO's samples 8 prompts x 2 like the evaluation.
 _BASE = {"task.difficulties": (1, 2), "task.n_train": 32, "sampling.max_new_tokens": 48, "sft.steps": 0,
          "critique.prompt_buckets": (72,), "critique.refine_buckets": (128,), "critique.sft_refine_every": 1000,
          "rl.group_size": 2, "rl.loss.name": "ppo", "rl.loss.ref_kl_coef": 0.0, "rl.steps": 4, "eval.every": 2,
          "checkpoint.every": 100, "checkpoint.async_save": False}
-_CRITIQUE = {"critique.type": "rule_step", "rl.loss.name": "critique_grpo", "rl.group_size": 3, "rl.minibatches": 1}
-#: sweep -> [(label, seed, entry, overrides)] (the real sweeps: configs/sweeps/*.py).
+_PLAN_HINT = {"critique.type": "plan_hint", "rl.loss.name": "critique_grpo"}
+#: sweep -> [(label, seed, entry, overrides)] (the real sweeps: configs/sweeps/*.py). A run whose overrides
+#: equal an earlier one's is a copy of it (critique_collapse's grpo is the entropy sweep's grpo_s0).
 _SWEEPS = {
     "entropy": [("grpo", 0, "train", {}), ("grpo", 1, "train", {}),
                 ("forking_top20", 0, "train", {"rl.loss.forking_rho": 0.2}),
                 ("clip_cov", 0, "train", {"rl.loss.name": "clip_cov"})],
-    "critique": [("cg_rule_step", 0, "train", _CRITIQUE)],
-    "self_train": [("st_none", 0, "self_train", {}), ("st_rule_step", 0, "self_train", _CRITIQUE)],
+    "critique_collapse": [("grpo", 0, "train", {}),
+                          ("resample", 0, "train", {"critique.type": "resample", "critique.scope": "all_wrong"}),
+                          # G = 3: its held-out critique evaluation keeps G - 1 = 2 samples per problem,
+                          # enough for the policy's own leave-one-out pass@1 (notebook 07)
+                          ("cg_plan_hint", 0, "train", _PLAN_HINT | {"critique.scope": "all_wrong", "rl.group_size": 3,
+                                                                     "rl.minibatches": 1})],
+    "self_train": [("st_none", 0, "self_train", {}), ("st_plan_hint", 0, "self_train", _PLAN_HINT)],
     "rlsf": [("rlsf", 0, "train", {"rl.rewards": "confidence"})],
 }
 #: Budget sweeps (``evaluate --budgets``) into ``root/test_time/<name>``: (name, run, which policy).
-_TEST_TIME = [("sft", "sft", "sft"), ("grpo_s0", "entropy/grpo_s0", "final"), ("grpo_s1", "entropy/grpo_s1", "final")]
+#: A ``<sweep>.<run>`` name is a run of another sweep, compared with that sweep's GRPO.
+_TEST_TIME = [("sft", "sft", "sft"), ("grpo_s0", "entropy/grpo_s0", "final"), ("grpo_s1", "entropy/grpo_s1", "final"),
+              ("critique_collapse.grpo_s0", "critique_collapse/grpo_s0", "final"),
+              ("critique_collapse.cg_plan_hint_s0", "critique_collapse/cg_plan_hint_s0", "final")]
 #: A tiny critic (``root/critic``), evaluated twice.
 _CRITIC = {"critic.preset": "tiny", "critic.steps": 4, "critic.batch_size": 8, "critic.warmup_steps": 0,
            "critic.log_every": 1, "critic.eval_every": 2, "critic.eval_n_problems": 4, "critic.eval_batch": 8}
@@ -75,7 +86,8 @@ _SELF_TRAIN = dict(iterations=2, pool_size=16, samples_per_problem=2, batch_prom
 #: Notebook parameters for the tiny root: sampling shapes equal to the evaluation's (compiled once).
 #: SFT_RUN: the tiny root's entropy sweep starts from root/sft (scripts/reproduce.sh: root/sft_mini).
 NOTEBOOK_PARAMS = {"PASS_K": 2, "COV_PROMPTS": 8, "N_PROBLEMS": 8, "GROUP": 2, "MIN_COUNT": 2, "WINDOW": 2,
-                   "COMPARE_SWEEP": "critique", "BASELINE": "cg_rule_step", "SFT_RUN": "sft"}
+                   "COMPARE_SWEEP": "critique_collapse", "BASELINE": "grpo", "SFT_RUN": "sft",
+                   "GATE": "sft/gate", "SWEEPS": ("critique_collapse",)}
 
 
 def _config(tmp, overrides):
@@ -87,11 +99,13 @@ def _config(tmp, overrides):
 
 
 def build_tiny_root(root: Path) -> None:
-    """``root/sft`` (SFT only), ``root/critic``, the sweeps ``entropy``, ``critique``, ``self_train``,
-    ``rlsf`` from the SFT policy, each with the ``manifest.json`` and ``done.json`` files scripts/sweep.py
-    writes, and ``root/test_time``: budget sweeps of the SFT policy and the entropy sweep's GRPO runs."""
+    """``root/sft`` (SFT only) with its critique gate in ``root/sft/gate``, ``root/critic``, the sweeps
+    ``entropy``, ``critique_collapse``, ``self_train``, ``rlsf`` from the SFT policy, each with the
+    ``manifest.json`` and ``done.json`` files scripts/sweep.py writes, and ``root/test_time``: budget
+    sweeps of the SFT policy and the entropy sweep's GRPO runs."""
     train(_config(root, _BASE | {"rl.steps": 0}), str(root / "sft"))
     train_critic(_config(root, _BASE | _CRITIC), str(root / "critic"))
+    done = {}  # overrides -> the run directory that ran them
     for sweep, runs in _SWEEPS.items():
         listed = []
         for label, seed, entry, extra in runs:
@@ -100,8 +114,13 @@ def build_tiny_root(root: Path) -> None:
             if entry == "self_train":
                 overrides |= {f"self_train.{k}": v for k, v in _SELF_TRAIN.items()}
             workdir = root / sweep / name
-            (train if entry == "train" else self_train)(_config(root, overrides), str(workdir))
-            (workdir / "done.json").write_text("{}")
+            same = repr(sorted(overrides.items())) + entry
+            if same in done:
+                shutil.copytree(done[same], workdir)
+            else:
+                (train if entry == "train" else self_train)(_config(root, overrides), str(workdir))
+                (workdir / "done.json").write_text("{}")
+                done[same] = workdir
             listed.append(dict(name=name, label=label, group=label, seed=seed, params={}, entry=entry,
                                overrides={k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
                                workdir=name))
@@ -109,7 +128,10 @@ def build_tiny_root(root: Path) -> None:
     # The budget sweeps, as evaluate --budgets writes them, with shapes the runs' evaluation compiled
     # (8 problems x 2 samples; budget 48 = sampling.max_new_tokens).
     settings = EvalSettings(source="", split="test", n_problems=8, samples=2, temperature=1.0, seed=0, batch_prompts=8)
-    shared = None
+    sft = load_policy(root / "sft", "sft")  # its critique gate (notebook 04), on the same problems
+    gate = critique_gate(sft.run, sft.params, ["plan_hint", "resample"], eval_problems(sft.run, settings))
+    write_gate(str(root / "sft" / "gate"), gate, sft.source)
+    shared = sft.run
     for name, workdir, which in _TEST_TIME:
         policy = load_policy(root / workdir, which, run=shared)
         shared, out = policy.run, str(root / "test_time" / name)

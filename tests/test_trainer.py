@@ -279,6 +279,11 @@ def test_rl_schedule_counts_optimizer_updates(tmp_path):
     assert [float(warm(i)) for i in (0, 4, 8, 159)] == pytest.approx([0.0, cfg.rl.lr / 2, cfg.rl.lr, cfg.rl.lr], rel=1e-6)
     # a cosine schedule that is all warm-up (e.g. sft.steps = sft.warmup_steps = 20) ramps up and stops there
     assert [float(make_schedule(1.0, 20, 20)(i)) for i in (0, 10, 20)] == pytest.approx([0.0, 0.5, 1.0])
+    # no warm-up: optax's warm-up-cosine schedule with 0 warm-up steps, without its notice
+    before = optax.warmup_cosine_decay_schedule(init_value=1.0, peak_value=1.0, warmup_steps=0, decay_steps=30,
+                                                end_value=0.1)
+    assert [float(make_schedule(1.0, 0, 30)(i)) for i in range(0, 35, 3)] == \
+        pytest.approx([float(before(i)) for i in range(0, 35, 3)], rel=1e-6)
 
 
 def test_rl_update_logs_applied_lr_and_same_batch_entropy(np_rng):

@@ -103,6 +103,8 @@ def make_schedule(lr: float, warmup_steps: int, total_steps: int, kind: str = "c
     if kind == "cosine":
         if warmup_steps == total_steps:  # all warm-up, nothing left to decay
             return optax.linear_schedule(0.0, lr, warmup_steps)
+        if not warmup_steps:  # (optax's warm-up of 0 steps logs a notice per schedule built)
+            return optax.cosine_decay_schedule(lr, decay_steps=total_steps, alpha=end_lr_ratio)
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0 if warmup_steps else lr, peak_value=lr, warmup_steps=warmup_steps,
             decay_steps=total_steps, end_value=lr * end_lr_ratio)

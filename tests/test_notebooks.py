@@ -34,14 +34,14 @@ FIGURES = {
     "02_entropy_law": ["law_fits", "early_fit", "law_fits_batch"],
     "03_covariance": ["cov_vs_dH", "cov_vs_step", "cov_by_accuracy"],
     "04_critique_diversity": ["curves", "critique", "passk"],
-    "05_tail_narrowing": ["eval_solved", "eval_pass1", "pool_contributed", "data_share", "passk"],
+    "05_tail_narrowing": ["eval_solved", "eval_pass1", "pool_contributed", "data_share", "passk", "overall"],
     "06_forking_tokens": ["entropy_hist", "training"],
     "07_critique_information": ["critic", "refinement", "refinement_curves", "compare_passk"],
     "08_dual_failure": ["budget", "train_vs_test", "rlsf"],
 }
 #: Empty panels the tiny root is expected to have: its 3-step SFT policy solves nothing, so
 #: self-training keeps no data and the data-share panel has nothing to draw.
-EXPECTED_NO_DATA = {"05_tail_narrowing": ["share of the training data"],
+EXPECTED_NO_DATA = {"05_tail_narrowing": ["share of the training data", "self_train/eval/distinct_correct"],
                     # distinct correct solutions per solved problem: NaN, no eval problem is solved.
                     "04_critique_diversity": ["eval/distinct_correct"],
                     # the AUROC of confidence vs the verifier: NaN while every rollout is wrong.

@@ -193,6 +193,18 @@ def test_config_errors(dirs):
         check_init_run(_st_config(tmp, tmp / "nowhere"))
     with pytest.raises(ValueError, match="model.preset='small' differs from the init_from run's model.preset='tiny'"):
         check_init_run(_st_config(tmp, init, **{"model.preset": "small"}))
+    # an SFT run that left out its RL pool: self-training must use that pool
+    skipped = tmp / "init_skipped"
+    skipped.mkdir(exist_ok=True)
+    if not (skipped / "sft_policy").exists():
+        (skipped / "sft_policy").symlink_to(init / "sft_policy")
+    theirs = json.loads((init / "config.json").read_text())
+    theirs["sft"]["skip_rl_pool"], theirs["rl"]["pool_size"] = True, 24
+    (skipped / "config.json").write_text(json.dumps(theirs))
+    with pytest.raises(ValueError, match=r"self_train.pool_size=16: the init_from run's SFT left out its first "
+                                         r"rl.pool_size=24 train problems \(sft.skip_rl_pool\); set self_train.pool_size=24"):
+        check_init_run(_st_config(tmp, skipped))
+    assert check_init_run(_st_config(tmp, skipped, **{"self_train.pool_size": 24})).endswith("sft_policy")
     assert check_init_run(_st_config(tmp, init)) == str(init / "sft_policy")
 
 

@@ -42,8 +42,8 @@ def check_heads(n_heads: int, n_kv_heads: int, mesh: Mesh) -> None:
     """Tensor parallelism splits whole attention heads: ``mesh.tensor`` must divide the key/value
     heads (and so the query heads). A one-line error before anything compiles, naming both."""
     t = mesh.shape["tensor"]
-    if n_kv_heads % t or n_heads % t:
-        fits = [d for d in range(1, n_kv_heads + 1) if n_kv_heads % d == 0 and n_heads % d == 0]
+    if n_kv_heads % t:  # (n_kv_heads divides n_heads: ModelConfig checks it)
+        fits = [d for d in range(1, n_kv_heads + 1) if n_kv_heads % d == 0]
         raise ValueError(f"mesh.tensor={t} does not divide the model's {n_heads} query / {n_kv_heads} key-value heads "
                          f"(tensor parallelism splits whole heads): use mesh.tensor in {fits}")
 

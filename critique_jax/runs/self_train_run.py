@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 from typing import Callable, Sequence
 
@@ -82,11 +83,21 @@ _POOL, _CRITIQUE, _REFINE, _EVAL, _SFT = range(5)
 
 def check_init_run(config: ml_collections.ConfigDict) -> str:
     """The ``sft_policy`` directory of ``init_from``, after checking that the run's policy fields
-    (:data:`~critique_jax.runs.roles.POLICY_MATCHING_KEYS`) equal this config's."""
+    (:data:`~critique_jax.runs.roles.POLICY_MATCHING_KEYS`) equal this config's and, when its SFT
+    left out the first ``rl.pool_size`` train problems (``sft.skip_rl_pool``), that they are this
+    run's pool (``self_train.pool_size``)."""
     if not config.init_from:
         raise ValueError("config init_from is empty: self-training starts from an SFT policy; set it to a train run "
                          "directory holding sft_policy/ (python -m critique_jax.train ... with rl.steps=0)")
-    return roles.check_policy_run(config, config.init_from, "init_from")
+    policy_dir = roles.check_policy_run(config, config.init_from, "init_from")
+    with open(RunDir(config.init_from).config_file) as f:
+        theirs = json.load(f)
+    left_out = theirs["rl"].get("pool_size", 0) if theirs.get("sft", {}).get("skip_rl_pool") else None
+    if left_out is not None and left_out != config.self_train.pool_size:
+        raise ValueError(f"config self_train.pool_size={config.self_train.pool_size}: the init_from run's SFT left out "
+                         f"its first rl.pool_size={left_out} train problems (sft.skip_rl_pool); set "
+                         f"self_train.pool_size={left_out} so the pool is the one SFT never saw")
+    return policy_dir
 
 
 # ----------------------------------------------------------------------------- sampling

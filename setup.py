@@ -39,5 +39,8 @@ setup(
         "data": ["pyarrow>=14", "math-verify>=0.9.0"],
         # Weights & Biases logging (log.wandb).
         "wandb": ["wandb>=0.19"],
+        # Peer frameworks for `python scripts/bench.py trl` (TRL's GRPOTrainer and HF generate on
+        # CPU torch); optional, never a test dependency.
+        "peers": ["torch==2.13.0", "transformers>=5.17", "trl>=1.13", "accelerate"],
     },
 )

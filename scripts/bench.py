@@ -4,6 +4,7 @@
     python scripts/bench.py stats             # chunked vs naive token log-probs/entropy (V=152k)
     python scripts/bench.py loss              # clip_cov / kl_cov step-time overhead over ppo
     python scripts/bench.py rl                # RL step time split into sample / score / update
+    python scripts/bench.py trl               # vs TRL GRPOTrainer / HF generate (needs pip install -e .[peers])
     python scripts/bench.py loss --json out.json
 
 Each subcommand lives in ``scripts/benches/<name>.py`` with ``add_args(parser)`` and
@@ -21,7 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-BENCHES = ("sample", "stats", "loss", "rl")
+BENCHES = ("sample", "stats", "loss", "rl", "trl")
 
 
 def format_table(rows: list[dict]) -> str:

@@ -148,7 +148,7 @@ def test_cache_repeat_shares_a_prompt(np_rng):
     pos = positions_from_valid(valid)
     _, cache = model(tokens, pos, valid, KVCache.zeros(model.cfg, 2, 8))
     rep = cache.repeat(3)
-    assert rep.k.shape[1] == 6 and rep.valid.shape == (6, 8)
+    assert rep.k[0].shape[0] == 6 and len(rep.k) == model.cfg.n_layers and rep.valid.shape == (6, 8)
     nxt = jnp.full((6, 1), 7, jnp.int32)
     npos = jnp.repeat(pos[:, -1:] + 1, 3, axis=0)
     h_rep, _ = model(nxt, npos, jnp.ones((6, 1), bool), rep)

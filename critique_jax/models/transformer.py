@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from critique_jax.models.attention import attend
+from critique_jax.models.attention import attend, attend_cached
 from critique_jax.models.config import ModelConfig
 
 
@@ -30,28 +30,33 @@ from critique_jax.models.config import ModelConfig
 class KVCache:
     """Keys and values of every layer for ``S`` slots.
 
-    k, v: [L, B, S, n_kv_heads, head_dim] in the compute dtype.
+    k: one [B, n_kv_heads, head_dim, S] array per layer (keys transposed), v: one
+    [B, n_kv_heads, S, head_dim] per layer (tuples of L), in the compute dtype: the layouts the
+    attention reads without a transpose (``critique_jax.models.attention``). Per-layer buffers,
+    not one stacked [L, ...] array: a layer reads its keys right after writing them, and XLA
+    (CPU) copied the whole stacked cache for each such read-after-write.
     valid: [B, S] bool, True where a slot holds a real (non-padding) token.
     end: int32 scalar, the next slot to write; slots ``[end, S)`` are free.
     """
 
-    k: jax.Array
-    v: jax.Array
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
     valid: jax.Array
     end: jax.Array
 
     @property
     def size(self) -> int:
-        return self.k.shape[2]
+        return self.v[0].shape[2]
 
     @staticmethod
     def zeros(cfg: ModelConfig, batch: int, size: int) -> "KVCache":
         if size > cfg.max_seq_len:
             raise ValueError(f"KV cache size {size} exceeds max_seq_len={cfg.max_seq_len}")
-        shape = (cfg.n_layers, batch, size, cfg.n_kv_heads, cfg.head_dim)
+        k_shape = (batch, cfg.n_kv_heads, cfg.head_dim, size)
+        v_shape = (batch, cfg.n_kv_heads, size, cfg.head_dim)
         return KVCache(
-            k=jnp.zeros(shape, cfg.jnp_dtype),
-            v=jnp.zeros(shape, cfg.jnp_dtype),
+            k=tuple(jnp.zeros(k_shape, cfg.jnp_dtype) for _ in range(cfg.n_layers)),
+            v=tuple(jnp.zeros(v_shape, cfg.jnp_dtype) for _ in range(cfg.n_layers)),
             valid=jnp.zeros((batch, size), bool),
             end=jnp.zeros((), jnp.int32),
         )
@@ -59,8 +64,8 @@ class KVCache:
     def repeat(self, n: int) -> "KVCache":
         """Each sequence's cache repeated ``n`` times along the batch (b0,b0,..,b1,b1,..)."""
         return KVCache(
-            k=jnp.repeat(self.k, n, axis=1),
-            v=jnp.repeat(self.v, n, axis=1),
+            k=tuple(jnp.repeat(x, n, axis=0) for x in self.k),
+            v=tuple(jnp.repeat(x, n, axis=0) for x in self.v),
             valid=jnp.repeat(self.valid, n, axis=0),
             end=self.end,
         )
@@ -135,14 +140,12 @@ class Attention(nnx.Module):
         positions: jax.Array,
         mask: jax.Array,
         cache_kv: tuple[jax.Array, jax.Array] | None,
-        layer: int,
         write_at: jax.Array | None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         """x: [B, T, d]; mask: [B, T, S] bool (S = T without a cache, else the cache size).
 
-        With a cache, the stacked keys/values of all layers ``[L, B, S, kv, hd]`` get this
-        layer's new tokens written at ``[layer, :, write_at:write_at + T]`` (in place when the
-        cache is donated) and are returned updated.
+        With a cache, this layer's keys ``[B, kv, hd, S]`` and values ``[B, kv, S, hd]`` get the
+        new tokens written at slots ``write_at:write_at + T`` (in place) and are returned updated.
         """
         cfg = self.cfg
         b, t, _ = x.shape
@@ -154,14 +157,17 @@ class Attention(nnx.Module):
         inv_freq = rope_inv_freq(cfg)
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
-        if cache_kv is not None:
+        if cache_kv is None:
+            out = attend(q, k, v, mask, cfg)
+        else:  # the cache's layouts: keys transposed [B, kv, hd, S], values [B, kv, S, hd]
             zero = jnp.zeros((), jnp.int32)
-            at = (jnp.asarray(layer, jnp.int32), zero, write_at, zero, zero)
-            k_all = jax.lax.dynamic_update_slice(cache_kv[0], k[None].astype(cache_kv[0].dtype), at)
-            v_all = jax.lax.dynamic_update_slice(cache_kv[1], v[None].astype(cache_kv[1].dtype), at)
-            cache_kv = (k_all, v_all)
-            k, v = k_all[layer], v_all[layer]
-        out = attend(q, k, v, mask, cfg, cached=cache_kv is not None).reshape(b, t, cfg.n_heads * cfg.head_dim)
+            kt = jnp.transpose(k, (0, 2, 3, 1)).astype(cache_kv[0].dtype)
+            kt = jax.lax.dynamic_update_slice(cache_kv[0], kt, (zero, zero, zero, write_at))
+            v = jax.lax.dynamic_update_slice(cache_kv[1], jnp.swapaxes(v, 1, 2).astype(cache_kv[1].dtype),
+                                             (zero, zero, write_at, zero))
+            cache_kv = (kt, v)
+            out = attend_cached(q, kt, v, mask, cfg)
+        out = out.reshape(b, t, cfg.n_heads * cfg.head_dim)
         return self.o_proj(out), cache_kv
 
 
@@ -191,8 +197,8 @@ class Block(nnx.Module):
         self.attn_out_norm = RMSNorm(cfg.d_model, cfg) if cfg.sandwich_norms else None
         self.mlp_out_norm = RMSNorm(cfg.d_model, cfg) if cfg.sandwich_norms else None
 
-    def __call__(self, x, positions, mask, cache_kv, layer, write_at):
-        h, cache_kv = self.attn(self.input_norm(x), positions, mask, cache_kv, layer, write_at)
+    def __call__(self, x, positions, mask, cache_kv, write_at):
+        h, cache_kv = self.attn(self.input_norm(x), positions, mask, cache_kv, write_at)
         if self.attn_out_norm is not None:
             h = self.attn_out_norm(h)
         x = x + h
@@ -208,7 +214,7 @@ _REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable,
 
 
 def _uncached_block(block: Block, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
-    return block(x, positions, mask, None, 0, None)[0]
+    return block(x, positions, mask, None, None)[0]
 
 
 class Transformer(nnx.Module):
@@ -256,18 +262,22 @@ class Transformer(nnx.Module):
         back = query_slot[:, None] - slots[None, :]  # [T, S] slots from key to query
         mask = keys_valid[:, None, :] & (back >= 0)[None]
         local = None if cfg.sliding_window is None else mask & (back < cfg.sliding_window)[None]
-        kv = None if cache is None else (cache.k, cache.v)
         policy = _REMAT_POLICIES.get(cfg.remat) if cache is None else None
+        ks, vs = [], []
         for i, block in enumerate(self.layers):
             layer_mask = local if local is not None and i % 2 == 0 else mask
-            if policy is None:
-                x, kv = block(x, positions, layer_mask, kv, i, write_at)
+            if cache is not None:
+                x, (k, v) = block(x, positions, layer_mask, (cache.k[i], cache.v[i]), write_at)
+                ks.append(k)
+                vs.append(v)
+            elif policy is None:
+                x, _ = block(x, positions, layer_mask, None, None)
             else:  # uncached: recompute the block in the backward pass
                 x = nnx.remat(_uncached_block, policy=policy)(block, x, positions, layer_mask)
         hidden = self.final_norm(x)
         if cache is None:
             return hidden, None
-        return hidden, KVCache(k=kv[0], v=kv[1], valid=keys_valid, end=write_at + t)
+        return hidden, KVCache(k=tuple(ks), v=tuple(vs), valid=keys_valid, end=write_at + t)
 
     def unembed(self) -> jax.Array:
         """The output projection as a [d_model, vocab] matrix (in the parameter dtype)."""

@@ -39,8 +39,10 @@ POLICY_MATCHING_KEYS = ("task.name", "model.preset", "model.family", "model.over
 
 
 def define(cfg: ModelConfig, mesh: Mesh) -> tuple[nnx.GraphDef, Any]:
-    """The model definition of ``cfg`` and its parameter shardings on ``mesh`` (nothing allocated)."""
+    """The model definition of ``cfg`` and its parameter shardings on ``mesh`` (nothing allocated);
+    its projections fused (``ModelConfig.fuse_projections``) unless the mesh's tensor axis shards them."""
     check_heads(cfg.n_heads, cfg.n_kv_heads, mesh)
+    cfg = dataclasses.replace(cfg, fuse_projections=mesh.shape["tensor"] == 1)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
     return graphdef, param_shardings(abstract, mesh)
 

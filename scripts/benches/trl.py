@@ -77,6 +77,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     p.add_argument("--prompt-len", type=int, default=None,
                    help="generate only: prompt tokens (default: the quickstart's prompt bucket)")
+    p.add_argument("--policy", default=None,
+                   help="a train run directory of the quickstart's task: both sides start from its sft_policy "
+                        "(a trained policy, early-stopping responses; --preset is the run's) instead of a "
+                        "random initialisation")
     p.add_argument("--torch-threads", type=int, default=os.cpu_count(),
                    help="torch.set_num_threads (default: os.cpu_count(), every core)")
 
@@ -104,6 +108,41 @@ def _problems(c, steps: int) -> list:
                                 n_solutions=t.n_solutions)
     it = BatchIterator(splits["train"], c.rl.prompts_per_step, seed=c.seed + 1)
     return [ex.problem for _ in range(steps) for ex in next(it)]
+
+
+def _run_config(path: str) -> dict:
+    """The config.json of the train run ``path`` (given as ``--policy``), checked to have an sft_policy."""
+    import json
+
+    from critique_jax.runs.layout import SFT_POLICY, RunDir
+
+    run = RunDir(path)
+    if not os.path.isfile(run.config_file) or not os.path.isdir(run / SFT_POLICY):
+        raise FileNotFoundError(f"--policy={path!r}: expected a train run directory with config.json and {SFT_POLICY}/")
+    with open(run.config_file) as f:
+        return json.load(f)
+
+
+def _trained_params(path: str, c, cfg):
+    """The ``sft_policy`` parameters of the train run ``path`` for the architecture ``cfg`` (its task
+    and tokenizer must be the bench config ``c``'s: one-line errors otherwise)."""
+    import jax
+    from flax import nnx
+
+    from critique_jax.models import Transformer
+    from critique_jax.runs.layout import SFT_POLICY, RunDir, final_checkpointer
+
+    run, theirs = RunDir(path), _run_config(path)
+    for key, ours in (("task.name", c.task.name), ("task.difficulties", list(c.task.difficulties)),
+                      ("task.n_train", c.task.n_train), ("tokenizer.vocab_size", c.tokenizer.vocab_size)):
+        section, field = key.split(".")
+        if theirs[section][field] != ours:
+            raise ValueError(f"--policy={path!r}: its {key}={theirs[section][field]!r}, the bench's {ours!r} "
+                             f"({run.config_file})")
+    abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))[1]
+    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
+    with final_checkpointer(run / SFT_POLICY) as ckpt:
+        return ckpt.restore(like={"params": like})[0]["params"]
 
 
 def _hf_tokenizer(tok):
@@ -249,6 +288,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     from critique_jax.text import tokenizer_for_task
     from critique_jax.text.prompt_format import prompt_format
 
+    if args.policy:
+        args.preset = _run_config(args.policy)["model"]["preset"]
     torch.set_num_threads(args.torch_threads)
     transformers.logging.set_verbosity_error()
     datasets.disable_progress_bars()
@@ -260,6 +301,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         width = max(max(c.sampling.prompt_buckets), args.prompt_len) + args.new_tokens
         cfg = model_config(args.preset, tok.vocab_size, family=c.model.family, max_seq_len=width)
         model = Transformer(cfg, rngs=nnx.Rngs(0))
+        if args.policy:
+            nnx.update(model, _trained_params(args.policy, c, cfg))
         save_pretrained(model, hf_dir, tokenizer=tok)
 
         task = get_task(c.task.name)

@@ -78,9 +78,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-len", type=int, default=None,
                    help="generate only: prompt tokens (default: the quickstart's prompt bucket)")
     p.add_argument("--policy", default=None,
-                   help="a train run directory of the quickstart's task: both sides start from its sft_policy "
-                        "(a trained policy, early-stopping responses; --preset is the run's) instead of a "
-                        "random initialisation")
+                   help="a train run directory of the quickstart's task and --preset: both sides start from its "
+                        "sft_policy (a trained policy, early-stopping responses) instead of a random initialisation")
     p.add_argument("--torch-threads", type=int, default=os.cpu_count(),
                    help="torch.set_num_threads (default: os.cpu_count(), every core)")
 
@@ -97,52 +96,26 @@ def our_config(args: argparse.Namespace, hf_dir: str):
     return c
 
 
-def _problems(c, steps: int) -> list:
-    """The problems our trainer draws in its first ``steps`` steps, in order."""
-    from critique_jax.data import BatchIterator, build_task_dataset
-    from critique_jax.text import default_cache_dir
+def _our_run(args: argparse.Namespace, workdir: str):
+    """Our :class:`~critique_jax.runs.run.Run` of the bench config (data, tokenizer, prompt format,
+    RL pool, model definition) and the starting model: a fresh one (``nnx.Rngs(0)``) or, with
+    ``--policy``, that train run's ``sft_policy`` (checked like ``init_from``: task, preset,
+    tokenizer). Its positions cover ``--prompt-len`` for the generate timing too."""
+    import dataclasses
 
-    t = c.task
-    splits = build_task_dataset(t.name, c.data_dir or os.path.join(default_cache_dir(), "data"), seed=t.data_seed,
-                                n_train=t.n_train, n_test=t.n_test, difficulties=list(t.difficulties),
-                                n_solutions=t.n_solutions)
-    it = BatchIterator(splits["train"], c.rl.prompts_per_step, seed=c.seed + 1)
-    return [ex.problem for _ in range(steps) for ex in next(it)]
-
-
-def _run_config(path: str) -> dict:
-    """The config.json of the train run ``path`` (given as ``--policy``), checked to have an sft_policy."""
-    import json
-
-    from critique_jax.runs.layout import SFT_POLICY, RunDir
-
-    run = RunDir(path)
-    if not os.path.isfile(run.config_file) or not os.path.isdir(run / SFT_POLICY):
-        raise FileNotFoundError(f"--policy={path!r}: expected a train run directory with config.json and {SFT_POLICY}/")
-    with open(run.config_file) as f:
-        return json.load(f)
-
-
-def _trained_params(path: str, c, cfg):
-    """The ``sft_policy`` parameters of the train run ``path`` for the architecture ``cfg`` (its task
-    and tokenizer must be the bench config ``c``'s: one-line errors otherwise)."""
-    import jax
     from flax import nnx
 
     from critique_jax.models import Transformer
-    from critique_jax.runs.layout import SFT_POLICY, RunDir, final_checkpointer
+    from critique_jax.runs import roles
+    from critique_jax.runs.run import setup
 
-    run, theirs = RunDir(path), _run_config(path)
-    for key, ours in (("task.name", c.task.name), ("task.difficulties", list(c.task.difficulties)),
-                      ("task.n_train", c.task.n_train), ("tokenizer.vocab_size", c.tokenizer.vocab_size)):
-        section, field = key.split(".")
-        if theirs[section][field] != ours:
-            raise ValueError(f"--policy={path!r}: its {key}={theirs[section][field]!r}, the bench's {ours!r} "
-                             f"({run.config_file})")
-    abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))[1]
-    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
-    with final_checkpointer(run / SFT_POLICY) as ckpt:
-        return ckpt.restore(like={"params": like})[0]["params"]
+    c = our_config(args, hf_dir="")
+    run = setup(c, workdir)
+    width = max(max(c.sampling.prompt_buckets), args.prompt_len) + args.new_tokens
+    model = Transformer(dataclasses.replace(run.model_cfg, max_seq_len=width), rngs=nnx.Rngs(0))
+    if args.policy:
+        nnx.update(model, roles.restore_policy(run, roles.check_policy_run(c, args.policy, "--policy")))
+    return run, model
 
 
 def _hf_tokenizer(tok):
@@ -280,35 +253,25 @@ def run(args: argparse.Namespace) -> list[dict]:
     import datasets
     import torch
     import transformers
-    from flax import nnx
 
-    from critique_jax.models import Transformer, model_config
+    from critique_jax.data import BatchIterator
     from critique_jax.models.hf import save_pretrained
-    from critique_jax.tasks import get_task
-    from critique_jax.text import tokenizer_for_task
-    from critique_jax.text.prompt_format import prompt_format
+    from critique_jax.runs.run import rl_pool
 
-    if args.policy:
-        args.preset = _run_config(args.policy)["model"]["preset"]
     torch.set_num_threads(args.torch_threads)
     transformers.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
-    with tempfile.TemporaryDirectory(prefix="bench_trl_model_") as hf_dir:
-        c = our_config(args, hf_dir)
-        args.prompt_len = args.prompt_len or max(c.sampling.prompt_buckets)
-        tok = tokenizer_for_task(c.task.name, vocab_size=c.tokenizer.vocab_size, seed=c.tokenizer.seed)
-        width = max(max(c.sampling.prompt_buckets), args.prompt_len) + args.new_tokens
-        cfg = model_config(args.preset, tok.vocab_size, family=c.model.family, max_seq_len=width)
-        model = Transformer(cfg, rngs=nnx.Rngs(0))
-        if args.policy:
-            nnx.update(model, _trained_params(args.policy, c, cfg))
+    with (tempfile.TemporaryDirectory(prefix="bench_trl_model_") as hf_dir,
+          tempfile.TemporaryDirectory(prefix="bench_trl_setup_") as setup_dir):
+        args.prompt_len = args.prompt_len or max(our_config(args, hf_dir).sampling.prompt_buckets)
+        run, model = _our_run(args, setup_dir)
+        tok, task = run.tok, run.task
         save_pretrained(model, hf_dir, tokenizer=tok)
-
-        task = get_task(c.task.name)
-        fmt = prompt_format(c.prompt.format, tok, c.prompt.instruction or task.instructions, c.prompt.system)
-        problems = _problems(c, args.steps + 1)
-        texts = [fmt.solve(p.question) for p in problems]
+        c = our_config(args, hf_dir)
+        it = BatchIterator(rl_pool(run), c.rl.prompts_per_step, seed=c.seed + 1)  # the trainer's draws, in order
+        problems = [ex.problem for _ in range(args.steps + 1) for ex in next(it)]
+        texts = [run.prompts.solve(p.question) for p in problems]
         hf_tok = _hf_tokenizer(tok)
         if hf_tok(text=texts)["input_ids"] != [tok.encode_prompt(t) for t in texts]:
             raise AssertionError("the HF tokenizer wrapper encodes the prompts differently from ours")

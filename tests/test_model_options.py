@@ -135,6 +135,22 @@ def test_remat_gives_the_same_loss_and_gradients(remat, batch, plain):
         assert float(jnp.abs(a - b).max()) <= 1e-6 * max(float(jnp.abs(a).max()), 1e-12)
 
 
+@pytest.mark.parametrize("remat", ["none", "full"])
+@pytest.mark.parametrize("overrides", [dict(), dict(sliding_window=3)])  # sliding: layers 0 and 2 local
+def test_scanned_layers_give_the_same_loss_and_gradients(remat, overrides, batch):
+    """The blocks as one lax.scan over parameters stacked in the step (3 layers, so the sliding /
+    global alternation is scanned too): the loss and gradients of the Python loop within 1e-6."""
+    (l0, _), g0 = _loss_and_grads(_model(n_layers=3, **overrides), batch)
+    model = _model(n_layers=3, scan_layers=True, remat=remat, **overrides)
+    graphdef, params = nnx.split(model)
+    assert "scan" in str(jax.make_jaxpr(lambda p: _rl_like_loss(graphdef, p, batch)[0])(params))
+    (l1, _), g1 = _loss_and_grads(model, batch)
+    assert abs(float(l1 - l0)) <= 1e-6 * abs(float(l0))
+    assert jax.tree.structure(g0) == jax.tree.structure(g1)  # one tree per layer, as without the scan
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        assert float(jnp.abs(a - b).max()) <= 1e-6 * max(float(jnp.abs(a).max()), 1e-12)
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2"])  # qwen2: q/k/v biases
 def test_fused_projections_give_the_same_loss_and_gradients(family, batch):
     """q/k/v and gate/up as one matmul each (the default) vs one matmul per projection: the same

@@ -54,7 +54,9 @@ class ModelConfig:
     forward; ``attention``, one of :data:`ATTENTION_IMPLS`, the attention implementation;
     ``fuse_projections``: q/k/v and the MLP's gate/up each as one matmul over concatenated kernels
     (faster on the CPU; off where a tensor axis shards those kernels, whose concatenation would
-    move shards between devices: ``critique_jax.runs.roles.define`` decides).
+    move shards between devices: ``critique_jax.runs.roles.define`` decides); ``scan_layers``: the
+    uncached forward's blocks as one ``lax.scan`` (:mod:`critique_jax.models.layer_scan`: compile
+    time flat in depth, remat scheduled layer by layer; the parameters stay one tree per layer).
     """
 
     vocab_size: int
@@ -84,6 +86,7 @@ class ModelConfig:
     remat: str = "none"
     attention: str = "reference"
     fuse_projections: bool = True
+    scan_layers: bool = False
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -161,11 +164,11 @@ SIZES: dict[str, dict[str, int]] = {
 
 
 # Fields ``model.overrides`` may change on a preset, with their types. Not here: vocab_size (the
-# tokenizer's), max_seq_len (the run's widths), the dtypes, remat and attention (their own keys),
+# tokenizer's), max_seq_len (the run's widths), the dtypes, remat, attention, scan_layers (their own keys),
 # fuse_projections (the mesh's) and rope_llama3 (a tuple; real Llama 3 checkpoints bring it in their
 # config.json).
 _NOT_OVERRIDABLE = ("vocab_size", "max_seq_len", "param_dtype", "dtype", "remat", "attention", "fuse_projections",
-                    "rope_llama3")
+                    "scan_layers", "rope_llama3")
 _OPTIONAL_TYPES = {"final_logit_softcap": float, "attn_logit_softcap": float, "query_pre_attn_scalar": float,
                    "sliding_window": int}
 OVERRIDABLE: dict[str, type] = {f.name: _OPTIONAL_TYPES.get(f.name) or type(f.default)

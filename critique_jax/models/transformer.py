@@ -25,6 +25,8 @@ from flax import nnx
 from critique_jax.models.attention import attend, attend_cached
 from critique_jax.models.config import ModelConfig
 from critique_jax.models.kv_cache import KVCache
+from critique_jax.models.layer_scan import scan_blocks
+from critique_jax.parallel.activations import BATCH, HEADS, constrain
 
 
 class RMSNorm(nnx.Module):
@@ -121,9 +123,7 @@ class Attention(nnx.Module):
         cfg = self.cfg
         b, t, _ = x.shape
         q, k, v = _fused_linear(x, (self.q_proj, self.k_proj, self.v_proj), cfg.fuse_projections)
-        q = q.reshape(b, t, cfg.n_heads, cfg.head_dim)
-        k = k.reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
-        v = v.reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
+        q, k, v = (constrain(y.reshape(b, t, -1, cfg.head_dim), BATCH, None, HEADS, None) for y in (q, k, v))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         inv_freq = rope_inv_freq(cfg)
@@ -137,7 +137,7 @@ class Attention(nnx.Module):
             kt = jax.lax.dynamic_update_slice(cache_kv[0], kt, (zero, zero, zero, write_at))
             v = jax.lax.dynamic_update_slice(cache_kv[1], jnp.swapaxes(v, 1, 2).astype(cache_kv[1].dtype),
                                              (zero, zero, write_at, zero))
-            cache_kv = (kt, v)
+            cache_kv = (constrain(kt, BATCH, HEADS, None, None), constrain(v, BATCH, HEADS, None, None))
             out = attend_cached(q, kt, v, mask, cfg)
         out = out.reshape(b, t, cfg.n_heads * cfg.head_dim)
         return self.o_proj(out), cache_kv
@@ -154,7 +154,8 @@ class MLP(nnx.Module):
         self.act = jax.nn.silu if cfg.mlp == "swiglu" else (lambda z: jax.nn.gelu(z, approximate=True))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        gate, up = _fused_linear(x, (self.gate_proj, self.up_proj), self.fuse)
+        gate, up = (constrain(y, BATCH, None, HEADS)
+                    for y in _fused_linear(x, (self.gate_proj, self.up_proj), self.fuse))
         return self.down_proj(self.act(gate) * up)
 
 
@@ -223,6 +224,7 @@ class Transformer(nnx.Module):
         x = self.embed(tokens)
         if cfg.embed_scale:
             x = x * jnp.asarray(math.sqrt(cfg.d_model), x.dtype)
+        x = constrain(x, BATCH, None, None)
         if cache is None:
             slots = query_slot = jnp.arange(t)
             keys_valid, write_at = valid, None
@@ -234,9 +236,11 @@ class Transformer(nnx.Module):
             slots = jnp.arange(cache.size)
             query_slot = write_at + jnp.arange(t)
         back = query_slot[:, None] - slots[None, :]  # [T, S] slots from key to query
-        mask = keys_valid[:, None, :] & (back >= 0)[None]
+        mask = constrain(keys_valid[:, None, :] & (back >= 0)[None], BATCH, None, None)
         local = None if cfg.sliding_window is None else mask & (back < cfg.sliding_window)[None]
         policy = _REMAT_POLICIES.get(cfg.remat) if cache is None else None
+        if cache is None and cfg.scan_layers:
+            return self.final_norm(scan_blocks(self.layers, x, positions, mask, local, policy)), None
         ks, vs = [], []
         for i, block in enumerate(self.layers):
             layer_mask = local if local is not None and i % 2 == 0 else mask
@@ -248,6 +252,7 @@ class Transformer(nnx.Module):
                 x, _ = block(x, positions, layer_mask, None, None)
             else:  # uncached: recompute the block in the backward pass
                 x = nnx.remat(_uncached_block, policy=policy)(block, x, positions, layer_mask)
+            x = constrain(x, BATCH, None, None)
         hidden = self.final_norm(x)
         if cache is None:
             return hidden, None

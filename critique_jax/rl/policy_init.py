@@ -78,17 +78,19 @@ def policy_tokenizer(c: ml_collections.ConfigDict) -> Tokenizer | HFTokenizer:
 
 def policy_model_config(c: ml_collections.ConfigDict, tok: Tokenizer | HFTokenizer, max_seq_len: int) -> ModelConfig:
     """The policy's architecture with ``max_seq_len`` positions (prompt bucket + new tokens) and
-    the run's computation settings (``model.dtype``, ``param_dtype``, ``remat``, ``attention``)."""
+    the run's computation settings (``model.dtype``, ``param_dtype``, ``remat``, ``attention``,
+    ``scan_layers``)."""
     if not c.model.hf_dir:
         return model_config(c.model.preset, tok.vocab_size, family=c.model.family, dtype=c.model.dtype,
                             param_dtype=c.model.param_dtype, max_seq_len=max_seq_len, remat=c.model.remat,
-                            attention=c.model.attention, **model_overrides(c))
+                            attention=c.model.attention, scan_layers=c.model.scan_layers, **model_overrides(c))
     cfg = load_config(c.model.hf_dir, dtype=c.model.dtype, param_dtype=c.model.param_dtype)
     if max_seq_len > cfg.max_seq_len:
         raise ValueError(f"{os.path.join(c.model.hf_dir, 'config.json')}: max_position_embeddings={cfg.max_seq_len} "
                          f"is below the run's {max_seq_len} positions (largest prompt bucket + "
                          "sampling.max_new_tokens)")
-    return dataclasses.replace(cfg, max_seq_len=max_seq_len, remat=c.model.remat, attention=c.model.attention)
+    return dataclasses.replace(cfg, max_seq_len=max_seq_len, remat=c.model.remat, attention=c.model.attention,
+                               scan_layers=c.model.scan_layers)
 
 
 def pretrained_params(hf_dir: str, cfg: ModelConfig, mesh: jax.sharding.Mesh, shardings: Any) -> nnx.State:

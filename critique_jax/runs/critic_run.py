@@ -44,6 +44,7 @@ import os
 import time
 from typing import Sequence
 
+import jax
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -270,6 +271,12 @@ def train_critic(config: ml_collections.ConfigDict, workdir: str, *, resume: boo
         raise FileExistsError(f"{workdir} holds a policy run (sft_policy/): give the critic its own --workdir")
     rd.refuse_overwrite(resume, CHECKPOINTS, CRITIC_POLICY)
     critic = setup_critic(config, workdir)
+    with jax.set_mesh(critic.run.mesh):  # the model's activation constraints read it
+        return _train_critic(critic, rd, resume, stop_at)
+
+
+def _train_critic(critic: Critic, rd: RunDir, resume: bool, stop_at: int | None) -> str:
+    config, workdir = critic.run.config, critic.run.workdir
     save_config(config, workdir, resume, write=is_main_process())
     final = rd.final(CRITIC_POLICY)
     if final.latest_step() is not None:

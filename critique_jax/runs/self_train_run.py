@@ -254,9 +254,15 @@ def self_train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool 
 
     ``stop_after``: return after checkpointing that iteration, as a preemption would.
     """
-    st = config.self_train
     policy_dir = check_init_run(config)
     run = setup(config, workdir, "self_train")
+    with jax.set_mesh(run.mesh):  # the model's activation constraints read it
+        return _self_train(run, policy_dir, resume, stop_after)
+
+
+def _self_train(run: Run, policy_dir: str, resume: bool, stop_after: int | None) -> str:
+    config, workdir = run.config, run.workdir
+    st = config.self_train
     rd = RunDir(workdir)
     rd.refuse_overwrite(resume, CHECKPOINTS)
     save_config(config, workdir, resume, write=is_main_process())

@@ -7,6 +7,7 @@ of the KL term and can initialise other runs (``init_from``), so a sweep shares 
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 
 from critique_jax.critique.sources import critique_source
@@ -17,7 +18,7 @@ from critique_jax.runs import roles
 from critique_jax.runs.evaluate import evaluate
 from critique_jax.runs.layout import CHECKPOINTS, SFT_POLICY, RunDir, final_checkpointer
 from critique_jax.runs.rl_loop import run_rl
-from critique_jax.runs.run import setup
+from critique_jax.runs.run import Run, setup
 from critique_jax.runs.supervised import run_sft
 
 
@@ -29,6 +30,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, resume: bool = True, 
     """
     policy_dir = roles.check_policy_run(config, config.init_from, "init_from") if config.init_from else None
     run = setup(config, workdir)
+    with jax.set_mesh(run.mesh):  # the model's activation constraints read it
+        return _train(run, policy_dir, resume, stop_at)
+
+
+def _train(run: Run, policy_dir: str | None, resume: bool, stop_at: int | None) -> str:
+    config, workdir = run.config, run.workdir
     c, rd = config, RunDir(workdir)
     rd.refuse_overwrite(resume, CHECKPOINTS, SFT_POLICY)
     save_config(config, workdir, resume, write=is_main_process())

@@ -5,6 +5,7 @@
     python scripts/bench.py loss              # clip_cov / kl_cov step-time overhead over ppo
     python scripts/bench.py rl                # RL step time split into sample / score / update
     python scripts/bench.py trl               # vs TRL GRPOTrainer / HF generate (needs pip install -e .[peers])
+    python scripts/bench.py memory            # compiled per-device memory of an RL step at 0.5B-7B shapes
     python scripts/bench.py loss --json out.json
 
 Each subcommand lives in ``scripts/benches/<name>.py`` with ``add_args(parser)`` and
@@ -22,7 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-BENCHES = ("sample", "stats", "loss", "rl", "trl")
+BENCHES = ("sample", "stats", "loss", "rl", "trl", "memory")
 
 
 def format_table(rows: list[dict]) -> str:

@@ -12,6 +12,12 @@ Columns: ``sample_s`` (prompt encoding + jitted generation + transfer to host), 
 pass if on + ``epochs x minibatches`` optimiser steps), ``step_s`` (all of one step);
 ``*_tok_s`` = response tokens of the batch per second of that phase; ``warm_compiles`` =
 compilations during the timed steps (0 = static shapes hold).
+
+``update_TFLOPs``: model FLOPs of the update phase per second (``critique_jax.models.flops``; the
+padded batch, prompt width + ``max_new_tokens`` per sequence, causal context): 3 forward passes
+(forward + backward) per epoch, plus one each for the old log-prob recompute, the reference
+policy and the entropy-change pass when they are on. With ``--peak-tflops`` (the accelerator's
+dense peak for the model's dtype) also ``update_mfu``, its share of the peak.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-tokens", type=int, default=64, help="sampling.max_new_tokens")
     p.add_argument("--loss", default=None, help="rl.loss.name (default: the quickstart's)")
     p.add_argument("--steps", type=int, default=4, help="timed RL steps (after one compiling step)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="peak dense TFLOP/s, for the update's MFU")
 
 
 def bench_config(args: argparse.Namespace, preset: str, prompts: int) -> ml_collections.ConfigDict:
@@ -58,6 +65,16 @@ def bench_config(args: argparse.Namespace, preset: str, prompts: int) -> ml_coll
     c.eval.every = c.checkpoint.every = 10**6
     c.log.tensorboard = c.log.progress = False
     return c
+
+
+def update_flops(c: ml_collections.ConfigDict, samples: int) -> float:
+    """Model FLOPs of one RL step's update phase on ``samples`` padded sequences."""
+    from critique_jax.models import flops, model_config
+
+    width = max(c.sampling.prompt_buckets) + c.sampling.max_new_tokens
+    cfg = model_config(c.model.preset, c.tokenizer.vocab_size, max_seq_len=width)
+    passes = 3 * c.rl.epochs + c.rl.recompute_old_logp + (c.rl.loss.ref_kl_coef > 0) + c.rl.entropy_change
+    return passes * flops.forward_flops(cfg, samples * width, (width + 1) / 2)
 
 
 def _median(records: list[dict], key: str) -> float:
@@ -83,6 +100,9 @@ def run(args: argparse.Namespace) -> list[dict]:
                 row[f"{phase}_s"] = _median(timed, f"perf/{phase}_s")
             for phase in ("sample", "update", "step"):
                 row[f"{phase}_tok_s"] = tokens / row[f"{phase}_s"]
+            row["update_TFLOPs"] = update_flops(c, n) / row["update_s"] / 1e12
+            if args.peak_tflops:
+                row["update_mfu"] = row["update_TFLOPs"] / args.peak_tflops
             row["first_step_s"] = first["perf/step_s"]
             row["warm_compiles"] = int(sum(r["perf/compiles"] for r in timed))
             rows.append(row)

@@ -5,7 +5,8 @@ the sharding rules); the scan stacks them inside the step, into ``[n_layers, ...
 keep each parameter's sharding on the other dimensions (one more copy of the block parameters
 while the step runs, and of their gradients). What it buys:
 
-- compile time flat in depth (one block is compiled, not ``n_layers``);
+- the model's compile time flat in depth (one block is compiled, not ``n_layers``; the optimiser
+  step over the per-layer trees still grows with them);
 - with ``remat``, each layer's recomputation runs inside the backward loop, so no compiler can
   schedule every layer's recomputation before the first layer's backward (XLA's CPU scheduler
   did: the compiled update kept every layer's attention scores).

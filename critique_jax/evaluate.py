@@ -104,6 +104,9 @@ def main(argv: list[str]) -> None:
         run, params, source = policy.run, policy.params, policy.source
     else:
         run, params, source = config_policy(CONFIG.value, OUT.value)
+    import jax
+
+    jax.set_mesh(run.mesh)  # this process's one mesh (global): the model's activation constraints read it
     settings = dataclasses.replace(settings, source=source)
     if GATE.value:
         from critique_jax.runs.evaluation_run import eval_problems

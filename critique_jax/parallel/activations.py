@@ -7,7 +7,7 @@ activations and ~69 GiB of temporaries per device for two layers). The model mar
 activations with :func:`constrain`: the batch over ``("data", "fsdp")``, attention heads and
 the MLP width over ``tensor``.
 
-The constraint reads the mesh set with ``jax.set_mesh`` (the trainers set the run's mesh);
+The constraint reads the mesh set with ``jax.set_mesh`` (the programs set the run's mesh);
 without one it is the identity, so a model applied outside a mesh (tests, notebooks) runs as
 before. A dimension that its axes do not divide (a batch of 1 on 8 devices) is left to XLA
 for that dimension only: the constraint is a layout hint, never a change of the math.

@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import PartitionSpec as P
 
 from critique_jax.models import Transformer, model_config
 from critique_jax.models.kv_cache import KVCache

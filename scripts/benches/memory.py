@@ -94,6 +94,8 @@ def measure(shape: str, setting: str, devices: int, args: argparse.Namespace) ->
     if devices > jax.device_count():
         raise ValueError(f"--devices {devices}: only {jax.device_count()} devices; on the CPU set "
                          f"XLA_FLAGS=--xla_force_host_platform_device_count={devices}")
+    if devices % args.tensor:
+        raise ValueError(f"--tensor {args.tensor} does not divide --devices {devices}")
     shards = devices // args.tensor
     if args.sequences % args.group or (args.sequences // args.group) % shards:
         raise ValueError(f"--sequences {args.sequences} / --group {args.group}: the prompts must be a whole "
@@ -102,8 +104,6 @@ def measure(shape: str, setting: str, devices: int, args: argparse.Namespace) ->
     cfg = config_from_hf(PUBLISHED[shape][1], source=shape)
     cfg = dataclasses.replace(cfg, **SETTINGS[setting], scan_layers=True, fuse_projections=False,
                               max_seq_len=max(cfg.max_seq_len, width))
-    if devices % args.tensor:
-        raise ValueError(f"--tensor {args.tensor} does not divide --devices {devices}")
     mesh = make_mesh(data=1, fsdp=devices // args.tensor, tensor=args.tensor, devices=jax.devices()[:devices])
     check_heads(cfg.n_heads, cfg.n_kv_heads, mesh)
     graphdef, params = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))

@@ -36,7 +36,7 @@ def test_a_tensor_axis_that_splits_heads_is_refused_before_compiling():
     with pytest.raises(ValueError, match=r"mesh.tensor=4 does not divide the model's 4 query / 2 key-value heads "
                                          r"\(tensor parallelism splits whole heads\): use mesh.tensor in \[1, 2\]"):
         roles.define(cfg, mesh_lib.make_mesh(data=2, tensor=4))
-    graphdef, _ = roles.define(cfg, mesh_lib.make_mesh(data=4, tensor=2))  # 2 divides both
+    _, graphdef, _ = roles.define(cfg, mesh_lib.make_mesh(data=4, tensor=2))  # 2 divides both
     # a tensor axis shards the projections: not concatenated (it would move shards between devices)
     abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))[1]
     assert cfg.fuse_projections and not nnx.merge(graphdef, abstract).cfg.fuse_projections

@@ -45,7 +45,7 @@ class Estimate:
     per_device: dict[int, int | None]
 
 
-def _bytes(tree: Any, shardings: Any = None) -> int:
+def tree_bytes(tree: Any, shardings: Any = None) -> int:
     """Total bytes of ``tree``'s leaves, or of one device's shards of them under ``shardings``."""
     leaves = jax.tree.leaves(tree)
     shapes = ([x.shape for x in leaves] if shardings is None
@@ -67,8 +67,8 @@ def estimate(cfg: ModelConfig, mesh_sizes: Iterable[int] = (1, 8, 32)) -> Estima
             per_device[n] = None
             continue
         adam_sh = tree_shardings_like(adam, params, param_sh, mesh)
-        per_device[n] = _bytes(params, param_sh) + _bytes(adam, adam_sh)
-    return Estimate(params=_bytes(params), adam=_bytes(adam), per_device=per_device)
+        per_device[n] = tree_bytes(params, param_sh) + tree_bytes(adam, adam_sh)
+    return Estimate(params=tree_bytes(params), adam=tree_bytes(adam), per_device=per_device)
 
 
 def load_shape(name_or_path: str) -> tuple[str, dict[str, Any]]:

@@ -22,8 +22,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from critique_jax.parallel.activations import BATCH, constrain
-
 
 def scan_blocks(blocks: Sequence[nnx.Module], x: jax.Array, positions: jax.Array, mask: jax.Array,
                 local: jax.Array | None, policy: Callable | None) -> jax.Array:
@@ -38,8 +36,7 @@ def scan_blocks(blocks: Sequence[nnx.Module], x: jax.Array, positions: jax.Array
     def step(h: jax.Array, layer: tuple[nnx.State, jax.Array]) -> tuple[jax.Array, None]:
         state, is_sliding = layer
         layer_mask = mask if local is None else jnp.where(is_sliding, local, mask)
-        h, _ = nnx.merge(graphdef, state)(h, positions, layer_mask, None, None)
-        return constrain(h, BATCH, None, None), None
+        return nnx.merge(graphdef, state)(h, positions, layer_mask, None, None)[0], None
 
     if policy is not None:
         step = jax.checkpoint(step, policy=policy)

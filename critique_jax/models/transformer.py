@@ -180,7 +180,7 @@ class Block(nnx.Module):
         h = self.mlp(self.post_attn_norm(x))
         if self.mlp_out_norm is not None:
             h = self.mlp_out_norm(h)
-        return x + h, cache_kv
+        return constrain(x + h, BATCH, None, None), cache_kv
 
 
 #: ``ModelConfig.remat`` -> the ``jax.checkpoint`` policy: what the forward saves for the backward.
@@ -252,7 +252,6 @@ class Transformer(nnx.Module):
                 x, _ = block(x, positions, layer_mask, None, None)
             else:  # uncached: recompute the block in the backward pass
                 x = nnx.remat(_uncached_block, policy=policy)(block, x, positions, layer_mask)
-            x = constrain(x, BATCH, None, None)
         hidden = self.final_norm(x)
         if cache is None:
             return hidden, None

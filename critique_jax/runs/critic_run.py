@@ -149,7 +149,7 @@ def setup_critic(config: ml_collections.ConfigDict, workdir: str) -> Critic:
                          "training examples")
     width, length = resolve_widths(run.tok, train + held_out, cc.prompt_width, cc.max_new_tokens)
     model_cfg = roles.critic_model_config(config.critic, config.model, run.tok.vocab_size, width + length)
-    graphdef, param_sh = roles.define(model_cfg, run.mesh)
+    model_cfg, graphdef, param_sh = roles.define(model_cfg, run.mesh)
     sampler = SamplerConfig(max_new_tokens=length, eos_ids=run.tok.eos_ids, pad_id=run.tok.pad_id)
     run = dataclasses.replace(run, model_cfg=model_cfg, graphdef=graphdef, sampler=sampler, param_sh=param_sh)
     log.info("critic: %d training / %d held-out examples, prompt width %d, response length %d",

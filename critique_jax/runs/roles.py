@@ -38,13 +38,13 @@ POLICY_MATCHING_KEYS = ("task.name", "model.preset", "model.family", "model.over
                         "tokenizer.vocab_size", "tokenizer.seed")
 
 
-def define(cfg: ModelConfig, mesh: Mesh) -> tuple[nnx.GraphDef, Any]:
-    """The model definition of ``cfg`` and its parameter shardings on ``mesh`` (nothing allocated);
-    its projections fused (``ModelConfig.fuse_projections``) unless the mesh's tensor axis shards them."""
+def define(cfg: ModelConfig, mesh: Mesh) -> tuple[ModelConfig, nnx.GraphDef, Any]:
+    """``cfg`` as it runs on ``mesh`` (projections fused, ``ModelConfig.fuse_projections``, unless the
+    mesh's tensor axis shards them), its model definition and parameter shardings (nothing allocated)."""
     check_heads(cfg.n_heads, cfg.n_kv_heads, mesh)
     cfg = dataclasses.replace(cfg, fuse_projections=mesh.shape["tensor"] == 1)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
-    return graphdef, param_shardings(abstract, mesh)
+    return cfg, graphdef, param_shardings(abstract, mesh)
 
 
 def abstract_params(cfg: ModelConfig, param_sh: Any) -> Any:
@@ -150,6 +150,6 @@ def load_critic(run: Run) -> CritiqueModel:
         # Critique prompts are at most the largest critique bucket; critiques at most the longest target.
         max_seq_len = max(run.config.critique.prompt_buckets) + int(meta["response_len"])
         cfg = critic_model_config(meta, meta, run.tok.vocab_size, max_seq_len)
-        graphdef, param_sh = define(cfg, run.mesh)
+        cfg, graphdef, param_sh = define(cfg, run.mesh)
         params = ckpt.restore(like={"params": abstract_params(cfg, param_sh)})[0]["params"]
     return CritiqueModel((graphdef, params), dataclasses.replace(run.sampler, max_new_tokens=int(meta["response_len"])))

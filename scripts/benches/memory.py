@@ -41,9 +41,9 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
+from critique_jax.analysis.state_memory import tree_bytes
 from critique_jax.models import Transformer
 from critique_jax.models.hf.config import config_from_hf
 from critique_jax.models.hf.published import PUBLISHED
@@ -76,11 +76,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def _struct(x, sharding) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-
-
-def _bytes(tree, shardings) -> int:
-    return sum(int(np.prod(s.shard_shape(x.shape))) * x.dtype.itemsize
-               for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)))
 
 
 def _compiled(fn, *args, **kwargs) -> tuple[object, float]:
@@ -125,7 +120,7 @@ def measure(shape: str, setting: str, devices: int, args: argparse.Namespace) ->
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated(mesh))
     update = jax.jit(functools.partial(rl_update, graphdef, optimizer, make_loss_config("ppo", ref_kl_coef=0.01),
                                        mesh=mesh), donate_argnums=0)
-    param_bytes, adam_bytes = _bytes(params, param_sh), _bytes(adam, adam_sh)
+    param_bytes, adam_bytes = tree_bytes(params, param_sh), tree_bytes(adam, adam_sh)
     row = dict(shape=shape, setting=setting, devices=devices, tensor=args.tensor, batch=f"{n}x{width}",
                state=(param_bytes + adam_bytes) / GIB, ref=param_bytes / GIB)
     with jax.set_mesh(mesh):

@@ -131,7 +131,7 @@ def hf_config(cfg: ModelConfig, **token_ids: Any) -> dict[str, Any]:
     out.update({k: v for k, v in token_ids.items() if v is not None})
     back = config_from_hf(out, dtype=cfg.dtype, source=f"hf_config({mt})")
     back = dataclasses.replace(back, param_dtype=cfg.param_dtype, remat=cfg.remat, attention=cfg.attention,
-                               scan_layers=cfg.scan_layers)
+                               scan_layers=cfg.scan_layers, fuse_projections=cfg.fuse_projections)
     diff = [f.name for f in dataclasses.fields(cfg) if getattr(back, f.name) != getattr(cfg, f.name)]
     if diff:
         raise ValueError(f"ModelConfig is not a Hugging Face {mt} model: {', '.join(diff)} would differ "

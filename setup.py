@@ -18,6 +18,7 @@ setup(
         "flax>=0.12.0",
         "optax>=0.2.6",
         "orbax-checkpoint>=0.11.0",
+        "etils[epath]>=1.7",  # run-directory paths, local or cloud (critique_jax.storage)
         "tensorflow-datasets>=4.9.9",  # used without TensorFlow: array_record + data_source
         "array-record>=0.8.0",
         "sentencepiece>=0.2.0",
@@ -32,11 +33,14 @@ setup(
         "tensorboardX>=2.6.2",  # TensorBoard event writer with no TensorFlow dependency
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-timeout>=2.3", "pytest-xdist>=3.8"],
+        # gcp-storage-emulator: a local GCS server the cloud run-directory test writes gs:// to.
+        "test": ["pytest>=8.0", "pytest-timeout>=2.3", "pytest-xdist>=3.8", "gcp-storage-emulator>=2024.8"],
         "notebooks": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
         # GSM8K / MATH from local files: Parquet (pyarrow, also pulled in by tensorflow-datasets)
         # and MATH answer equivalence (math-verify: sympy + latex2sympy2_extended).
         "data": ["pyarrow>=14", "math-verify>=0.9.0"],
+        # gs:// run directories (etils.epath's fsspec backend; orbax writes checkpoints itself).
+        "cloud": ["gcsfs>=2024.2"],
         # Weights & Biases logging (log.wandb).
         "wandb": ["wandb>=0.19"],
         # Peer frameworks for `python scripts/bench.py trl` (TRL's GRPOTrainer and HF generate on

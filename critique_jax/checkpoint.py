@@ -52,8 +52,11 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from critique_jax import storage
 
 PyTree = Any
 
@@ -111,25 +114,25 @@ def _rewrap(like: Any, restored: Any) -> Any:
 
 
 def _file_hashes(step_dir: str) -> dict[str, str]:
-    """sha256 of every file under ``step_dir`` but the manifest, by relative path."""
-    out = {}
-    for root, _, files in os.walk(step_dir):
+    """sha256 of every file under ``step_dir`` (local or a URL) but the manifest, by relative path."""
+    out, root = {}, epath.Path(step_dir)
+    base = os.fspath(root).split("://", 1)[-1]  # fsspec's walk yields cloud folders without their scheme
+    for folder, _, files in root.walk():
+        sub = os.fspath(folder).split("://", 1)[-1][len(base):].strip("/")
         for name in files:
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, step_dir)
+            rel = f"{sub}/{name}" if sub else name
             if rel != CHECKSUMS:
-                with open(path, "rb") as f:
+                with (root / rel).open("rb") as f:
                     out[rel] = hashlib.file_digest(f, "sha256").hexdigest()
     return out
 
 
 def damage(step_dir: str) -> str | None:
     """What is wrong with a step against its manifest (None: intact, or saved without one)."""
-    manifest = os.path.join(step_dir, CHECKSUMS)
-    if not os.path.exists(manifest):
+    manifest = epath.Path(step_dir) / CHECKSUMS
+    if not manifest.exists():
         return None
-    with open(manifest) as f:
-        expected = json.load(f)
+    expected = json.loads(manifest.read_text())
     actual = _file_hashes(step_dir)
     missing = sorted(set(expected) - set(actual))
     changed = sorted(k for k in expected if k in actual and actual[k] != expected[k])
@@ -258,11 +261,9 @@ class Checkpointer:
         """Writes the manifest of every committed step saved since the last call (process 0)."""
         for step in self._unsealed:
             step_dir = self._step_dir(step)
-            if jax.process_index() == 0 and os.path.isdir(step_dir):  # not removed by retention
-                hashes, tmp = _file_hashes(step_dir), os.path.join(step_dir, CHECKSUMS + ".tmp")
-                with open(tmp, "w") as f:
-                    json.dump(hashes, f, indent=0, sort_keys=True)
-                os.replace(tmp, os.path.join(step_dir, CHECKSUMS))
+            if jax.process_index() == 0 and epath.Path(step_dir).is_dir():  # not removed by retention
+                text = json.dumps(_file_hashes(step_dir), indent=0, sort_keys=True)
+                storage.write_atomic(epath.Path(step_dir) / CHECKSUMS, text)
         self._unsealed = []
 
     def latest_step(self) -> int | None:
@@ -285,8 +286,8 @@ class Checkpointer:
         log.warning("checkpoint step %d in %s is damaged (%s): moved to %s; falling back to an older step", step,
                     self.directory, problem, aside)
         if jax.process_index() == 0:
-            os.makedirs(os.path.dirname(aside), exist_ok=True)
-            os.rename(self._step_dir(step), aside)
+            epath.Path(aside).parent.mkdir(parents=True, exist_ok=True)
+            epath.Path(self._step_dir(step)).rename(aside)
         self._manager.reload()
 
     def best_step(self) -> int | None:

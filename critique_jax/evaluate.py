@@ -38,7 +38,7 @@ import dataclasses
 from absl import app, flags
 from ml_collections import config_flags
 
-from critique_jax import cli
+from critique_jax import cli, storage
 
 RUN = flags.DEFINE_string("run", None, "A train run directory whose policy is evaluated (with --which).")
 WHICH = flags.DEFINE_string("which", "final", "With --run: 'final' (latest checkpoint), 'sft' or a step number; "
@@ -68,6 +68,9 @@ def main(argv: list[str]) -> None:
     budgets, counts = _ints(BUDGETS), _ints(SAMPLE_COUNTS)
     if counts and not budgets:
         raise ValueError("--sample_counts without --budgets: the sample counts are the budget sweep's; give --budgets")
+    if storage.is_remote(OUT.value):  # the run read may be a URL; the results are local files
+        raise ValueError(f"--out={OUT.value}: the evaluation's folder must be a local folder (copy it to a bucket "
+                         "afterwards); --run may be a gs:// run directory")
     which = parse_which(WHICH.value) if CONFIG.value is None else []
     if GATE.value and (budgets or len(which) > 1 or which == ["all"]):
         raise ValueError("--critique_gate gates one policy and runs alone: drop --budgets and give one --which")

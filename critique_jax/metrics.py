@@ -14,7 +14,9 @@ Values are written as plain JSON numbers (jax/numpy scalars and 0-d arrays conve
 browsers) and a NaN stays recognisable; ``read_metrics`` turns them back into floats.
 
 Only process 0 writes: on other processes (or with ``enabled=False``) the writers do
-nothing, so every process can call them unconditionally.
+nothing, so every process can call them unconditionally. A cloud run directory (``gs://...``)
+is written through a local :class:`critique_jax.storage.Staging` folder, uploaded every 30 s and
+at ``close``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ from typing import Any, Iterable, Mapping, Sequence, TextIO
 import jax
 import numpy as np
 import tensorboardX as tbx
+from etils import epath
 from tensorboardX.proto import event_pb2, summary_pb2
+
+from critique_jax import storage
+from critique_jax.storage import Staging, is_remote
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
@@ -94,21 +100,21 @@ def _parse(line: str, path: Path, lineno: int) -> dict:
     return record
 
 
-def _iter_lines(path: Path) -> Iterable[tuple[int, str, bool]]:
+def _iter_lines(path: Path | epath.Path) -> Iterable[tuple[int, str, bool]]:
     """(line number, text, ends with newline) for each non-blank line."""
-    with open(path, encoding="utf-8") as f:
+    with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if line.strip():
                 yield lineno, line, line.endswith("\n")
 
 
 def read_metrics(path_or_workdir: str | os.PathLike) -> list[dict]:
-    """Parses ``metrics.jsonl`` (a file, or a run directory containing one).
+    """Parses ``metrics.jsonl`` (a file, or a run directory containing one; local or a URL).
 
     Returns one dict per line, ``"nan"``/``"inf"``/``"-inf"`` strings decoded to floats.
     Raises ValueError naming ``file:line`` for a malformed line.
     """
-    path = Path(path_or_workdir)
+    path = storage.path(path_or_workdir, "metrics")
     if path.is_dir():
         path = path / METRICS_FILE
     records = [_parse(line, path, n) for n, line, _ in _iter_lines(path)]
@@ -156,6 +162,8 @@ class MetricsWriter:
         step from ``metrics.jsonl``/``samples.jsonl`` (atomic rewrite) and tell TensorBoard
         to purge events after it, so the resumed run's logs equal an uninterrupted run's.
         Without it, an existing ``metrics.jsonl`` is appended to as is.
+      staging: the local folder the files are written in (default: ``Staging(workdir)``, which
+        is ``workdir`` itself when it is local).
     """
 
     def __init__(
@@ -166,14 +174,16 @@ class MetricsWriter:
         tensorboard: bool = True,
         resume_step: int | None = None,
         sinks: Sequence[Any] = (),
+        staging: Staging | None = None,
     ):
-        self.workdir = Path(workdir)
         self.enabled = enabled and jax.process_index() == 0
-        self._metrics = self._samples = self._tb = None
+        self._metrics = self._samples = self._tb = self._staging = None
         self._sinks = list(sinks) if self.enabled else []
+        self.workdir = Path(workdir) if not is_remote(workdir) else workdir
         if not self.enabled:
             return
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._staging = staging or Staging(os.fspath(workdir), fetch=(METRICS_FILE, SAMPLES_FILE))
+        self.workdir = Path(self._staging.local)
         if resume_step is not None:
             for name in (METRICS_FILE, SAMPLES_FILE):
                 _truncate_after(self.workdir / name, resume_step)
@@ -200,6 +210,7 @@ class MetricsWriter:
         values = {name: _scalar(name, v) for name, v in metrics.items()}
         self._metrics.write(_dumps({"step": int(step), **values}) + "\n")
         self._metrics.flush()
+        self._staging.sync()
         if self._tb is not None:
             # Summary protos built directly: tensorboardX's add_scalar would rename tags
             # ("eval/pass@1" -> "eval/pass_1"); TensorBoard itself accepts any tag.
@@ -220,6 +231,7 @@ class MetricsWriter:
             self._samples = open(self.workdir / SAMPLES_FILE, "a", encoding="utf-8")
         self._samples.writelines(_dumps({"step": int(step), **s}) + "\n" for s in samples)
         self._samples.flush()
+        self._staging.sync()
 
     def _open(self) -> bool:
         """False for a no-op writer; raises if this writer was closed."""
@@ -228,10 +240,10 @@ class MetricsWriter:
         return self.enabled
 
     def close(self) -> None:
-        for f in (self._metrics, self._samples, self._tb, *self._sinks):
+        for f in (self._metrics, self._samples, self._tb, *self._sinks, self._staging):
             if f is not None:
                 f.close()
-        self._metrics = self._samples = self._tb = None
+        self._metrics = self._samples = self._tb = self._staging = None
         self._sinks = []
 
     def __enter__(self) -> MetricsWriter:

@@ -10,11 +10,12 @@ are; changing one is allowed and recorded. ``config.json`` is written only after
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
 import ml_collections
+
+from critique_jax import storage
 
 CONFIG_FILE = "config.json"
 CHANGES_FILE = "config_changes.jsonl"
@@ -55,11 +56,11 @@ def save_config(config: ml_collections.ConfigDict, workdir: str, resume: bool, w
     whose saved config differs in a key outside :data:`RESUMABLE` raises ValueError naming the
     keys, before anything is written; allowed changes are appended to ``config_changes.jsonl``.
     A run that does not resume starts a new change log."""
-    path, changes_path = os.path.join(workdir, CONFIG_FILE), os.path.join(workdir, CHANGES_FILE)
+    root = storage.path(workdir)
+    path, changes_path = root / CONFIG_FILE, root / CHANGES_FILE
     changes = {}
-    if resume and os.path.exists(path):
-        with open(path) as f:
-            changes = config_changes(json.load(f), config)
+    if resume and path.exists():
+        changes = config_changes(json.loads(path.read_text()), config)
         refused = {k: v for k, v in changes.items() if not _resumable(k) and v[0] is not None}
         if refused:
             listed = "; ".join(f"{k}={new!r} (the run has {old!r})" for k, (old, new) in refused.items())
@@ -68,11 +69,10 @@ def save_config(config: ml_collections.ConfigDict, workdir: str, resume: bool, w
                              f"change only: {', '.join(RESUMABLE)}")
     if not write:
         return
-    if changes:
-        with open(changes_path, "a") as f:
-            f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                "changes": {k: {"from": old, "to": new} for k, (old, new) in changes.items()}}) + "\n")
-    elif not resume and os.path.exists(changes_path):
-        os.remove(changes_path)
-    with open(path, "w") as f:
-        f.write(config.to_json(indent=1))
+    if changes:  # appended by rewriting: object stores have no append
+        line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                           "changes": {k: {"from": old, "to": new} for k, (old, new) in changes.items()}}) + "\n"
+        changes_path.write_text((changes_path.read_text() if changes_path.exists() else "") + line)
+    elif not resume and changes_path.exists():
+        changes_path.unlink()
+    path.write_text(config.to_json(indent=1))

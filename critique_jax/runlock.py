@@ -8,8 +8,7 @@ import fcntl
 import os
 from typing import IO, Iterator
 
-#: The lock file in a run directory; it holds the pid of the process running there.
-RUN_LOCK = "run.lock"
+from critique_jax.storage import local_lock_file
 
 _held: dict[str, IO[str]] = {}  # run directories this process holds, open for its life
 
@@ -32,8 +31,9 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
 
 def lock_run_dir(workdir: str | os.PathLike) -> None:
     """Locks ``workdir`` (created if missing) until this process exits; raises :class:`LockHeld`
-    naming the holder's pid when another process runs in it. Locking it again is a no-op."""
-    path = os.path.join(os.path.abspath(workdir), RUN_LOCK)
+    naming the holder's pid when another process runs in it. Locking it again is a no-op. A cloud
+    ``workdir`` is locked by a file on this machine (:func:`critique_jax.storage.local_lock_file`)."""
+    path = local_lock_file(os.fspath(workdir))
     if path in _held:
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)

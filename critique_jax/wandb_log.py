@@ -36,14 +36,15 @@ def check_wandb(config: ml_collections.ConfigDict) -> None:
 class WandbSink:
     """One W&B run for a run directory: ``log(step, values)`` per logged step, ``close()`` at the end.
 
-    workdir: the run directory (W&B's files go to ``<workdir>/wandb``); config: the run's whole
-    config (shown as the W&B run's config); the run is named after the directory.
+    folder: the run directory's local log folder (W&B's files go to ``<folder>/wandb``, its id to
+    ``<folder>/wandb_id``); config: the run's whole config (shown as the W&B run's config); name:
+    the W&B run's name (the run directory's name).
     """
 
-    def __init__(self, workdir: str, project: str, mode: str, config: Mapping[str, Any]):
+    def __init__(self, folder: str, project: str, mode: str, config: Mapping[str, Any], name: str):
         import wandb
 
-        id_file = os.path.join(workdir, WANDB_ID_FILE)
+        id_file = os.path.join(folder, WANDB_ID_FILE)
         if os.path.isfile(id_file):
             with open(id_file) as f:
                 run_id = f.read().strip()
@@ -51,8 +52,8 @@ class WandbSink:
             run_id = secrets.token_hex(4)  # W&B ids: lower-case letters and digits
             with open(id_file, "w") as f:
                 f.write(run_id + "\n")
-        self.run = wandb.init(project=project, id=run_id, resume="allow", dir=workdir, mode=mode, config=dict(config),
-                              name=os.path.basename(os.path.abspath(workdir)))
+        self.run = wandb.init(project=project, id=run_id, resume="allow", dir=folder, mode=mode, config=dict(config),
+                              name=name)
 
     def log(self, step: int, values: Mapping[str, float]) -> None:
         self.run.log(dict(values), step=step)
@@ -61,9 +62,11 @@ class WandbSink:
         self.run.finish()
 
 
-def wandb_sinks(config: ml_collections.ConfigDict, workdir: str, enabled: bool) -> list[WandbSink]:
-    """``[WandbSink]`` for a run with ``log.wandb`` set, on the logging process (``enabled``); else ``[]``."""
+def wandb_sinks(config: ml_collections.ConfigDict, folder: str, enabled: bool, name: str) -> list[WandbSink]:
+    """``[WandbSink]`` for a run with ``log.wandb`` set, on the logging process (``enabled``); else ``[]``.
+    ``folder``: the local folder of the run directory's logs (the run directory itself, or its
+    :class:`critique_jax.storage.Staging` folder for a cloud one); ``name``: the W&B run's name."""
     if not (enabled and config.log.wandb):
         return []
-    os.makedirs(workdir, exist_ok=True)
-    return [WandbSink(workdir, config.log.wandb, config.log.wandb_mode, config.to_dict())]
+    os.makedirs(folder, exist_ok=True)
+    return [WandbSink(folder, config.log.wandb, config.log.wandb_mode, config.to_dict(), name)]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up .venv (if needed) and runs the test suite on the CPU with 8 virtual devices.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k sampler -x`.
-EXTRAS="test,notebooks,data,wandb"
+EXTRAS="test,notebooks,data,wandb,cloud"
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 export JAX_PLATFORMS=cpu
 # Test files are spread over min(cores, 4) worker processes, one file at a time per worker

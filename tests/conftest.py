@@ -121,3 +121,47 @@ def np_rng(request) -> np.random.Generator:
 def _cache_dir(tmp_path_factory, monkeypatch):
     """Tokenizer and dataset caches go to the session's temporary directory, never to ~."""
     monkeypatch.setenv("CRITIQUE_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket():
+    """``gs://critique-jax-test``: a bucket on a local in-memory GCS server (gcp-storage-emulator,
+    the GCS JSON API) that epath (gcsfs) and orbax (tensorstore's GCS driver) both talk to, as they
+    would to Google Cloud Storage. One server per test process (gcsfs caches its client)."""
+    import logging
+    import socket
+    from http import HTTPStatus
+
+    from gcp_storage_emulator.handlers import objects
+    from gcp_storage_emulator.server import create_server
+
+    plain_download = objects.download
+
+    def download(request, response, storage, *args, **kwargs):
+        """The emulator's object download plus the generation headers real GCS sends with every
+        object read (tensorstore's GCS driver reads them: without, "Malformed StorageGeneration")."""
+        plain_download(request, response, storage, *args, **kwargs)
+        if response.status in (HTTPStatus.OK, HTTPStatus.PARTIAL_CONTENT):
+            obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+            response["x-goog-generation"], response["x-goog-metageneration"] = obj["generation"], obj["metageneration"]
+
+    objects.download = download  # module-level: the emulator's handlers call it by name
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    server = create_server("localhost", port, in_memory=True, default_bucket="critique-jax-test")
+    server.start()
+    url = f"http://localhost:{port}"
+    env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "GCE_METADATA_HOST": "localhost:1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    for name in ("gcsfs", "gcp_storage_emulator"):  # no credentials: expected, logged at every call
+        logging.getLogger(name).setLevel(logging.ERROR)
+    yield "gs://critique-jax-test"
+    server.stop()
+    objects.download = plain_download
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

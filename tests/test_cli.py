@@ -78,14 +78,20 @@ def test_compile_cache_setting(tmp_path, monkeypatch):
     assert use_compile_cache("") == str(tmp_path / "env") and len(updates) == 2
 
 
-def test_a_cloud_workdir_is_refused_before_anything_is_created(tmp_path, monkeypatch):
-    """gs:// run directories are not supported yet: one clear error, no local 'gs:' folder."""
+def test_a_cloud_workdir_it_cannot_serve_is_refused_before_anything_is_created(tmp_path, monkeypatch):
+    """An unknown URL scheme, or gs:// without its backend package: one clear error, no local folder."""
     import pytest
 
+    from critique_jax import storage
     from critique_jax.runs import train
     from test_trainer import tiny_config
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match=r"--workdir=gs://bucket/run: run directories must be local folders"):
+    with pytest.raises(ValueError, match=r"--workdir=hdfs://host/run: unsupported URL scheme hdfs://; expected a "
+                                         r"local folder or one of gs://, s3://"):
+        train(tiny_config(tmp_path), "hdfs://host/run")
+    monkeypatch.setitem(storage.BACKENDS, "gs", "critique_jax_no_such_package")
+    with pytest.raises(ValueError, match=r"--workdir=gs://bucket/run: gs:// run directories need the "
+                                         r"critique_jax_no_such_package package: pip install -e '.\[cloud\]'"):
         train(tiny_config(tmp_path), "gs://bucket/run")
-    assert not (tmp_path / "gs:").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

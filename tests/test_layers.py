@@ -33,6 +33,7 @@ LAYERS = {
     "critique_jax.wandb_log": 0,
     "critique_jax.perf": 0,
     "critique_jax.runlock": 0,
+    "critique_jax.storage": 0,
     # 1 text, data and sampling
     "critique_jax.sampling": 1,
     "critique_jax.data": 1,

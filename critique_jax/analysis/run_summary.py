@@ -12,6 +12,7 @@ runs overlaid). ``--critic`` (a ``train_critic`` run) adds the critic's last hel
 
 from __future__ import annotations
 
+import io
 import os
 
 import matplotlib
@@ -19,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from critique_jax import storage  # noqa: E402
 from critique_jax.metrics import read_metrics  # noqa: E402
 
 TABLE_KEYS = ("eval/pass@1_greedy", "eval/pass@1", "eval/pass@k/2", "eval/pass@k/4", "eval/pass@k/8", "eval/distinct_correct",
@@ -73,9 +75,11 @@ def plot_curves(workdirs: str | list[str], out: str | None = None) -> str:
         ax.legend(loc="best", fontsize="small")
     fig.suptitle(" vs ".join(run_label(w) for w in workdirs))
     fig.tight_layout()
-    out = out or os.path.join(workdirs[0], "curves.png")
-    fig.savefig(out, dpi=120)
+    out = out or os.path.join(workdirs[0], "curves.png")  # a run directory may be a URL
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
+    storage.path(out, "--out").write_bytes(png.getvalue())
     return out
 
 

@@ -26,6 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from critique_jax import storage  # noqa: E402
 from critique_jax.analysis.across_training import PolicyEval, across_markdown, across_table  # noqa: E402
 from critique_jax.metrics import METRICS_FILE, read_metrics  # noqa: E402
 from critique_jax.runs.budget_sweep import budget_sweep, check_sweep  # noqa: E402
@@ -79,7 +80,7 @@ def evaluate_across(workdir: str, which: Sequence[str | int], out: str, settings
     (:func:`~critique_jax.runs.policies.load_policy`)."""
     config = load_run_config(workdir)
     path = os.path.join(workdir, METRICS_FILE)
-    metrics = read_metrics(path) if os.path.exists(path) else []  # read first: a bad file fails before sampling
+    metrics = read_metrics(path) if storage.path(path).exists() else []  # read first: a bad file fails before sampling
     sft_step, _ = saved_policies(workdir)
     evaluated = []
     for w in which:

@@ -40,15 +40,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from typing import Sequence
 
-import jax
 import ml_collections
 import numpy as np
 from flax import nnx
 
+from critique_jax import storage
 from critique_jax.critique import data as data_lib
 from critique_jax.critique.critic import resolve_widths
 from critique_jax.critique.data import CritiqueExample
@@ -205,7 +204,7 @@ def initial_params(critic: Critic, seed: int) -> nnx.State:
     run, path = critic.run, critic.run.config.critic.init_from
     if not path:
         return roles.init_params(run, seed)
-    if not os.path.isdir(path):
+    if not storage.path(path, "critic.init_from").is_dir():
         raise FileNotFoundError(f"config critic.init_from={path!r}: no such checkpoint directory")
     with final_checkpointer(path) as ckpt:
         try:
@@ -267,11 +266,11 @@ def train_critic(config: ml_collections.ConfigDict, workdir: str, *, resume: boo
     preemption would.
     """
     rd = RunDir(workdir)
-    if os.path.isdir(rd / SFT_POLICY):
+    if storage.path(rd / SFT_POLICY).is_dir():
         raise FileExistsError(f"{workdir} holds a policy run (sft_policy/): give the critic its own --workdir")
     rd.refuse_overwrite(resume, CHECKPOINTS, CRITIC_POLICY)
     critic = setup_critic(config, workdir)
-    with jax.set_mesh(critic.run.mesh):  # the model's activation constraints read it
+    with critic.run.active():
         return _train_critic(critic, rd, resume, stop_at)
 
 

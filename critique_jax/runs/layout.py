@@ -1,4 +1,5 @@
-"""A run directory: one object owns the names in it and opens its checkpoints.
+"""A run directory: one object owns the names in it and opens its checkpoints. A local folder or
+a cloud URL (``gs://bucket/run``, :mod:`critique_jax.storage`).
 
     <workdir>/config.json          the whole config (critique_jax.rundir.save_config)
     <workdir>/metrics.jsonl        logged metrics, samples.jsonl a few samples (critique_jax.metrics)
@@ -7,7 +8,8 @@
                                    and what init_from / critic.policy_from / self-training load
     <workdir>/critic_policy/<step>/ a train_critic run's final critic, {"params"}; its meta holds
                                    the critic's architecture, dtypes and widths
-    <workdir>/run.lock             held by the process that trains in it (critique_jax.runlock)
+    <workdir>/run.lock             held by the process that trains in it (critique_jax.runlock; for a
+                                   cloud run directory, a lock file on the local machine)
     <workdir>/wandb/, wandb_id     with log.wandb: the Weights & Biases run (critique_jax.wandb_log)
 
 Training checkpointers (read-write, asynchronous per ``checkpoint.async_save``) keep the latest
@@ -18,29 +20,22 @@ checkpointers never delete or move anything (a live run's directory is safe to r
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import ml_collections
 
+from critique_jax import storage
 from critique_jax.checkpoint import Checkpointer
-from critique_jax.metrics import MetricsWriter
+from critique_jax.metrics import METRICS_FILE, SAMPLES_FILE, MetricsWriter
 from critique_jax.parallel.distributed import is_main_process
-from critique_jax.wandb_log import wandb_sinks
+from critique_jax.storage import Staging, is_remote
+from critique_jax.wandb_log import WANDB_ID_FILE, wandb_sinks
 
 CONFIG = "config.json"
 CHECKPOINTS = "checkpoints"
 SFT_POLICY = "sft_policy"
 CRITIC_POLICY = "critic_policy"
-
-
-def local_path(workdir: str) -> str:
-    """``workdir`` when it is a local folder; a one-line ValueError for a URL such as
-    ``gs://bucket/run``, before anything is created: only orbax would write there, every other
-    file would go to a local folder named like the URL."""
-    if "://" in str(workdir):
-        raise ValueError(f"--workdir={workdir}: run directories must be local folders; cloud URLs are not "
-                         "supported yet")
-    return workdir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +51,14 @@ class RunDir:
     def config_file(self) -> str:
         return self / CONFIG
 
+    def read_config(self) -> dict:
+        """The run's ``config.json`` as a dict (local or a URL)."""
+        return json.loads(storage.path(self.config_file).read_text())
+
     def has(self, name: str) -> bool:
         """``name`` is a non-empty folder of the run (e.g. :data:`SFT_POLICY`)."""
-        return os.path.isdir(self / name) and bool(os.listdir(self / name))
+        folder = storage.path(self / name)
+        return folder.is_dir() and any(True for _ in folder.iterdir())
 
     def refuse_overwrite(self, resume: bool, *names: str) -> None:
         """Without ``resume``, a folder of ``names`` that already holds checkpoints is an error."""
@@ -76,11 +76,19 @@ class RunDir:
 
     def writer(self, config: ml_collections.ConfigDict, resume_step: int) -> MetricsWriter:
         """The run's metrics writer (process 0 only): ``metrics.jsonl``, TensorBoard (``log.tensorboard``)
-        and W&B (``log.wandb``); lines past ``resume_step`` (-1: all) belong to a crashed attempt and are
-        dropped."""
+        and W&B (``log.wandb``), written in a :class:`Staging` folder (the run directory itself when
+        local); lines past ``resume_step`` (-1: all) belong to a crashed attempt and are dropped."""
         main = is_main_process()
+        staging = Staging(self.path, fetch=(METRICS_FILE, SAMPLES_FILE, WANDB_ID_FILE)) if main else None
+        sinks = wandb_sinks(config, staging.local, main, name=self.name) if main else []
         return MetricsWriter(self.path, enabled=main, tensorboard=config.log.tensorboard, resume_step=resume_step,
-                             sinks=wandb_sinks(config, self.path, main))
+                             sinks=sinks, staging=staging)
+
+    @property
+    def name(self) -> str:
+        """The run directory's last path component."""
+        return os.path.basename(self.path.rstrip("/")) if is_remote(self.path) else \
+            os.path.basename(os.path.abspath(self.path))
 
     def final(self, name: str) -> Checkpointer:
         """The one-step, synchronous checkpointer of a final policy folder (``sft_policy``, ``critic_policy``)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import ml_collections
 
-from critique_jax import config as config_lib
+from critique_jax import config as config_lib, storage
 from critique_jax.analysis.token_entropy import Policy
 from critique_jax.runs import roles
 from critique_jax.runs.layout import CHECKPOINTS, RunDir, reader
@@ -36,7 +36,7 @@ def _flatten(d: dict, prefix: str = ""):
 def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
     """The locked config of a run directory: its ``config.json`` over :func:`default_config`
     (keys the file lacks keep their defaults). Errors name the file and the key."""
-    path = Path(RunDir(str(workdir)).config_file)
+    path = storage.path(RunDir(str(workdir)).config_file, "run directory")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: not a run directory of critique_jax.train")
     c = config_lib.default_config()  # locked: an unknown key raises
@@ -50,7 +50,7 @@ def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
 
 def checkpoint_steps(directory: str | Path) -> list[int]:
     """The finished steps of a checkpoint directory (none when it does not exist), read-only."""
-    if not os.path.isdir(directory):
+    if not storage.path(directory, "checkpoint directory").is_dir():
         return []
     with reader(str(directory)) as ckpt:
         return ckpt.all_steps()

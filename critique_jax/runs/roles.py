@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -23,7 +22,7 @@ import ml_collections
 from flax import nnx
 from jax.sharding import Mesh
 
-from critique_jax import config as config_lib
+from critique_jax import config as config_lib, storage
 from critique_jax.models import ModelConfig, Transformer, model_config
 from critique_jax.parallel.sharding import check_heads, param_shardings
 from critique_jax.runs.layout import CONFIG, CRITIC_POLICY, SFT_POLICY, RunDir, final_checkpointer
@@ -73,11 +72,10 @@ def check_policy_run(config: ml_collections.ConfigDict, path: str, key: str) -> 
     and every differing field with both values."""
     cfg_file, policy_dir = RunDir(path).config_file, init_from_dir(path)
     for f in (cfg_file, policy_dir):
-        if not os.path.exists(f):
+        if not storage.path(f, key).exists():
             raise FileNotFoundError(f"{key}={path!r}: {f} is missing; expected a train run directory "
                                     "(python -m critique_jax.train) with its config.json and sft_policy/")
-    with open(cfg_file) as f:
-        theirs = json.load(f)
+    theirs = RunDir(path).read_config()
     differ = []
     for field_key in POLICY_MATCHING_KEYS:
         section, field = field_key.split(".")
@@ -122,12 +120,11 @@ def check_critic_source(config: ml_collections.ConfigDict) -> None:
     no train_critic run there, or one trained on another task or tokenizer (a vocabulary that
     does not match the policy's, whose critique tokens would decode to other text)."""
     src = config.critique.critic_from
-    path = RunDir(src).config_file
-    if not os.path.isfile(path) or not os.path.isdir(RunDir(src) / CRITIC_POLICY):
-        raise FileNotFoundError(f"critique.critic_from={src!r}: expected a train_critic run directory with "
+    what = "critique.critic_from"
+    if not (storage.path(RunDir(src).config_file, what).is_file() and storage.path(RunDir(src) / CRITIC_POLICY).is_dir()):
+        raise FileNotFoundError(f"{what}={src!r}: expected a train_critic run directory with "
                                 f"{CONFIG} and {CRITIC_POLICY}/")
-    with open(path) as f:
-        theirs = json.load(f)
+    theirs = RunDir(src).read_config()
     for key, ours in (("task.name", config.task.name), ("tokenizer.vocab_size", config.tokenizer.vocab_size),
                       ("tokenizer.seed", config.tokenizer.seed)):
         section, field = key.split(".")
@@ -145,8 +142,7 @@ def load_critic(run: Run) -> CritiqueModel:
     with final_checkpointer(src / CRITIC_POLICY) as ckpt:
         meta = ckpt.read_meta()
         if "dtype" not in meta:
-            with open(src.config_file) as f:
-                meta |= {k: json.load(f)["model"][k] for k in ("dtype", "param_dtype")}
+            meta |= {k: src.read_config()["model"][k] for k in ("dtype", "param_dtype")}
         # Critique prompts are at most the largest critique bucket; critiques at most the longest target.
         max_seq_len = max(run.config.critique.prompt_buckets) + int(meta["response_len"])
         cfg = critic_model_config(meta, meta, run.tok.vocab_size, max_seq_len)

@@ -5,9 +5,10 @@ tokenizer and the policy's model definition. Pure set-up; the loops live beside 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import ml_collections
@@ -16,7 +17,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from critique_jax import validation
+from critique_jax import storage, validation
 from critique_jax.data import TaskSource, build_task_dataset
 from critique_jax.metrics import MetricsWriter
 from critique_jax.models import ModelConfig
@@ -25,7 +26,7 @@ from critique_jax.parallel.mesh import batch_sharding, make_mesh
 from critique_jax.rl import policy_init
 from critique_jax.runlock import lock_run_dir
 from critique_jax.runs import roles
-from critique_jax.runs.layout import RunDir, local_path
+from critique_jax.runs.layout import RunDir
 from critique_jax.sampling import SamplerConfig, SamplingSettings
 from critique_jax.tasks import Task, get_task
 from critique_jax.text import Tokenizer, default_cache_dir
@@ -62,6 +63,17 @@ class Run:
     def dir(self) -> RunDir:
         return RunDir(self.workdir)
 
+    @contextlib.contextmanager
+    def active(self) -> Iterator[Run]:
+        """The run's mesh set (the model's activation constraints read it) and, on leaving, also
+        by an exception, its writer closed (a cloud run directory's last logs uploaded)."""
+        with jax.set_mesh(self.mesh):
+            try:
+                yield self
+            finally:
+                if self.writer is not None:
+                    self.writer.close()
+
     def shard(self, x: np.ndarray | jax.Array) -> jax.Array:
         """A global batch-sharded array from a full host array (or an array of PRNG keys)."""
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
@@ -84,7 +96,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, program: str = "train
     validation.validate(config, jax.device_count(), program)
     if config.critique.type == "model":
         roles.check_critic_source(config)
-    os.makedirs(local_path(workdir), exist_ok=True)
+    storage.path(workdir).mkdir(parents=True, exist_ok=True)
     if is_main_process():
         lock_run_dir(workdir)
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 from typing import Callable, Sequence
 
@@ -90,8 +89,7 @@ def check_init_run(config: ml_collections.ConfigDict) -> str:
         raise ValueError("config init_from is empty: self-training starts from an SFT policy; set it to a train run "
                          "directory holding sft_policy/ (python -m critique_jax.train ... with rl.steps=0)")
     policy_dir = roles.check_policy_run(config, config.init_from, "init_from")
-    with open(RunDir(config.init_from).config_file) as f:
-        theirs = json.load(f)
+    theirs = RunDir(config.init_from).read_config()
     left_out = theirs["rl"].get("pool_size", 0) if theirs.get("sft", {}).get("skip_rl_pool") else None
     if left_out is not None and left_out != config.self_train.pool_size:
         raise ValueError(f"config self_train.pool_size={config.self_train.pool_size}: the init_from run's SFT left out "
@@ -256,7 +254,7 @@ def self_train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool 
     """
     policy_dir = check_init_run(config)
     run = setup(config, workdir, "self_train")
-    with jax.set_mesh(run.mesh):  # the model's activation constraints read it
+    with run.active():
         return _self_train(run, policy_dir, resume, stop_after)
 
 

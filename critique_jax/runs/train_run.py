@@ -7,7 +7,6 @@ of the KL term and can initialise other runs (``init_from``), so a sweep shares 
 
 from __future__ import annotations
 
-import jax
 import ml_collections
 
 from critique_jax.critique.sources import critique_source
@@ -30,7 +29,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, resume: bool = True, 
     """
     policy_dir = roles.check_policy_run(config, config.init_from, "init_from") if config.init_from else None
     run = setup(config, workdir)
-    with jax.set_mesh(run.mesh):  # the model's activation constraints read it
+    with run.active():
         return _train(run, policy_dir, resume, stop_at)
 
 

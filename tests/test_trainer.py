@@ -201,6 +201,19 @@ def _infinite_lr(monkeypatch, phase: str) -> None:
         monkeypatch.setattr(module, "make_optimizer", make)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_all_finite_flags_one_bad_element_in_any_leaf(bad):
+    """The optimiser step's finiteness test (read off the tree's norm) over float32 and bfloat16 leaves."""
+    from critique_jax.rl.train_step import _all_finite
+
+    def tree(a_bad=False, c_bad=False):
+        a, c = jnp.ones((3, 4)), jnp.full((5,), 2.0, jnp.bfloat16)
+        return {"a": a.at[0, 0].set(bad) if a_bad else a, "b": {"c": c.at[0].set(bad) if c_bad else c}}
+
+    assert bool(_all_finite(tree()))
+    assert not bool(_all_finite(tree(a_bad=True))) and not bool(_all_finite(tree(c_bad=True)))
+
+
 def test_nonfinite_run_stops_without_nan_checkpoint(tmp_path, monkeypatch):
     _infinite_lr(monkeypatch, "rl")
     cfg = tiny_config(tmp_path, **{"rl.max_bad_steps": 2, "rl.steps": 4, "sft.steps": 1, "checkpoint.every": 1})

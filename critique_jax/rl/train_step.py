@@ -134,7 +134,12 @@ def make_optimizer(lr: float, warmup_steps: int, total_steps: int, *, weight_dec
 
 
 def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+    """Whether every element of ``tree`` is finite, read off its global norm (one sum of squares:
+    inf or NaN when any element is, and also when the norm passes ~1.8e19 in float32, a blow-up
+    counted as non-finite too). A per-leaf ``isfinite`` reduction made XLA's compile time grow
+    with the square of the leaf count (the optimiser step of a 28-layer 1.5B shape on 8 CPU
+    devices: 129 s, against 8.8 s with the norm)."""
+    return jnp.isfinite(optax.tree.norm(tree))
 
 
 def _apply(optimizer, state: TrainState, grads, loss) -> tuple[TrainState, jax.Array, jax.Array]:

@@ -22,7 +22,7 @@ temporaries, ``update`` = update arguments + temporaries + ref, ``sample`` = sam
 temporaries + AdamW moments + ref (the optimiser state stays on the device while sampling),
 ``peak`` the larger; ``fits`` the accelerators whose HBM holds ``peak``.
 
-Settings (all with ``scan_layers``: compile time flat in the model's depth, and the CPU compiler
+Settings (all with ``scan_layers``: the model's compile time flat in depth, and the CPU compiler
 schedules each layer's recomputation inside the backward loop; see README "Precision and
 memory"): ``f32`` float32 activations, no remat; ``bf16`` bfloat16 activations over float32
 parameters; ``bf16_remat`` the same with ``remat=full``.
@@ -72,6 +72,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-len", type=int, default=512)
     p.add_argument("--new-tokens", type=int, default=1536)
     p.add_argument("--no-sampler", action="store_true", help="compile the update only")
+    p.add_argument("--layers", type=int, nargs="+", default=[0],
+                   help="also with these depths (one row each; 0: the shape's own), e.g. to see compile time vs depth")
 
 
 def _struct(x, sharding) -> jax.ShapeDtypeStruct:
@@ -84,8 +86,9 @@ def _compiled(fn, *args, **kwargs) -> tuple[object, float]:
     return memory, time.perf_counter() - t0
 
 
-def measure(shape: str, setting: str, devices: int, args: argparse.Namespace) -> dict:
-    """One row: the per-device memory of ``shape`` under ``setting`` on ``devices`` devices."""
+def measure(shape: str, setting: str, devices: int, args: argparse.Namespace, layers: int = 0) -> dict:
+    """One row: the per-device memory of ``shape`` under ``setting`` on ``devices`` devices (with
+    ``layers`` layers instead of the shape's own when > 0)."""
     if devices > jax.device_count():
         raise ValueError(f"--devices {devices}: only {jax.device_count()} devices; on the CPU set "
                          f"XLA_FLAGS=--xla_force_host_platform_device_count={devices}")
@@ -98,7 +101,7 @@ def measure(shape: str, setting: str, devices: int, args: argparse.Namespace) ->
     width = args.prompt_len + args.new_tokens
     cfg = config_from_hf(PUBLISHED[shape][1], source=shape)
     cfg = dataclasses.replace(cfg, **SETTINGS[setting], scan_layers=True, fuse_projections=False,
-                              max_seq_len=max(cfg.max_seq_len, width))
+                              max_seq_len=max(cfg.max_seq_len, width), n_layers=layers or cfg.n_layers)
     mesh = make_mesh(data=1, fsdp=devices // args.tensor, tensor=args.tensor, devices=jax.devices()[:devices])
     check_heads(cfg.n_heads, cfg.n_kv_heads, mesh)
     graphdef, params = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
@@ -121,7 +124,8 @@ def measure(shape: str, setting: str, devices: int, args: argparse.Namespace) ->
     update = jax.jit(functools.partial(rl_update, graphdef, optimizer, make_loss_config("ppo", ref_kl_coef=0.01),
                                        mesh=mesh), donate_argnums=0)
     param_bytes, adam_bytes = tree_bytes(params, param_sh), tree_bytes(adam, adam_sh)
-    row = dict(shape=shape, setting=setting, devices=devices, tensor=args.tensor, batch=f"{n}x{width}",
+    row = dict(shape=shape, layers=cfg.n_layers, setting=setting, devices=devices, tensor=args.tensor,
+               batch=f"{n}x{width}",
                state=(param_bytes + adam_bytes) / GIB, ref=param_bytes / GIB)
     with jax.set_mesh(mesh):
         up, row["update_compile_s"] = _compiled(update, state, batch, key)
@@ -150,6 +154,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     for shape in args.shapes:
         for setting in args.settings:
             for devices in args.devices:
-                out.append(measure(shape, setting, devices, args))
-                print(out[-1], flush=True)
+                for layers in args.layers:
+                    out.append(measure(shape, setting, devices, args, layers))
+                    print(out[-1], flush=True)
     return out

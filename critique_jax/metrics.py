@@ -37,7 +37,7 @@ from etils import epath
 from tensorboardX.proto import event_pb2, summary_pb2
 
 from critique_jax import storage
-from critique_jax.storage import Staging, is_remote
+from critique_jax.storage import Staging
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
@@ -179,20 +179,20 @@ class MetricsWriter:
         self.enabled = enabled and jax.process_index() == 0
         self._metrics = self._samples = self._tb = self._staging = None
         self._sinks = list(sinks) if self.enabled else []
-        self.workdir = Path(workdir) if not is_remote(workdir) else workdir
+        self.workdir = os.fspath(workdir)  # the run directory, local or a URL
         if not self.enabled:
             return
-        self._staging = staging or Staging(os.fspath(workdir), fetch=(METRICS_FILE, SAMPLES_FILE))
-        self.workdir = Path(self._staging.local)
+        self._staging = staging or Staging(self.workdir, fetch=(METRICS_FILE, SAMPLES_FILE))
+        self._local = Path(self._staging.local)  # where the files are written
         if resume_step is not None:
             for name in (METRICS_FILE, SAMPLES_FILE):
-                _truncate_after(self.workdir / name, resume_step)
-        self._metrics = open(self.workdir / METRICS_FILE, "a", encoding="utf-8")
+                _truncate_after(self._local / name, resume_step)
+        self._metrics = open(self._local / METRICS_FILE, "a", encoding="utf-8")
         if tensorboard:
             # tensorboardX names the file by the whole second and opens it with "wb": the
             # sub-second suffix keeps a writer reopened within a second from truncating it.
             suffix = f".{time.time_ns() % 10**9:09d}"
-            self._tb = tbx.FileWriter(str(self.workdir), filename_suffix=suffix)
+            self._tb = tbx.FileWriter(str(self._local), filename_suffix=suffix)
             if resume_step is not None:
                 # What tensorboardX's SummaryWriter(purge_step=...) writes: TensorBoard hides
                 # the older events with step >= this one.
@@ -228,7 +228,7 @@ class MetricsWriter:
         if not self._open():
             return
         if self._samples is None:
-            self._samples = open(self.workdir / SAMPLES_FILE, "a", encoding="utf-8")
+            self._samples = open(self._local / SAMPLES_FILE, "a", encoding="utf-8")
         self._samples.writelines(_dumps({"step": int(step), **s}) + "\n" for s in samples)
         self._samples.flush()
         self._staging.sync()

@@ -121,10 +121,11 @@ def check_critic_source(config: ml_collections.ConfigDict) -> None:
     does not match the policy's, whose critique tokens would decode to other text)."""
     src = config.critique.critic_from
     what = "critique.critic_from"
-    if not (storage.path(RunDir(src).config_file, what).is_file() and storage.path(RunDir(src) / CRITIC_POLICY).is_dir()):
+    run_dir = RunDir(src)
+    if not (storage.path(run_dir.config_file, what).is_file() and storage.path(run_dir / CRITIC_POLICY).is_dir()):
         raise FileNotFoundError(f"{what}={src!r}: expected a train_critic run directory with "
                                 f"{CONFIG} and {CRITIC_POLICY}/")
-    theirs = RunDir(src).read_config()
+    theirs = run_dir.read_config()
     for key, ours in (("task.name", config.task.name), ("tokenizer.vocab_size", config.tokenizer.vocab_size),
                       ("tokenizer.seed", config.tokenizer.seed)):
         section, field = key.split(".")

@@ -67,9 +67,9 @@ def write_atomic(p: epath.Path, text: str) -> None:
 
 def local_lock_file(workdir: str) -> str:
     """Where a run directory's lock file (holding the pid of the process running there) lives:
-    ``run.lock`` in it when local; for a URL, in this machine's
-    temporary folder under a name derived from the URL (an object store has no file locks, so a
-    cloud run directory is guarded against a second run on the same machine only)."""
+    ``run.lock`` in it when local; for a URL, in this machine's temporary folder under a name
+    derived from the URL (an object store has no file locks, so a cloud run directory is guarded
+    against a second run on the same machine only)."""
     if not is_remote(workdir):
         return os.path.join(os.path.abspath(workdir), "run.lock")
     digest = hashlib.sha1(workdir.rstrip("/").encode()).hexdigest()[:16]

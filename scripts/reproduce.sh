@@ -82,6 +82,9 @@ python -m critique_jax.train --config=configs/arithmetic_critique_grpo.py --work
 step "sweep critique_arithmetic -> $ROOT/critique_arithmetic"
 python scripts/sweep.py --config configs/sweeps/critique_arithmetic.py --out "$ROOT/critique_arithmetic" \
   --parallel "$PARALLEL" --set "init_from=$ROOT/ar_sft"
+step "sweep rlsf_arithmetic -> $ROOT/rlsf_arithmetic (confidence vs verifier reward, where the answer is computed)"
+python scripts/sweep.py --config configs/sweeps/rlsf_arithmetic.py --out "$ROOT/rlsf_arithmetic" \
+  --parallel "$PARALLEL" --set "init_from=$ROOT/ar_sft"
 
 # 6. The notebooks, executed against these runs.
 step "notebooks"

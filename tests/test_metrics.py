@@ -181,3 +181,29 @@ def test_cut_off_last_line_is_dropped_with_a_warning(tmp_path, caplog):
         MetricsWriter(tmp_path, tensorboard=False, resume_step=5).close()
     assert [r["step"] for r in read_metrics(tmp_path)] == [1]
     assert "metrics.jsonl:2: dropped a cut-off last line" in caplog.text
+
+
+def test_a_cloud_writer_uploads_every_sync_secs_and_at_close(gcs_bucket):
+    """gs:// logs are written locally and uploaded whole (object stores cannot append): not before
+    ``sync_secs``, always at close; a resumed writer starts from the bucket's file."""
+    import os
+
+    from etils import epath
+
+    from critique_jax.storage import Staging
+
+    run = f"{gcs_bucket}/writer"
+    staging = Staging(run, fetch=("metrics.jsonl",), sync_secs=3600)
+    with MetricsWriter(run, tensorboard=False, staging=staging) as w:
+        w.write(1, {"a": 1.0})
+        assert not epath.Path(run, "metrics.jsonl").exists()  # within sync_secs
+        staging.sync(force=True)
+        assert read_metrics(run) == [{"step": 1, "a": 1.0}]
+        w.write(2, {"a": 2.0})
+        w.write_samples(2, [{"text": "x"}])
+    assert [r["step"] for r in read_metrics(run)] == [1, 2]
+    assert epath.Path(run, "samples.jsonl").read_text() == '{"step": 2, "text": "x"}\n'
+    assert not os.path.exists(staging.local)
+    with MetricsWriter(run, tensorboard=False, resume_step=1) as w:
+        w.write(2, {"a": 3.0})
+    assert read_metrics(run) == [{"step": 1, "a": 1.0}, {"step": 2, "a": 3.0}]

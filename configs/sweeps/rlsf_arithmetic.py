@@ -4,9 +4,9 @@ confidence there measures copying; README "Test-time variance and confidence as 
 
 From the arithmetic SFT policy of ``scripts/reproduce.sh`` (``runs/repro/ar_sft``: 3000 SFT steps,
 held-out pass@1 0.535 and 0.586 on two machines; a 1000-step one, at nll 0.073, solves 2% of
-held-out problems, too few for either reward to learn from), GRPO rewarded by the verifier (``grpo``) against GRPO whose only
-reward is the frozen SFT policy's confidence on the answer span (``rlsf``, ``rl.rewards=confidence``;
-the verifier's 0/1 rewards are computed, logged against the confidences as
+held-out problems, too few for either reward to learn from), GRPO rewarded by the verifier
+(``grpo``) against GRPO whose only reward is the frozen SFT policy's confidence on the answer
+span (``rlsf``, ``rl.rewards=confidence``; the verifier's 0/1 rewards are computed, logged against the confidences as
 ``reward/confidence_auroc``, and not rewarded), 3 seeds each, with the collapse regime's RL
 settings (``configs/countdown_collapse.py``: a fixed pool of 128 train problems, 32 prompts x 8
 samples per step, 4 updates per step at a constant lr 2e-4) for 60 steps. Result (README, 3 seeds):

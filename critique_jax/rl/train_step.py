@@ -144,8 +144,8 @@ def _all_finite(tree) -> jax.Array:
 
 def _apply(optimizer, state: TrainState, grads, loss) -> tuple[TrainState, jax.Array, jax.Array]:
     """One optimiser step, skipped when the loss, a gradient or an updated parameter is not finite."""
-    finite = jnp.isfinite(loss) & _all_finite(grads)
     grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)  # _all_finite(grads), its norm computed once
     safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
     updates, opt_state = optimizer.update(safe_grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

@@ -74,7 +74,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = dict(preset="small", family="qwen2", dtype="float32", param_dtype="float32", hf_dir="",
                    remat="none", attention="reference", scan_layers=False)
     c.model.overrides = {name: _field(None, t) for name, t in OVERRIDABLE.items()}
-    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    c.mesh = dict(data=-1, fsdp=1, tensor=1, reference="train", critic="train")
     c.distributed = dict(coordinator_address="", num_processes=0, process_id=-1)
     c.sampling = dict(prompt_buckets=(24,), max_new_tokens=48, temperature=1.0, top_p=1.0, top_k=0)
     # How prompts are written (critique_jax.text.prompt_format): auto = marker tokens with the
@@ -95,7 +95,8 @@ def default_config() -> ml_collections.ConfigDict:
                 warmup_steps=0, weight_decay=0.0, grad_clip=1.0, advantage="grpo",
                 recompute_old_logp=True, max_bad_steps=3, entropy_change=True,
                 adam_mu_dtype="", pool_size=0,  # RL prompts from the first pool_size train problems only; 0 = all
-                rewards="correct")  # weighted reward terms, critique_jax.rl.rewards ("correct,format:0.1")
+                rewards="correct",  # weighted reward terms, critique_jax.rl.rewards ("correct,format:0.1")
+                confidence_span="answer")  # the confidence reward's span: "answer" or "derivation" (rl.confidence)
     c.rl.loss = _loss_defaults()
     # Critique in the loop (Critique-GRPO): critique type, refinements kept per group, where a
     # trained critique model lives (a train_critic run directory), and the prompt buckets of

@@ -19,8 +19,10 @@ from critique_jax.critique.loop import SCOPES
 from critique_jax.critique.pool import validate_self_train
 from critique_jax.models import FAMILIES, SIZES
 from critique_jax.models.config import ATTENTION_IMPLS, REMAT_POLICIES
+from critique_jax.parallel.sharding import LAYOUTS
 from critique_jax.rl import policy_init
 from critique_jax.rl.advantages import ESTIMATORS
+from critique_jax.rl.confidence import span_kind
 from critique_jax.rl.rewards import parse_rewards, uses_confidence
 from critique_jax.rl.train_step import SCHEDULES
 from critique_jax.tasks import files, get_task, task_names
@@ -134,6 +136,8 @@ def validate(c: ml_collections.ConfigDict, n_devices: int, program: str = "train
              f"{phase}.adam_mu_dtype={c[phase].adam_mu_dtype!r}: expected '' (the parameters' dtype), "
              "'float32' or 'bfloat16'")
 
+    for role in ("reference", "critic"):
+        need(c.mesh[role] in LAYOUTS, f"mesh.{role}={c.mesh[role]!r}: expected one of {list(LAYOUTS)}")
     sizes = [c.mesh.data, c.mesh.fsdp, c.mesh.tensor]
     need(sum(s == -1 for s in sizes) <= 1, f"mesh.data/fsdp/tensor={sizes}: at most one may be -1")
     known = 1
@@ -214,6 +218,8 @@ def _validate_train(c: ml_collections.ConfigDict, shards: int, need: Callable[[b
     no_reference = c.sft.steps == 0 and not c.init_from and not c.model.hf_dir
     need(not (loss.ref_kl_coef > 0 and no_reference),
          "rl.loss.ref_kl_coef > 0 needs a reference policy: set sft.steps > 0, init_from or model.hf_dir")
+    if uses_confidence(rewards):
+        span_kind(get_task(c.task.name), c.rl.confidence_span)  # a one-line ValueError: an unknown span, or a derivation without one
     need(not (uses_confidence(rewards) and no_reference),
          f"rl.rewards={c.rl.rewards!r}: the confidence reward needs a reference policy: set sft.steps > 0, "
          "init_from or model.hf_dir")

@@ -56,12 +56,12 @@ def test_reference_confidence_in_chunks_equals_the_logits_path():
 
 def test_answer_spans_in_characters_and_tokens():
     text = "8 * 3 = 24\n  24 - 4 = 20\n answer:  20 \nanswer: 5"
-    start, end = answer_char_span(text, steps_decide=False)
+    start, end = answer_char_span(text, "answer")
     assert text[start:end] == "20" and start == text.index("20 \n")
-    start, end = answer_char_span(text, steps_decide=True)
+    start, end = answer_char_span(text, "steps")
     assert text[start:end] == "24 - 4 = 20\n answer:  20"  # the last step through the answer value
-    assert answer_char_span("answer: 7", steps_decide=True) == (8, 9)  # no step: the value alone
-    assert answer_char_span("8 * 3 = 24\n", False) is None and answer_char_span("answer:\n", False) is None
+    assert answer_char_span("answer: 7", "steps") == (8, 9)  # no step: the value alone
+    assert answer_char_span("8 * 3 = 24\n", "answer") is None and answer_char_span("answer:\n", "answer") is None
 
     class Pieces:  # a tokenizer whose ids decode to fixed pieces; id 0 is the end token (decodes to "")
         pieces = ["", "8 * 3", " = ", "24", "\n", "answer:", " 2", "4"]
@@ -71,7 +71,7 @@ def test_answer_spans_in_characters_and_tokens():
 
     ids = [1, 2, 3, 4, 5, 6, 7, 0]
     text = Pieces().decode(ids)  # "8 * 3 = 24\nanswer: 24"
-    assert token_span(Pieces(), ids, *answer_char_span(text, False)) == (5, 7)  # " 2" and "4"
+    assert token_span(Pieces(), ids, *answer_char_span(text, "answer")) == (5, 7)  # " 2" and "4"
     assert token_span(Pieces(), ids, 2, 3) == (0, 1)  # a span inside one token
     tokens = np.array([ids, [5, 6, 0, 0, 0, 0, 0, 0]])
     mask = np.array([[True] * 8, [True, True, True] + [False] * 5])
@@ -80,6 +80,31 @@ def test_answer_spans_in_characters_and_tokens():
     assert got.tolist() == [[False] * 5 + [True, True, False], [False, True] + [False] * 6]
     steps = answer_span_mask(get_task("countdown"), Pieces(), tokens, mask, texts)  # the steps decide
     assert steps[0].tolist() == [True] * 7 + [False] and steps[1].tolist() == got[1].tolist()
+    derived = answer_span_mask(get_task("arithmetic"), Pieces(), tokens, mask, texts, "derivation")
+    assert derived.tolist() == [[False] * 2 + [True] + [False] * 5, [False] * 8]  # "24" after " = "; none
+    with pytest.raises(ValueError, match="rl.confidence_span='derivation' needs a task graded by its answer"):
+        answer_span_mask(get_task("countdown"), Pieces(), tokens, mask, texts, "derivation")
+    with pytest.raises(ValueError, match="rl.confidence_span='last': expected one of"):
+        answer_span_mask(get_task("arithmetic"), Pieces(), tokens, mask, texts, "last")
+
+
+@pytest.mark.parametrize("text, derived", [
+    ("11 - 2 = 9\n9 * 12 = 108\n108 - 1 = 107\nanswer: 107", "108 - 1 = [107]"),
+    ("17 * 4 = 68, so 68 + 3 + 9\n68 + 3 = 71, so 71 + 9\n71 + 9 = 80\nanswer: 80", "71 + 9 = [80]"),
+    ("2 + 3 = 5\n5 * 1 = 5\nanswer: 5", "5 * 1 = [5]"),  # the last derivation, not the first
+    ("6 * 5 = 30\n30 + 1 = 301\nanswer: 30", "6 * 5 = [30]"),  # 301 is another number
+    ("6 * 5 = 30\nanswer: 31", None),  # an answer the trace never computes
+    ("6 * 5 = 30\nanswer: 30\n30 = 30", "6 * 5 = [30]"),  # only before the answer line
+    ("3 - 8 = -5\nanswer: -5", "3 - 8 = [-5]"),
+])
+def test_the_derivation_span_is_where_the_answer_is_computed(text, derived):
+    span = answer_char_span(text, "derivation")
+    if derived is None:
+        assert span is None
+    else:
+        start, end = span
+        line = text[:end].rsplit("\n", 1)[-1]
+        assert f"{line[:len(line) - (end - start)]}[{text[start:end]}]" == derived
 
 
 def test_auroc_with_ties():
@@ -107,4 +132,16 @@ def test_config_needs_a_reference_policy():
     validate(c, 1)  # the SFT policy is the reference
     c.sft.steps = 0
     with pytest.raises(ValueError, match=r"rl.rewards='confidence': the confidence reward needs a reference policy"):
+        validate(c, 1)
+
+
+def test_config_checks_the_confidence_span():
+    c = default_config()  # countdown: its steps decide, no derivation
+    c.rl.rewards, c.rl.confidence_span = "confidence", "derivation"
+    with pytest.raises(ValueError, match="rl.confidence_span='derivation' needs a task graded by its answer"):
+        validate(c, 1)
+    c.task.name = "arithmetic"
+    validate(c, 1)
+    c.rl.confidence_span = "answers"
+    with pytest.raises(ValueError, match=r"rl.confidence_span='answers': expected one of \['answer', 'derivation'\]"):
         validate(c, 1)

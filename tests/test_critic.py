@@ -397,6 +397,7 @@ def test_a_trained_critic_writes_the_critiques_of_a_critique_grpo_step(runs, sha
     cfg.eval.update(every=100, n_problems=8, batch_prompts=8, group_size=2)
     cfg.critique.update(type="model", critic_from=whole, prompt_buckets=(96,), refine_buckets=(160,))
     cfg.rl.loss.name = "critique_grpo"
+    cfg.mesh.critic = "replicated"  # its own layout on the policy's mesh
     cfg.lock()
     run_dir = str(shared / "cgrpo_model")
     train(cfg, run_dir)
@@ -406,5 +407,6 @@ def test_a_trained_critic_writes_the_critiques_of_a_critique_grpo_step(runs, sha
     assert perf["perf/critique_tokens_per_s"] > 0 and 0 < perf["perf/critique_s"] <= perf["perf/sample_s"]
     assert 0 < perf["perf/critique_share"] < 1
     critic = load_critic(setup(cfg, run_dir))
+    assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(critic.model[1]))
     _, _, meta = _final_params(tiny_config(shared), whole)
     assert critic.sampler.max_new_tokens == meta["response_len"] > cfg.sampling.max_new_tokens // 2

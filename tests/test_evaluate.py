@@ -169,5 +169,5 @@ def test_answer_span_with_the_run_tokenizer(policy):
     text = run.task.solutions(run.test[0].problem, np.random.default_rng(0), 1)[0]
     ids = np.asarray([run.tok.encode(text, eos=True)])
     span = answer_span_mask(run.task, run.tok, ids, np.ones(ids.shape, bool), [text])
-    start, end = answer_char_span(text, steps_decide=True)
+    start, end = answer_char_span(text, "steps")
     assert run.tok.decode(ids[0][span[0]]) == text[start:end] and text[start:end].count("\n") == 1

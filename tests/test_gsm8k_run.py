@@ -1,6 +1,7 @@
 """The pretrained path end to end: GSM8K-format files, a tiny Hugging Face checkpoint with a chat
 template, 2 RL steps with chat-template prompts, a user reward and the RLSF confidence reward (the
-checkpoint is the reference policy), then the evaluate program on the run."""
+checkpoint is the reference policy, in the ``sharded`` layout; the span where the answer is derived),
+then the evaluate program on the run."""
 
 import json
 import math
@@ -33,6 +34,7 @@ def gsm8k_run(tmp_path_factory):
         "model.hf_dir": str(hf_dir), "sft.steps": 0, "rl.steps": 2, "rl.minibatches": 1, "rl.loss.name": "ppo",
         "rl.loss.ref_kl_coef": 0.0, "rl.recompute_old_logp": False, "rl.entropy_change": False,
         "rl.rewards": f"correct,{tmp / 'my_rewards.py'}:brevity:0.5,confidence:0.25",
+        "rl.confidence_span": "derivation", "mesh.reference": "sharded",  # over all 8 devices
         "prompt.instruction": "End with 'answer: <number>'.", "sampling.prompt_buckets": (128,),
         "sampling.max_new_tokens": 72, "eval.group_size": 4, "eval.every": 2})
     train(cfg, str(tmp / "run"))

@@ -5,12 +5,21 @@ MLP width and vocabulary over ``tensor``. Norm weights and biases are replicated
 head-sharded projections follow their heads). Optimiser state takes the sharding of the
 parameter it belongs to (optax states mirror the parameter tree, so the same rules apply).
 
+Each model role (policy, frozen reference, critic) takes one of :data:`LAYOUTS` on the one mesh
+(``mesh.reference``, ``mesh.critic``; the policy trains in ``train``):
+
+* ``train``: the rules above;
+* ``replicated``: every device holds the whole model (no gathers in its forward; the most memory);
+* ``sharded``: the rules with the model width over ``data`` x ``fsdp`` (ZeRO-3 across the data axis
+  too): a frozen model's least memory, 1 / (data x fsdp x tensor) of it per device.
+
 A dimension that an axis of size > 1 does not divide is an error naming the parameter, not
 a silent replication.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -26,6 +35,8 @@ RULES: tuple[tuple[str, P], ...] = (
     (r"(q_proj|k_proj|v_proj)/bias$", P("tensor")),                           # [X]
     (r".*", P()),                                                             # norms, scalars
 )
+
+LAYOUTS = ("train", "replicated", "sharded")
 
 
 def _path_str(path: tuple[Any, ...]) -> str:
@@ -48,26 +59,33 @@ def check_heads(n_heads: int, n_kv_heads: int, mesh: Mesh) -> None:
                          f"(tensor parallelism splits whole heads): use mesh.tensor in {fits}")
 
 
-def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
-    """The rule's spec for one parameter, checked against its shape and the mesh."""
+def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh, layout: str = "train") -> P:
+    """The spec of one parameter in ``layout`` (module docstring), checked against its shape and the mesh."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"parameter layout {layout!r}: expected one of {list(LAYOUTS)}")
+    if layout == "replicated":
+        return P()
     for pattern, spec in RULES:
         if re.search(pattern, path):
             break
     if len(spec) > len(shape):
         spec = P()  # e.g. a scalar that happens to match: nothing to shard
+    if layout == "sharded":
+        spec = P(*(("data", "fsdp") if axis == "fsdp" else axis for axis in spec))
     for dim, axis in zip(shape, spec):
-        if axis is not None and dim % mesh.shape[axis]:
+        size = math.prod(mesh.shape[a] for a in ((axis,) if isinstance(axis, str) else axis or ()))
+        if dim % size:
             raise ValueError(
-                f"parameter {path} of shape {shape}: dimension {dim} is not divisible by mesh axis "
-                f"{axis!r} of size {mesh.shape[axis]}; change the model size or the mesh"
+                f"parameter {path} of shape {shape} ({layout} layout): dimension {dim} is not divisible by mesh "
+                f"axis {axis!r} of size {size}; change the model size, the mesh or the layout"
             )
     return spec
 
 
-def param_shardings(params: Any, mesh: Mesh) -> Any:
-    """A tree of ``NamedSharding`` matching ``params`` (arrays or ShapeDtypeStructs)."""
+def param_shardings(params: Any, mesh: Mesh, layout: str = "train") -> Any:
+    """A tree of ``NamedSharding`` matching ``params`` (arrays or ShapeDtypeStructs) in ``layout``."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: NamedSharding(mesh, spec_for(_path_str(path), tuple(x.shape), mesh)), params
+        lambda path, x: NamedSharding(mesh, spec_for(_path_str(path), tuple(x.shape), mesh, layout)), params
     )
 
 

@@ -20,11 +20,19 @@ The span (:func:`answer_char_span`), in characters of the decoded response, then
   (MATH responses that only box their answer have no ``answer:`` line, hence no span);
 * tasks whose steps decide (countdown: the answer is the target, copied from the question): the
   last reasoning line through the end of the answer value, the step that claims to reach it.
+
+``rl.confidence_span="derivation"`` (answer-graded tasks only) takes the value where the trace
+computes it instead: the last ``= <value>`` before the ``answer:`` line whose value is the answer
+line's, character for character (``108 - 1 = 107`` in ``...\n108 - 1 = 107\nanswer: 107``).
+The answer line repeats that value, so its margin measures copying (~1 on every trace); the
+derivation's measures whether the reference is sure of the computation. A trace whose answer it
+never derives has no span (confidence 0): there is no computation of that answer to be sure of.
 """
 
 from __future__ import annotations
 
 import bisect
+import re
 from typing import Sequence
 
 import jax
@@ -39,9 +47,14 @@ from critique_jax.tasks.base import ANSWER_PREFIX
 from critique_jax.text import Tokenizer
 
 
-def answer_char_span(text: str, steps_decide: bool) -> tuple[int, int] | None:
-    """``[start, end)`` characters of ``text``'s final-answer span (module docstring), or None
-    when it has no non-empty ``answer:`` line. ``steps_decide``: start at the last reasoning line."""
+#: ``rl.confidence_span`` values (module docstring).
+SPANS = ("answer", "derivation")
+
+
+def answer_char_span(text: str, kind: str) -> tuple[int, int] | None:
+    """``[start, end)`` characters of ``text``'s confidence span (module docstring), or None when it
+    has none. ``kind``: ``"answer"`` (the answer value), ``"steps"`` (from the last reasoning line
+    through the answer value) or ``"derivation"`` (the last ``= <answer value>`` before it)."""
     offset, last_step = 0, None
     for line in text.splitlines(keepends=True):
         body = line.strip()
@@ -54,7 +67,11 @@ def answer_char_span(text: str, steps_decide: bool) -> tuple[int, int] | None:
             if not value:
                 return None
             value_start = start + body.index(value, len(ANSWER_PREFIX))
-            first = last_step if steps_decide and last_step is not None else value_start
+            if kind == "derivation":
+                # the value after "=" and spaces, not inside a longer number or word
+                found = list(re.finditer(rf"=\s*({re.escape(value)})(?![\w.])", text[:start]))
+                return found[-1].span(1) if found else None
+            first = last_step if kind == "steps" and last_step is not None else value_start
             return first, value_start + len(value)
         last_step = start
     return None
@@ -72,15 +89,29 @@ def token_span(tok: Tokenizer, ids: Sequence[int], start: int, end: int) -> tupl
     return i, max(i, j)
 
 
+def span_kind(task: Task, span: str) -> str:
+    """The :func:`answer_char_span` kind of ``rl.confidence_span=span`` on ``task``: ``"steps"``
+    where the steps decide (``"derivation"`` there is an error: the task's answer is not computed)."""
+    if span not in SPANS:
+        raise ValueError(f"rl.confidence_span={span!r}: expected one of {list(SPANS)}")
+    if task.answer_graded:
+        return span
+    if span == "derivation":
+        raise ValueError(f"rl.confidence_span='derivation' needs a task graded by its answer (arithmetic, gsm8k, "
+                         f"math); {task.name}'s steps decide, its answer is not computed")
+    return "steps"
+
+
 def answer_span_mask(task: Task, tok: Tokenizer, tokens: np.ndarray, mask: np.ndarray,
-                     texts: Sequence[str]) -> np.ndarray:
-    """[N, L] bool: the answer-span tokens of each response (``tokens``/``mask`` [N, L], the
-    sampled responses; ``texts`` [N] their decoded texts)."""
+                     texts: Sequence[str], span: str = "answer") -> np.ndarray:
+    """[N, L] bool: the confidence-span tokens of each response (``tokens``/``mask`` [N, L], the
+    sampled responses; ``texts`` [N] their decoded texts; ``span``: ``rl.confidence_span``)."""
+    kind = span_kind(task, span)
     out = np.zeros(tokens.shape, bool)
     for row, (ids, m, text) in enumerate(zip(tokens, mask.astype(bool), texts)):
-        span = answer_char_span(text, steps_decide=not task.answer_graded)
-        if span is not None:
-            i, j = token_span(tok, [int(t) for t in ids[m]], *span)
+        chars = answer_char_span(text, kind)
+        if chars is not None:
+            i, j = token_span(tok, [int(t) for t in ids[m]], *chars)
             out[row, i:j] = True
     return out
 

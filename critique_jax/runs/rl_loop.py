@@ -37,8 +37,9 @@ from critique_jax.rl.train_step import SequenceBatch, initial_response_mask, mak
 from critique_jax.runs.evaluate import evaluate
 from critique_jax.runs.loop import Loop, Step
 from critique_jax.critique.sources import CritiqueSource
+from critique_jax.runs import roles
 from critique_jax.runs.run import Run, rl_pool
-from critique_jax.runs.state import (all_finite, checkpoint_state, copy_tree, init_state, replicated_key,
+from critique_jax.runs.state import (all_finite, checkpoint_state, init_state, replicated_key,
                                      restored_state, scalars, state_shardings)
 from critique_jax.tasks import Problem, verifier
 
@@ -65,7 +66,7 @@ def plain_batch(run: Run, params: nnx.State, problems: list[Problem], step: int,
         correct = rollout_lib.score(run.task, problems, s.texts, g)
         conf = None
         if confidence is not None:
-            span = answer_span_mask(run.task, run.tok, s.tokens, s.mask, s.texts)
+            span = answer_span_mask(run.task, run.tok, s.tokens, s.mask, s.texts, c.rl.confidence_span)
             seqs = SequenceBatch(tokens=run.shard(tokens), valid=run.shard(valid), response_mask=run.shard(s.mask))
             conf = confidence(seqs, run.shard(span))
         rewards, terms = score_rewards(rewards_spec, run.task, problems, s.texts, g, correct, conf)
@@ -148,10 +149,9 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, source: Critique
     loss_cfg = config_lib.loss_config(c)
     optimizer, schedule = rl_optimizer(c)
     rewards_spec, refine = parse_rewards(c.rl.rewards), RefineSettings.from_config(c)  # built once per run
-    # The reference policy (the KL term's, the confidence reward's): its own copy, since the
-    # update donates the train state's buffers.
+    # The reference policy (the KL term's, the confidence reward's).
     needs_ref = loss_cfg.ref_kl_coef > 0 or uses_confidence(rewards_spec)
-    ref_params = copy_tree(sft_params) if needs_ref else None
+    ref_params = roles.reference_params(run, sft_params) if needs_ref else None
     state = init_state(run, sft_params, optimizer)
     key = replicated_key(run, c.seed + 7)
     it = BatchIterator(rl_pool(run), c.rl.prompts_per_step, seed=c.seed + 1)

@@ -5,10 +5,11 @@ directories they come from.
 * the policy: ``model.preset``/``model.family`` (or ``model.hf_dir``), defined in
   :func:`critique_jax.runs.run.setup`; loaded from another train run's ``sft_policy/``
   (``init_from``, ``critic.policy_from``) after :func:`check_policy_run`;
-* the reference policy: the SFT policy's parameters (same definition);
+* the reference policy: the SFT policy's parameters (same definition), in the ``mesh.reference``
+  layout (:data:`critique_jax.parallel.sharding.LAYOUTS`; the policy trains in ``train``);
 * the critic: defined once, :func:`critic_model_config`, from the ``critic`` section when it is
   trained and from its ``critic_policy/`` metadata (architecture, dtypes, widths) when it is loaded
-  (:func:`load_critic`).
+  (:func:`load_critic`), in the ``mesh.critic`` layout when it critiques an RL run's samples.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 from jax.sharding import Mesh
@@ -37,13 +39,14 @@ POLICY_MATCHING_KEYS = ("task.name", "model.preset", "model.family", "model.over
                         "tokenizer.vocab_size", "tokenizer.seed")
 
 
-def define(cfg: ModelConfig, mesh: Mesh) -> tuple[ModelConfig, nnx.GraphDef, Any]:
+def define(cfg: ModelConfig, mesh: Mesh, layout: str = "train") -> tuple[ModelConfig, nnx.GraphDef, Any]:
     """``cfg`` as it runs on ``mesh`` (projections fused, ``ModelConfig.fuse_projections``, unless the
-    mesh's tensor axis shards them), its model definition and parameter shardings (nothing allocated)."""
+    mesh's tensor axis shards them), its model definition and parameter shardings in ``layout``
+    (nothing allocated)."""
     check_heads(cfg.n_heads, cfg.n_kv_heads, mesh)
     cfg = dataclasses.replace(cfg, fuse_projections=mesh.shape["tensor"] == 1)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
-    return cfg, graphdef, param_shardings(abstract, mesh)
+    return cfg, graphdef, param_shardings(abstract, mesh, layout)
 
 
 def abstract_params(cfg: ModelConfig, param_sh: Any) -> Any:
@@ -93,6 +96,13 @@ def restore_policy(run: Run, policy_dir: str) -> nnx.State:
     """The ``{"params"}`` checkpoint of ``policy_dir`` (an ``sft_policy/``) in the run's shardings."""
     with final_checkpointer(policy_dir) as ckpt:
         return ckpt.restore(like={"params": run.abstract_params()})[0]["params"]
+
+
+def reference_params(run: Run, sft_params: nnx.State) -> nnx.State:
+    """The frozen reference policy: a copy of ``sft_params`` in the ``mesh.reference`` layout (its own
+    buffers, also in the ``train`` layout: the update donates the train state's)."""
+    sh = param_shardings(run.abstract_params(), run.mesh, run.config.mesh.reference)
+    return jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=sh)(sft_params)
 
 
 # ----------------------------------------------------------------------------- the critic
@@ -147,6 +157,6 @@ def load_critic(run: Run) -> CritiqueModel:
         # Critique prompts are at most the largest critique bucket; critiques at most the longest target.
         max_seq_len = max(run.config.critique.prompt_buckets) + int(meta["response_len"])
         cfg = critic_model_config(meta, meta, run.tok.vocab_size, max_seq_len)
-        cfg, graphdef, param_sh = define(cfg, run.mesh)
+        cfg, graphdef, param_sh = define(cfg, run.mesh, run.config.mesh.critic)
         params = ckpt.restore(like={"params": abstract_params(cfg, param_sh)})[0]["params"]
     return CritiqueModel((graphdef, params), dataclasses.replace(run.sampler, max_new_tokens=int(meta["response_len"])))

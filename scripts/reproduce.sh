@@ -37,13 +37,13 @@ step "sweep rlsf (confidence as the only reward) -> $ROOT/rlsf"
 python scripts/sweep.py --config configs/sweeps/rlsf.py --out "$ROOT/rlsf" --parallel "$PARALLEL" \
   --set "init_from=$ROOT/sft_mini"
 step "test-time budget sweeps of the SFT policy and every final policy of both sweeps -> $ROOT/test_time"
-budgets() {  # budgets RUN WHICH NAME (notebook 08)
-  python -m critique_jax.evaluate --run="$1" --which="$2" --samples=8 --budgets=16,24,32,40 --n_problems=64 \
-    --out="$ROOT/test_time/$3"
+budgets() {  # budgets RUN WHICH OUT [BUDGETS [N_PROBLEMS]] (OUT under $ROOT; notebook 08: countdown's defaults)
+  python -m critique_jax.evaluate --run="$1" --which="$2" --samples=8 --budgets="${4:-16,24,32,40}" \
+    --n_problems="${5:-64}" --out="$ROOT/$3"
 }
-budgets "$ROOT/sft_mini" sft sft
+budgets "$ROOT/sft_mini" sft test_time/sft
 for done in "$ROOT"/entropy/*/done.json "$ROOT"/rlsf/*/done.json; do
-  budgets "$(dirname "$done")" final "$(basename "$(dirname "$done")")"
+  budgets "$(dirname "$done")" final "test_time/$(basename "$(dirname "$done")")"
 done
 # Critique in the collapse regime: its own SFT policy (the RL pool left out of SFT, plan_hint critiques in the
 # refinement batches), the critique gate on held-out problems first, then GRPO vs resampling vs critique.
@@ -60,7 +60,7 @@ python scripts/collapse_table.py "$ROOT/critique_collapse" --plot notebooks/figu
   > "$ROOT/critique_collapse/collapse_table.md"  # README's tables and figure
 step "test-time budget sweeps of the critique sweep's 3-seed arms -> $ROOT/test_time/critique_collapse.*"
 for done in "$ROOT"/critique_collapse/{grpo,resample,cg_plan_hint}_s*/done.json; do
-  budgets "$(dirname "$done")" final "critique_collapse.$(basename "$(dirname "$done")")"
+  budgets "$(dirname "$done")" final "test_time/critique_collapse.$(basename "$(dirname "$done")")"
 done
 step "sweep critique -> $ROOT/critique"
 python scripts/sweep.py --config configs/sweeps/critique.py --out "$ROOT/critique" --parallel "$PARALLEL" \
@@ -82,9 +82,14 @@ python -m critique_jax.train --config=configs/arithmetic_critique_grpo.py --work
 step "sweep critique_arithmetic -> $ROOT/critique_arithmetic"
 python scripts/sweep.py --config configs/sweeps/critique_arithmetic.py --out "$ROOT/critique_arithmetic" \
   --parallel "$PARALLEL" --set "init_from=$ROOT/ar_sft"
-step "sweep rlsf_arithmetic -> $ROOT/rlsf_arithmetic (confidence vs verifier reward, where the answer is computed)"
-python scripts/sweep.py --config configs/sweeps/rlsf_arithmetic.py --out "$ROOT/rlsf_arithmetic" \
+step "sweep arithmetic_collapse -> $ROOT/arithmetic_collapse (verifier vs confidence rewards, where the answer is computed)"
+python scripts/sweep.py --config configs/sweeps/arithmetic_collapse.py --out "$ROOT/arithmetic_collapse" \
   --parallel "$PARALLEL" --set "init_from=$ROOT/ar_sft"
+step "test-time budget sweeps of the arithmetic SFT policy and verifier-trained arms -> $ROOT/test_time_arithmetic"
+budgets "$ROOT/ar_sft" sft test_time_arithmetic/sft 40,48,56,64,72 128
+for done in "$ROOT"/arithmetic_collapse/{grpo,clip_cov,critique_grpo}_s*/done.json; do
+  budgets "$(dirname "$done")" final "test_time_arithmetic/$(basename "$(dirname "$done")")" 40,48,56,64,72 128
+done
 
 # 6. The notebooks, executed against these runs.
 step "notebooks"

@@ -7,7 +7,8 @@ response length, token entropy and distinct correct solutions, as JSON, Markdown
         --out=runs/qwen_gsm8k_eval
     python -m critique_jax.evaluate --run=runs/grpo --samples=8 --budgets=16,32,64 --out=runs/grpo/eval_budgets
 
-``--which=all`` (the SFT policy and every saved checkpoint) or a comma list (``--which=sft,50,100``)
+``--which=all`` (the SFT policy, for a run with ``init_from`` the one it started from, and every
+saved checkpoint) or a comma list (``--which=sft,50,100``)
 evaluates several policies of the run, each into ``OUT/<which>/`` as a single evaluation writes
 ``OUT``, then writes ``across.*``: one row per policy with the run's training entropy near it
 (:mod:`critique_jax.runs.across_run`)::
@@ -41,7 +42,8 @@ from ml_collections import config_flags
 from critique_jax import cli, storage
 
 RUN = flags.DEFINE_string("run", None, "A train run directory whose policy is evaluated (with --which).")
-WHICH = flags.DEFINE_string("which", "final", "With --run: 'final' (latest checkpoint), 'sft' or a step number; "
+WHICH = flags.DEFINE_string("which", "final", "With --run: 'final' (latest checkpoint), 'sft' (with init_from: the "
+                            "policy it started from) or a step number; "
                             "'all' or a comma list (sft,50,100): several policies, each into OUT/<which>/, and "
                             "the across-training table across.*.")
 CONFIG = config_flags.DEFINE_config_file("config", None, "Instead of --run: a config whose model.hf_dir or "

@@ -19,7 +19,7 @@ from critique_jax.runs import train
 from critique_jax.runs.across_run import ACROSS_JSON, evaluate_across, resolve_which
 from critique_jax.runs.budget_sweep import BUDGETS, budget_sweep
 from critique_jax.runs.evaluation_run import RESULTS, EvalSettings, evaluate_policy
-from critique_jax.runs.policies import final_policy, load_policy
+from critique_jax.runs.policies import final_policy, load_policy, starting_policy
 
 from test_trainer import tiny_config
 
@@ -149,6 +149,24 @@ def test_evaluation_across_checkpoints_resumes(sft_run, policy, tmp_path, monkey
     monkeypatch.setattr(rollout_lib, "sample_chunked", no_sampling)
     again = evaluate_across(run, ["sft", 5], str(out), settings, (56,), (1, 2), run=policy.run)
     assert json.dumps(again, sort_keys=True) == json.dumps(table, sort_keys=True)
+
+
+def test_a_run_with_init_from_starts_from_that_runs_sft_policy(sft_run, policy, tmp_path):
+    """--which=all of a run with init_from (no sft_policy/ of its own) begins with the policy it
+    started from, at step 0; its latest checkpoint stays the final policy."""
+    run = tmp_path / "rl"
+    run.mkdir()
+    config = json.loads((sft_run / "run" / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(config | {"init_from": str(sft_run / "run")}))
+    shutil.copytree(sft_run / "run" / "sft_policy" / "2", run / "checkpoints" / "3")
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "train/entropy": 0.7}) + "\n")
+    assert starting_policy(run) == (str(sft_run / "run" / "sft_policy"), 0)
+    assert resolve_which(str(run), ["all"]) == ["sft", 3] and final_policy(run) == 3
+    settings = EvalSettings(source="", split="test", n_problems=8, samples=2, temperature=1.0, seed=3,
+                            batch_prompts=8)
+    table = evaluate_across(str(run), ["sft"], str(tmp_path / "across"), settings, run=policy.run)
+    assert [(r["which"], r["step"], r["rl_step"], r["train_entropy"]) for r in table["rows"]] == [("sft", 0, 0, 0.7)]
+    assert table["rows"][0]["source"] == f"{sft_run}/run/sft_policy/2"
 
 
 def test_final_policy_of_an_sft_only_run_is_its_sft_policy(sft_run, tmp_path):

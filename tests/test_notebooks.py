@@ -20,6 +20,7 @@ from critique_jax import config as config_lib
 from critique_jax.analysis import (covariance_by_accuracy, fork_share_by_token, notebooks, plots, sweeps,
                                    token_entropy, top_entropy_positions)
 from critique_jax.metrics import MetricsWriter
+from critique_jax.runs.across_run import evaluate_across, resolve_which
 from critique_jax.runs import self_train, train, train_critic
 from critique_jax.runs.budget_sweep import budget_sweep
 from critique_jax.runs.evaluation_run import EvalSettings, eval_problems, evaluate_policy
@@ -37,7 +38,7 @@ FIGURES = {
     "05_tail_narrowing": ["eval_solved", "eval_pass1", "pool_contributed", "data_share", "passk", "overall"],
     "06_forking_tokens": ["entropy_hist", "training"],
     "07_critique_information": ["critic", "refinement", "refinement_curves", "compare_passk"],
-    "08_dual_failure": ["budget", "train_vs_test", "rlsf"],
+    "08_dual_failure": ["budget", "train_vs_test", "across", "rlsf"],
 }
 #: Empty panels the tiny root is expected to have: its 3-step SFT policy solves nothing, so
 #: self-training keeps no data and the data-share panel has nothing to draw.
@@ -78,6 +79,8 @@ _SWEEPS = {
 _TEST_TIME = [("sft", "sft", "sft"), ("grpo_s0", "entropy/grpo_s0", "final"), ("grpo_s1", "entropy/grpo_s1", "final"),
               ("critique_collapse.grpo_s0", "critique_collapse/grpo_s0", "final"),
               ("critique_collapse.cg_plan_hint_s0", "critique_collapse/cg_plan_hint_s0", "final")]
+#: Runs of the entropy sweep evaluated across training (``evaluate --which=all``) into ``root/across/<run>``.
+_ACROSS = ("grpo_s0", "grpo_s1")
 #: A tiny critic (``root/critic``), evaluated twice.
 _CRITIC = {"critic.preset": "tiny", "critic.steps": 4, "critic.batch_size": 8, "critic.warmup_steps": 0,
            "critic.log_every": 1, "critic.eval_every": 2, "critic.eval_n_problems": 4, "critic.eval_batch": 8}
@@ -101,8 +104,9 @@ def _config(tmp, overrides):
 def build_tiny_root(root: Path) -> None:
     """``root/sft`` (SFT only) with its critique gate in ``root/sft/gate``, ``root/critic``, the sweeps
     ``entropy``, ``critique_collapse``, ``self_train``, ``rlsf`` from the SFT policy, each with the
-    ``manifest.json`` and ``done.json`` files scripts/sweep.py writes, and ``root/test_time``: budget
-    sweeps of the SFT policy and the entropy sweep's GRPO runs."""
+    ``manifest.json`` and ``done.json`` files scripts/sweep.py writes, ``root/test_time``: budget
+    sweeps of the SFT policy and the entropy sweep's GRPO runs, and ``root/across``: two of those
+    runs evaluated across training."""
     train(_config(root, _BASE | {"rl.steps": 0}), str(root / "sft"))
     train_critic(_config(root, _BASE | _CRITIC), str(root / "critic"))
     done = {}  # overrides -> the run directory that ran them
@@ -138,6 +142,10 @@ def build_tiny_root(root: Path) -> None:
         one = dataclasses.replace(settings, source=policy.source)
         evaluate_policy(policy.run, policy.params, out, one)
         budget_sweep(policy.run, policy.params, out, one, (24, 48), (1, 2))
+    for name in _ACROSS:  # every policy of these runs (the SFT policy they started from, their last step)
+        workdir = str(root / "entropy" / name)
+        evaluate_across(workdir, resolve_which(workdir, ["all"]), str(root / "across" / name), settings, (24, 48),
+                        (1, 2), run=shared)
 
 
 def build_and_execute(tmp: Path) -> None:
@@ -377,6 +385,25 @@ def test_budget_sweeps_read_back_by_label_with_seed_bands(tmp_path, np_rng):
         sweeps.budget_band([rep for _, rep in got["grpo"]], "pass@1")
     with pytest.raises(FileNotFoundError, match=r"logs: no <policy>/test_time.json \(written by evaluate --budgets\)"):
         sweeps.read_test_time(tmp_path / "logs")
+
+
+def test_across_tables_read_back_by_label_with_seed_bands(tmp_path):
+    """read_across groups <folder>/<run>/across.json by label; across_band is the mean and sd over
+    a label's tables per RL step, NaN left out."""
+    rows = {"grpo_s0": [(0, 0.10), (30, 0.04), (60, 0.02)], "grpo_s1": [(0, 0.12), (30, math.nan), (60, 0.04)]}
+    for name, values in rows.items():
+        (tmp_path / name).mkdir()
+        table = {"budgets": [72], "rows": [{"rl_step": s, "correct_var/72": v} for s, v in values]}
+        (tmp_path / name / sweeps.ACROSS_JSON).write_text(json.dumps(table))
+    got = sweeps.read_across(tmp_path)
+    assert list(got) == ["grpo"] and [n for n, _ in got["grpo"]] == ["grpo_s0", "grpo_s1"]
+    band = sweeps.across_band([t for _, t in got["grpo"]], "correct_var/72")
+    assert band.steps.tolist() == [0, 30, 60] and band.n.tolist() == [2, 1, 2]
+    assert band.mean.tolist() == pytest.approx([0.11, 0.04, 0.03]) and band.sd[0] == pytest.approx(np.std([0.1, 0.12], ddof=1))
+    with pytest.raises(ValueError, match="no across-training row has a finite 'pass@1'"):
+        sweeps.across_band([t for _, t in got["grpo"]], "pass@1")
+    with pytest.raises(FileNotFoundError, match=r"no <policy>/across.json \(written by evaluate --which=all\)"):
+        sweeps.read_across(tmp_path / "grpo_s0")
 
 
 def test_run_values_pairs_and_metric_families():

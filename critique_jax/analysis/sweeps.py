@@ -12,7 +12,9 @@ A sweep directory (written by ``scripts/sweep.py``) holds ``manifest.json``::
 the trainer's ``metrics.jsonl`` (and ``done.json`` once the run finished). :func:`read_sweep`
 reads it into :class:`SweepData`; :func:`seed_band` and :func:`seed_stat` average over the
 seeds of a label; :func:`read_test_time` and :func:`budget_band` do the same for a folder of
-budget sweeps (``evaluate --budgets``), against the budget. Everything here is host-side NumPy;
+budget sweeps (``evaluate --budgets``), against the budget, :func:`read_across` and
+:func:`across_band` for a folder of across-training tables (``evaluate --which=all``), against the
+RL step. Everything here is host-side NumPy;
 values are float64, steps int64.
 """
 
@@ -287,18 +289,19 @@ def run_value(run: RunRecord, key: str, which: str = "last", window: int = 1) ->
 
 #: The report ``evaluate --budgets`` writes into its folder (critique_jax/runs/budget_sweep.py).
 TEST_TIME_JSON = "test_time.json"
+#: The table ``evaluate --which=all`` writes into its folder (critique_jax/runs/across_run.py).
+ACROSS_JSON = "across.json"
 _SEED_SUFFIX = re.compile(r"_s\d+$")
 
 
-def read_test_time(folder: str | Path) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    """The budget sweeps of a folder holding one ``evaluate --budgets`` folder per policy
-    (``<folder>/<name>/test_time.json``, e.g. ``sft``, ``grpo_s0``), grouped by label (the name
-    without its ``_s<seed>``): ``{label: [(name, report), ...]}``, names sorted. A one-line
-    FileNotFoundError when there is none."""
+def _read_grouped(folder: str | Path, filename: str, writer: str) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """``<folder>/<name>/<filename>`` (JSON) grouped by label (the name without its ``_s<seed>``):
+    ``{label: [(name, report), ...]}``, names sorted; a one-line FileNotFoundError naming
+    ``writer`` (the command that writes them) when there is none."""
     folder = Path(folder)
-    paths = sorted(folder.glob(f"*/{TEST_TIME_JSON}"))
+    paths = sorted(folder.glob(f"*/{filename}"))
     if not paths:
-        raise FileNotFoundError(f"{folder}: no <policy>/{TEST_TIME_JSON} (written by evaluate --budgets)")
+        raise FileNotFoundError(f"{folder}: no <policy>/{filename} (written by {writer})")
     out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for path in paths:
         name = path.parent.name
@@ -306,18 +309,47 @@ def read_test_time(folder: str | Path) -> dict[str, list[tuple[str, dict[str, An
     return out
 
 
+def read_test_time(folder: str | Path) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """The budget sweeps of a folder holding one ``evaluate --budgets`` folder per policy
+    (``<folder>/<name>/test_time.json``, e.g. ``sft``, ``grpo_s0``), grouped by label (the name
+    without its ``_s<seed>``): ``{label: [(name, report), ...]}``, names sorted. A one-line
+    FileNotFoundError when there is none."""
+    return _read_grouped(folder, TEST_TIME_JSON, "evaluate --budgets")
+
+
+def read_across(folder: str | Path) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """The across-training tables of a folder holding one ``evaluate --which=all`` folder per run
+    (``<folder>/<run>/across.json``: ``rows``, one per policy), grouped by label like
+    :func:`read_test_time`."""
+    return _read_grouped(folder, ACROSS_JSON, "evaluate --which=all")
+
+
 def budget_band(reports: Sequence[Mapping[str, Any]], key: str) -> Band:
     """``per_budget[b][key]`` of budget sweeps (e.g. one label's seeds) against the budget b: the
     mean and sd over the reports with a finite value, at every budget some report has
     (:class:`Band` with ``steps`` = budgets). ValueError when no report has the key."""
-    by_budget: dict[int, list[float]] = {}
-    for rep in reports:
-        for b, row in rep["per_budget"].items():
-            if _finite(row.get(key)):
-                by_budget.setdefault(int(b), []).append(float(row[key]))
-    if not by_budget:
-        raise ValueError(f"no budget sweep has a finite {key!r}")
-    return _band_of(by_budget)
+    return _band_over([{int(b): row.get(key) for b, row in rep["per_budget"].items()} for rep in reports],
+                      f"no budget sweep has a finite {key!r}")
+
+
+def across_band(tables: Sequence[Mapping[str, Any]], key: str) -> Band:
+    """``key`` of the rows of across-training tables (e.g. one label's seeds, :func:`read_across`)
+    against the RL step (:class:`Band` with ``steps`` = ``rl_step``). ValueError when no row has it."""
+    return _band_over([{int(row["rl_step"]): row.get(key) for row in t["rows"]} for t in tables],
+                      f"no across-training row has a finite {key!r}")
+
+
+def _band_over(series: Sequence[Mapping[int, Any]], missing: str) -> Band:
+    """:func:`_band_of` of the finite values of ``series`` (``{x: value}`` per run); ValueError
+    ``missing`` when there is none."""
+    by_x: dict[int, list[float]] = {}
+    for one in series:
+        for x, v in one.items():
+            if _finite(v):
+                by_x.setdefault(x, []).append(float(v))
+    if not by_x:
+        raise ValueError(missing)
+    return _band_of(by_x)
 
 
 # ----------------------------------------------------------------------------- metric families

@@ -28,23 +28,27 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from critique_jax import storage  # noqa: E402
 from critique_jax.analysis.across_training import PolicyEval, across_markdown, across_table  # noqa: E402
+from critique_jax.analysis.sweeps import ACROSS_JSON  # noqa: E402
 from critique_jax.metrics import METRICS_FILE, read_metrics  # noqa: E402
 from critique_jax.runs.budget_sweep import budget_sweep, check_sweep  # noqa: E402
 from critique_jax.runs.evaluation_run import EvalSettings, evaluate_policy, write_report  # noqa: E402
 from critique_jax.runs.layout import CHECKPOINTS, SFT_POLICY, RunDir  # noqa: E402
-from critique_jax.runs.policies import final_policy, load_policy, load_run_config, saved_policies  # noqa: E402
+from critique_jax.runs.policies import (final_policy, load_policy, load_run_config, saved_policies,  # noqa: E402
+                                        starting_policy)
 from critique_jax.runs.run import Run  # noqa: E402
 
-ACROSS_JSON, ACROSS_MD, ACROSS_PLOT = "across.json", "across.md", "across.png"
+ACROSS_MD, ACROSS_PLOT = "across.md", "across.png"
 
 
 def resolve_which(workdir: str, which: Sequence[str | int]) -> list[str | int]:
     """The policies ``which`` names (``"all"``, ``"final"``, ``"sft"``, steps) as ``"sft"`` and
-    checkpoint steps, in order, each once: ``"all"`` is the SFT policy (when the run has one) and
-    every finished step of ``checkpoints/``, ``"final"`` the latest policy (``policies.final_policy``).
+    checkpoint steps, in order, each once: ``"all"`` is the SFT policy (when the run has one, or
+    the policy of its ``init_from`` run it started from: ``policies.starting_policy``) and every
+    finished step of ``checkpoints/``, ``"final"`` the latest policy (``policies.final_policy``).
     Errors name ``--which``."""
     flag = f"--which={','.join(map(str, which))}"
-    sft, steps = saved_policies(workdir)
+    steps = saved_policies(workdir)[1]
+    sft_dir, sft = starting_policy(workdir)
     held = f"{RunDir(workdir) / CHECKPOINTS} holds steps {', '.join(map(str, steps)) or 'none'}"
     out: list[str | int] = []
     for w in which:
@@ -54,8 +58,7 @@ def resolve_which(workdir: str, which: Sequence[str | int]) -> list[str | int]:
             out += (["sft"] if sft is not None else []) + steps
         elif w == "sft":
             if sft is None:
-                raise ValueError(f"{flag}: {RunDir(workdir) / SFT_POLICY} holds no finished checkpoint (a run with "
-                                 f"init_from has its SFT policy in that run; {held})")
+                raise ValueError(f"{flag}: {sft_dir} holds no finished checkpoint ({held})")
             out.append("sft")
         elif w == "final":
             latest = final_policy(workdir)
@@ -81,7 +84,7 @@ def evaluate_across(workdir: str, which: Sequence[str | int], out: str, settings
     config = load_run_config(workdir)
     path = os.path.join(workdir, METRICS_FILE)
     metrics = read_metrics(path) if storage.path(path).exists() else []  # read first: a bad file fails before sampling
-    sft_step, _ = saved_policies(workdir)
+    sft_step = starting_policy(workdir)[1]
     evaluated = []
     for w in which:
         policy = load_policy(workdir, w, run)

@@ -63,6 +63,20 @@ def saved_policies(workdir: str | Path) -> tuple[int | None, list[int]]:
     return (sft[-1] if sft else None), checkpoint_steps(RunDir(str(workdir)) / CHECKPOINTS)
 
 
+def starting_policy(workdir: str | Path) -> tuple[str, int | None]:
+    """The folder of the policy a run's RL started from and its global step in this run: the run's
+    own ``sft_policy/`` and its step, or for a run with ``init_from`` (which has none) that run's
+    ``sft_policy/`` at step 0; step None when the folder holds no finished checkpoint."""
+    own = roles.init_from_dir(str(workdir))
+    steps = checkpoint_steps(own)
+    if steps:
+        return own, steps[-1]
+    if storage.path(RunDir(str(workdir)).config_file).is_file() and (source := load_run_config(workdir).init_from):
+        theirs = roles.init_from_dir(source)
+        return theirs, (0 if checkpoint_steps(theirs) else None)
+    return own, None
+
+
 def final_policy(workdir: str | Path) -> str | int | None:
     """Which policy of a run directory is its latest: the last step of ``checkpoints/``, or ``"sft"``
     when ``sft_policy/`` is later (an SFT-only run, ``rl.steps=0``, saves its last SFT step there and
@@ -74,7 +88,8 @@ def final_policy(workdir: str | Path) -> str | int | None:
 
 
 def load_policy(workdir: str | Path, which: str | int = "final", run: Run | None = None) -> Policy:
-    """The policy of a run directory: ``"sft"`` (its ``sft_policy/``, the SFT warm-up's end),
+    """The policy of a run directory: ``"sft"`` (its ``sft_policy/``, the SFT warm-up's end, or for a
+    run with ``init_from`` the policy it started from, :func:`starting_policy`),
     ``"final"`` (the latest policy, :func:`final_policy`) or an int step of ``checkpoints/``.
     ``run``: the set-up of another policy of this run to reuse (several policies of one run then
     share one set-up, and their sampler compiles once); None sets one up."""
@@ -83,7 +98,7 @@ def load_policy(workdir: str | Path, which: str | int = "final", run: Run | None
     if which == "final":
         which = final_policy(workdir) or "final"  # neither: the error below names checkpoints/
     if which == "sft":
-        directory = roles.init_from_dir(workdir)
+        directory = starting_policy(workdir)[0]
     elif which == "final" or isinstance(which, int):
         directory = RunDir(workdir) / CHECKPOINTS
     else:

@@ -88,10 +88,18 @@ python scripts/sweep.py --config configs/sweeps/arithmetic_collapse.py --out "$R
 step "test-time budget sweeps of the arithmetic SFT policy and verifier-trained arms -> $ROOT/test_time_arithmetic"
 budgets "$ROOT/ar_sft" sft test_time_arithmetic/sft 40,48,56,64,72 128
 for done in "$ROOT"/arithmetic_collapse/{grpo,clip_cov,critique_grpo}_s*/done.json; do
-  budgets "$(dirname "$done")" final "test_time_arithmetic/$(basename "$(dirname "$done")")" 40,48,56,64,72 128
+  run="$(dirname "$done")"
+  budgets "$run" final "test_time_arithmetic/$(basename "$run")" 40,48,56,64,72 128
+  python -m critique_jax.evaluate --run="$run" --which=all --samples=8 --budgets=40,48,56,64,72 --n_problems=128 \
+    --out="$ROOT/across_arithmetic/$(basename "$run")"  # every checkpoint, from the SFT policy on
 done
 
 # 6. The notebooks, executed against these runs.
 step "notebooks"
 python scripts/run_notebooks.py --root "$ROOT" --out notebooks
-step "done: notebooks/*.ipynb and notebooks/figures/*.png"
+step "notebook 08 on the arithmetic runs -> notebooks/arithmetic"
+python scripts/run_notebooks.py --root "$ROOT" --out notebooks/arithmetic --only 08 \
+  --set TEST_TIME=test_time_arithmetic --set "TRAIN_SWEEPS=('arithmetic_collapse',)" \
+  --set RLSF_SWEEP=arithmetic_collapse --set "RLSF_LABELS=('rlsf','rlsf_derivation')" \
+  --set VERIFIER_SWEEP=arithmetic_collapse --set ACROSS=across_arithmetic
+step "done: notebooks/*.ipynb, notebooks/arithmetic/ and notebooks/figures/*.png"

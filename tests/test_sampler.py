@@ -170,28 +170,6 @@ def test_samples_do_not_depend_on_batch_composition(model, np_rng):
     np.testing.assert_allclose(both.logp[4:6], alone.logp, atol=1e-5)
 
 
-def test_decode_chunks_give_the_same_samples(model, np_rng):
-    """Chunked decoding (independent slices of the samples per step, each with its own cache
-    slice) samples the same tokens as one chunk; 3 chunks of 12 samples, and 5 -> 4 (the largest
-    divisor of 12 not above 5)."""
-    pb = _prompts(np_rng, 3)
-    keys, temp = sample_keys(7, range(3), 4), jnp.asarray(np_rng.uniform(0.5, 1.5, 12), jnp.float32)
-    one = generate(model, pb.tokens, pb.valid, keys, CFG, group_size=4, temperature=temp, top_k=5)
-    assert np.asarray(one.mask).sum() > 24 and not np.asarray(one.finished).all()  # some samples end early
-    for chunks in (3, 5):
-        got = generate(model, pb.tokens, pb.valid, keys, SamplerConfig(12, (EOS,), PAD, decode_chunks=chunks),
-                       group_size=4, temperature=temp, top_k=5)
-        np.testing.assert_array_equal(got.tokens, one.tokens)
-        np.testing.assert_array_equal(got.mask, one.mask)
-        np.testing.assert_array_equal(got.finished, one.finished)
-        for k in ("logp", "sample_logp", "entropy"):
-            np.testing.assert_allclose(getattr(got, k), getattr(one, k), atol=1e-5, err_msg=k)
-    assert [sampler_lib._chunk_count(12, w) for w in (1, 2, 5, 7, 12, 40)] == [1, 2, 4, 6, 12, 12]
-    assert SamplerConfig(12, (EOS,), PAD, decode_chunks=0).decode_chunks == sampler_lib.auto_decode_chunks() >= 1
-    with pytest.raises(ValueError, match=r"decode_chunks=-1: expected >= 0"):
-        SamplerConfig(12, (EOS,), PAD, decode_chunks=-1)
-
-
 def test_no_recompilation_across_knobs_and_contents(model, np_rng):
     graphdef, state = nnx.split(model)
     def run(seed):

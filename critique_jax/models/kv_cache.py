@@ -47,11 +47,6 @@ class KVCache:
             end=jnp.zeros((), jnp.int32),
         )
 
-    def rows(self, index: slice) -> "KVCache":
-        """The cache of the sequences ``index`` selects (a slice of the batch)."""
-        return KVCache(k=tuple(x[index] for x in self.k), v=tuple(x[index] for x in self.v), valid=self.valid[index],
-                       end=self.end)
-
     def repeat(self, n: int) -> "KVCache":
         """Each sequence's cache repeated ``n`` times along the batch (b0,b0,..,b1,b1,..)."""
         return KVCache(

@@ -65,6 +65,7 @@ from critique_jax.runs.layout import CHECKPOINTS, CRITIC_POLICY, SFT_POLICY, Run
 from critique_jax.runs.run import Run, setup
 from critique_jax.runs.state import checkpoint_state, init_state, restored_state, sft_step_fn
 from critique_jax.runs.supervised import SupervisedLoop
+from critique_jax.sampling import SamplerConfig
 from critique_jax.tasks import Problem
 
 log = logging.getLogger("critique_jax")
@@ -148,7 +149,7 @@ def setup_critic(config: ml_collections.ConfigDict, workdir: str) -> Critic:
     width, length = resolve_widths(run.tok, train + held_out, cc.prompt_width, cc.max_new_tokens)
     model_cfg = roles.critic_model_config(config.critic, config.model, run.tok.vocab_size, width + length)
     model_cfg, graphdef, param_sh = roles.define(model_cfg, run.mesh)
-    sampler = dataclasses.replace(run.sampler, max_new_tokens=length)
+    sampler = SamplerConfig(max_new_tokens=length, eos_ids=run.tok.eos_ids, pad_id=run.tok.pad_id)
     run = dataclasses.replace(run, model_cfg=model_cfg, graphdef=graphdef, sampler=sampler, param_sh=param_sh)
     log.info("critic: %d training / %d held-out examples, prompt width %d, response length %d",
              len(train), len(held_out), width, length)

@@ -22,21 +22,12 @@ tokens do not depend on which other samples share its batch.
 The response of a sample ends with (and includes) its first end token; later positions are
 ``pad_id`` with ``mask == False``. Decoding stops when every sample has ended or after
 ``max_new_tokens`` tokens.
-
-Decode chunks (``SamplerConfig.decode_chunks``): each decode step runs the model on that many
-independent slices of the samples (each with its own slice of the KV cache). XLA's CPU runtime
-runs one small matmul on one thread and independent operations on different threads, so on a
-single CPU device the chunks keep every core busy (64 samples of the ``small`` preset on 2
-cores: README "Benchmarks"); on an accelerator, or with the batch already split over a mesh's
-devices, one chunk. Rows are independent, so a sample's tokens do not depend on the chunking
-beyond float rounding.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Sequence
 
 import jax
@@ -61,15 +52,10 @@ class SamplerConfig:
     max_new_tokens: int
     eos_ids: tuple[int, ...]
     pad_id: int
-    decode_chunks: int = 1  # independent sample slices per decode step (module docstring); 0: auto_decode_chunks()
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"SamplerConfig.max_new_tokens={self.max_new_tokens}: expected >= 1")
-        if self.decode_chunks < 0:
-            raise ValueError(f"SamplerConfig.decode_chunks={self.decode_chunks}: expected >= 0 (0: one per CPU core)")
-        if self.decode_chunks == 0:
-            object.__setattr__(self, "decode_chunks", auto_decode_chunks())
         if not self.eos_ids:
             raise ValueError("SamplerConfig.eos_ids is empty: decoding needs at least one end token")
 
@@ -89,19 +75,6 @@ class Rollout:
     @property
     def lengths(self) -> jax.Array:
         return self.mask.sum(axis=1)
-
-
-def auto_decode_chunks() -> int:
-    """Decode chunks for this process: on the CPU backend the cores this process may use per local
-    device (at least 1), elsewhere 1."""
-    if jax.default_backend() != "cpu":
-        return 1
-    return max(1, len(os.sched_getaffinity(0)) // jax.local_device_count())
-
-
-def _chunk_count(n: int, wanted: int) -> int:
-    """The largest divisor of the sample count ``n`` that is at most ``wanted``."""
-    return max(c for c in range(1, min(n, wanted) + 1) if n % c == 0)
 
 
 def sample_keys(seed: int, prompt_ids: Sequence[int] | np.ndarray, group_size: int) -> jax.Array:
@@ -162,17 +135,23 @@ def _generate(graphdef, state, prompt_tokens, prompt_valid, keys, temperature, t
     cache = cache.repeat(group_size)
     next_pos = jnp.repeat(positions[:, -1] + 1, group_size)
     eos = jnp.asarray(cfg.eos_ids, jnp.int32)
-    rows = n // _chunk_count(n, cfg.decode_chunks)
-    chunks = [slice(i, i + rows) for i in range(0, n, rows)]  # independent in every decode step
 
-    def init(c: slice):
-        out = dict(tokens=jnp.full((rows, length), cfg.pad_id, jnp.int32), mask=jnp.zeros((rows, length), bool),
-                   **{k: jnp.zeros((rows, length), jnp.float32) for k in ("logp", "sample_logp", "entropy")})
-        return logits[c], cache.rows(c), next_pos[c], jnp.zeros((rows,), bool), out
+    out = dict(
+        tokens=jnp.full((n, length), cfg.pad_id, jnp.int32),
+        mask=jnp.zeros((n, length), bool),
+        logp=jnp.zeros((n, length), jnp.float32),
+        sample_logp=jnp.zeros((n, length), jnp.float32),
+        entropy=jnp.zeros((n, length), jnp.float32),
+    )
+    carry0 = (jnp.zeros((), jnp.int32), logits, cache, next_pos, jnp.zeros((n,), bool), out)
 
-    def advance(step, carry, c: slice):
-        logits, cache, pos, done, out = carry
-        token, logp, sample_logp, entropy = _choose(logits, keys[c], step, temperature[c], top_k[c], top_p[c])
+    def cond(carry):
+        step, _, _, _, done, _ = carry
+        return (step < length) & ~jnp.all(done)
+
+    def body(carry):
+        step, logits, cache, pos, done, out = carry
+        token, logp, sample_logp, entropy = _choose(logits, keys, step, temperature, top_k, top_p)
         live = ~done
         token = jnp.where(live, token, cfg.pad_id)
         cols = dict(tokens=token, mask=live, logp=jnp.where(live, logp, 0.0),
@@ -180,19 +159,10 @@ def _generate(graphdef, state, prompt_tokens, prompt_valid, keys, temperature, t
         out = {k: jax.lax.dynamic_update_slice_in_dim(out[k], cols[k][:, None], step, axis=1) for k in out}
         done = done | jnp.isin(token, eos)
         hidden, cache = model(token[:, None], pos[:, None], live[:, None], cache)
-        return model.logits(hidden[:, 0]), cache, pos + 1, done, out
+        return step + 1, model.logits(hidden[:, 0]), cache, pos + 1, done, out
 
-    def cond(carry):
-        step, parts = carry
-        return (step < length) & ~jnp.all(jnp.stack([jnp.all(part[3]) for part in parts]))
-
-    def body(carry):
-        step, parts = carry
-        return step + 1, tuple(advance(step, part, c) for part, c in zip(parts, chunks))
-
-    _, parts = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), tuple(init(c) for c in chunks)))
-    out = {k: jnp.concatenate([part[4][k] for part in parts]) for k in parts[0][4]}
-    return Rollout(finished=jnp.concatenate([part[3] for part in parts]), **out)
+    *_, done, out = jax.lax.while_loop(cond, body, carry0)
+    return Rollout(finished=done, **out)
 
 
 def check_batch(n_prompts: int, group_size: int, mesh: Mesh | None) -> None:
@@ -243,8 +213,6 @@ def generate(
         raise ValueError(f"top_p={np.asarray(top_p)[bad][0]} (sample {int(np.argmax(bad))}): expected a value in (0, 1]")
     if np.asarray((temperature < 0) | (top_k < 0)).any():
         raise ValueError("temperature and top_k must be >= 0")
-    if mesh is not None and batch_shards(mesh) > 1:  # the mesh's devices already split the batch
-        cfg = dataclasses.replace(cfg, decode_chunks=1)
     return _generate(graphdef, state, prompt_tokens, prompt_valid, keys, temperature, top_k, top_p,
                      cfg=cfg, group_size=group_size)
 

@@ -36,7 +36,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, nargs="+", default=[8, 32, 64], help="prompts per call")
     p.add_argument("--group", type=int, default=8, help="samples per prompt (G)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--decode-chunks", type=int, default=0, help="SamplerConfig.decode_chunks (0: one per CPU core)")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak dense TFLOP/s, for prefill/decode MFU")
     p.add_argument("--peak-gbps", type=float, default=None, help="peak memory GB/s, for decode bandwidth utilisation")
 
@@ -63,14 +62,12 @@ def run(args: argparse.Namespace) -> list[dict]:
         top_k, top_p = jnp.zeros((n,), jnp.int32), jnp.ones((n,), jnp.float32)
 
         def call(length: int):
-            sc = SamplerConfig(max_new_tokens=length, eos_ids=(-1,), pad_id=0,  # never ends early
-                               decode_chunks=args.decode_chunks)
+            sc = SamplerConfig(max_new_tokens=length, eos_ids=(-1,), pad_id=0)  # never ends early
             return lambda: sampler_lib._generate(graphdef, state, pb.tokens, pb.valid, keys, temp, top_k, top_p,
                                                  cfg=sc, group_size=args.group)
 
         full, prefill = call(args.new_tokens), call(1)
-        sc_full = SamplerConfig(max_new_tokens=args.new_tokens, eos_ids=(-1,), pad_id=0,
-                                decode_chunks=args.decode_chunks)
+        sc_full = SamplerConfig(max_new_tokens=args.new_tokens, eos_ids=(-1,), pad_id=0)
         t0 = time.perf_counter()
         compiled = sampler_lib._generate.lower(graphdef, state, pb.tokens, pb.valid, keys, temp, top_k, top_p,
                                                cfg=sc_full, group_size=args.group).compile()

@@ -238,8 +238,7 @@ def _generators(args, model, hf_dir: str, tok):
     pb = pad_prompts([list(p) for p in prompts], [plen], tok.pad_id)
     keys = sample_keys(0, range(b), g)
     temp, top_k, top_p = jnp.ones((b * g,)), jnp.zeros((b * g,), jnp.int32), jnp.ones((b * g,))
-    sc = SamplerConfig(max_new_tokens=new, eos_ids=(-1,), pad_id=tok.pad_id,  # never ends early
-                       decode_chunks=0)  # our runs' default: one per CPU core
+    sc = SamplerConfig(max_new_tokens=new, eos_ids=(-1,), pad_id=tok.pad_id)  # never ends early
 
     def our_call() -> float:
         t0 = time.perf_counter()

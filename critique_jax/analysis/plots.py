@@ -32,7 +32,8 @@ LABEL_COLORS = {"grpo": 0, "clip_higher": 1, "clip_cov": 2, "clip_cov_all": 3, "
                 "gppo": 8, "forking_top20": 10, "forking_bottom80": 11, "cg_rule_step": 12, "cg_indicative": 13,
                 "cg_ground_truth": 16, "cg_model": 18, "st_none": 0, "st_rule_step": 12, "sft": 14, "resample": 14,
                 "ar_grpo": 0, "ar_rule_step": 12, "ar_indicative": 13, "ar_rule_step_clip_cov": 2, "critic": 6,
-                "cg_plan_hint": 16, "cg_plan": 17, "cg_hint_drgrpo": 18, "cg_hint_is": 19, "cg_hint_forking": 5}
+                "cg_plan_hint": 16, "cg_plan": 17, "cg_hint_drgrpo": 18, "cg_hint_is": 19, "cg_hint_forking": 5,
+                "critique_grpo": 16}
 
 
 def color(label: str) -> tuple[float, float, float, float]:

@@ -26,8 +26,7 @@ class NoDataWarning(UserWarning):
     """A figure panel has nothing to draw (a metric no run logged, a sweep without those labels)."""
 
 
-#: tab20 colour index of each label of the reproduction sweeps: distinct hues for the methods
-#: compared, a light shade of the same hue for a variant (clip_higher, clip_cov_all, forking_bottom80).
+#: tab20 index per label of the reproduction sweeps: a hue per method, its light shade for a variant (clip_cov_all).
 LABEL_COLORS = {"grpo": 0, "clip_higher": 1, "clip_cov": 2, "clip_cov_all": 3, "kl_cov": 4, "entropy_bonus": 6,
                 "gppo": 8, "forking_top20": 10, "forking_bottom80": 11, "cg_rule_step": 12, "cg_indicative": 13,
                 "cg_ground_truth": 16, "cg_model": 18, "st_none": 0, "st_rule_step": 12, "sft": 14, "resample": 14,

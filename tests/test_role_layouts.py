@@ -8,16 +8,11 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from critique_jax.analysis.state_memory import tree_bytes
 from critique_jax.models import Transformer, model_config
 from critique_jax.parallel.mesh import batch_sharding, make_mesh
 from critique_jax.parallel.sharding import LAYOUTS, param_shardings
 from critique_jax.rl.train_step import SequenceBatch, token_stats_fn
-
-
-def _per_device_bytes(params, shardings) -> int:
-    """Bytes of ``params`` on device 0 when laid out by ``shardings``."""
-    return sum(int(np.prod(sh.shard_shape(x.shape))) * x.dtype.itemsize
-               for x, sh in zip(jax.tree.leaves(params), jax.tree.leaves(shardings)))
 
 
 def test_layouts_shard_the_model_width_over_their_axes():
@@ -28,7 +23,7 @@ def test_layouts_shard_the_model_width_over_their_axes():
     assert sh["train"]["embed"]["embedding"].value.spec == P("tensor", "fsdp")
     assert sh["sharded"]["embed"]["embedding"].value.spec == P("tensor", ("data", "fsdp"))
     assert sh["replicated"]["embed"]["embedding"].value.spec == P()
-    size = {layout: _per_device_bytes(abstract, s) for layout, s in sh.items()}
+    size = {layout: tree_bytes(abstract, s) for layout, s in sh.items()}
     total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
     assert size["replicated"] == total
     # the projections and embeddings (all but the norms) over 4 devices in train, over 8 sharded

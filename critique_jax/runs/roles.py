@@ -19,7 +19,6 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 from jax.sharding import Mesh
@@ -28,6 +27,7 @@ from critique_jax import config as config_lib, storage
 from critique_jax.models import ModelConfig, Transformer, model_config
 from critique_jax.parallel.sharding import check_heads, param_shardings
 from critique_jax.runs.layout import CONFIG, CRITIC_POLICY, SFT_POLICY, RunDir, final_checkpointer
+from critique_jax.runs.state import copy_tree
 from critique_jax.critique.sources import CritiqueModel
 
 if TYPE_CHECKING:
@@ -99,10 +99,10 @@ def restore_policy(run: Run, policy_dir: str) -> nnx.State:
 
 
 def reference_params(run: Run, sft_params: nnx.State) -> nnx.State:
-    """The frozen reference policy: a copy of ``sft_params`` in the ``mesh.reference`` layout (its own
-    buffers, also in the ``train`` layout: the update donates the train state's)."""
-    sh = param_shardings(run.abstract_params(), run.mesh, run.config.mesh.reference)
-    return jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=sh)(sft_params)
+    """The frozen reference policy: a copy of ``sft_params`` (its own buffers, also in the ``train``
+    layout: the update donates the train state's) in the ``mesh.reference`` layout."""
+    return jax.device_put(copy_tree(sft_params), param_shardings(run.abstract_params(), run.mesh,
+                                                                 run.config.mesh.reference))
 
 
 # ----------------------------------------------------------------------------- the critic

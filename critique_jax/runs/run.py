@@ -123,7 +123,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, program: str = "train
     validation.warn_sequence_length(config, max_seq_len)
     model_cfg = policy_init.policy_model_config(config, tok, max_seq_len)
     model_cfg, graphdef, param_sh = roles.define(model_cfg, mesh)
-    roles.define(model_cfg, mesh, config.mesh.reference)  # a layout the mesh cannot take fails here, not after SFT
+    if config.mesh.reference != "train":  # a layout the mesh cannot take fails here, not after SFT
+        roles.define(model_cfg, mesh, config.mesh.reference)
     sampler = SamplerConfig(max_new_tokens=config.sampling.max_new_tokens, eos_ids=tok.eos_ids, pad_id=tok.pad_id)
     return Run(config=config, workdir=workdir, mesh=mesh, task=task, tok=tok, prompts=prompts,
                sampling=SamplingSettings.from_section(config.sampling), train=splits["train"],

@@ -14,7 +14,7 @@ from critique_jax.sampling import sampler as sampler_lib
 
 V, EOS, PAD = 61, 3, 0
 BUCKETS = (8, 16)
-CFG = SamplerConfig(max_new_tokens=12, eos_ids=(EOS,), pad_id=PAD)
+CFG = SamplerConfig(max_new_tokens=12, eos_ids=(EOS,), pad_id=PAD, decode_phases=3)  # the decode in 3 phases
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +202,36 @@ def test_sharded_mesh_equals_single_device(model, np_rng):
     np.testing.assert_allclose(sharded.entropy, single.entropy, atol=1e-5)
 
 
+def test_decode_phases_change_nothing(model, np_rng):
+    """The phased decode (a growing cache) gives the one-phase decode's tokens, and its statistics
+    up to float summation order, with samples ending in different phases."""
+    assert CFG.phase_ends() == (4, 8, 12)
+    assert SamplerConfig(64, (EOS,), PAD).phase_ends() == (16, 32, 48, 64)  # the default: 16-token phases, <= 4
+    assert SamplerConfig(10, (EOS,), PAD).phase_ends() == (10,)
+    assert SamplerConfig(10, (EOS,), PAD, decode_phases=3).phase_ends() == (4, 7, 10)
+    pb = _prompts(np_rng, 4)
+    keys, temp = sample_keys(5, range(4), 4), 1.5
+    toks = np.asarray(generate(model, pb.tokens, pb.valid, keys, CFG, group_size=4, temperature=temp).tokens)
+
+    def lengths(end: int) -> np.ndarray:  # response lengths if ``end`` ended responses (earlier tokens unchanged)
+        hit = toks == end
+        return np.where(hit.any(1), hit.argmax(1) + 1, 12)
+
+    def spread(n: np.ndarray) -> bool:  # some response ends in each phase
+        return (n <= 4).any() and ((n > 4) & (n <= 8)).any() and (n > 8).any()
+
+    end = next(t for t in range(4, V) if spread(lengths(t)))
+    phased = generate(model, pb.tokens, pb.valid, keys, SamplerConfig(12, (end,), PAD, decode_phases=3),
+                      group_size=4, temperature=temp)
+    one = generate(model, pb.tokens, pb.valid, keys, SamplerConfig(12, (end,), PAD, decode_phases=1),
+                   group_size=4, temperature=temp)
+    np.testing.assert_array_equal(phased.lengths, lengths(end))
+    for field in ("tokens", "mask", "finished"):
+        np.testing.assert_array_equal(getattr(phased, field), getattr(one, field))
+    for field in ("logp", "sample_logp", "entropy"):
+        np.testing.assert_allclose(getattr(phased, field), getattr(one, field), atol=1e-5)  # float summation order
+
+
 def test_bad_inputs_raise_clear_errors(model, np_rng):
     with pytest.raises(ValueError, match="longer than the largest prompt bucket 16"):
         pad_prompts([list(range(4, 24))], BUCKETS, PAD)
@@ -219,3 +249,5 @@ def test_bad_inputs_raise_clear_errors(model, np_rng):
         generate(model, pb.tokens, pb.valid, keys, SamplerConfig(60, (EOS,), PAD), group_size=2)
     with pytest.raises(ValueError, match="max_new_tokens=0"):
         SamplerConfig(0, (EOS,), PAD)
+    with pytest.raises(ValueError, match=r"decode_phases=13: expected 1..max_new_tokens \(12\) or None"):
+        SamplerConfig(12, (EOS,), PAD, decode_phases=13)

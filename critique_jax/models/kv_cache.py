@@ -55,3 +55,15 @@ class KVCache:
             valid=jnp.repeat(self.valid, n, axis=0),
             end=self.end,
         )
+
+    def grow(self, size: int) -> "KVCache":
+        """The cache with empty slots appended up to ``size`` slots (a copy into new buffers)."""
+        if size < self.size:
+            raise ValueError(f"KVCache.grow({size}): the cache already has {self.size} slots")
+        extra = size - self.size
+        return KVCache(
+            k=tuple(jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra))) for x in self.k),
+            v=tuple(jnp.pad(x, ((0, 0), (0, 0), (0, extra), (0, 0))) for x in self.v),
+            valid=jnp.pad(self.valid, ((0, 0), (0, extra))),
+            end=self.end,
+        )

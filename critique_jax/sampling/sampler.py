@@ -22,6 +22,14 @@ tokens do not depend on which other samples share its batch.
 The response of a sample ends with (and includes) its first end token; later positions are
 ``pad_id`` with ``mask == False``. Decoding stops when every sample has ended or after
 ``max_new_tokens`` tokens.
+
+The decode runs in phases (``SamplerConfig.decode_phases``): phase ``i``'s steps ``s < end_i``
+use a KV cache of ``P + end_i`` slots, grown (copied into a larger buffer, new slots empty)
+between phases, so a step's attention reads the slots filled by its phase's end, not all
+``P + max_new_tokens`` slots in every step. On the CPU (``small`` preset, 64 samples, 20-token
+prompts, 64 new tokens) four phases took generation from ~0.75 to ~0.66 s and its compile from
+~2.6 to ~4.3 s (each phase is its own loop body). The price in memory: while the cache grows into
+its last size, the previous one is still held (up to ~1.75x the full cache for that moment).
 """
 
 from __future__ import annotations
@@ -47,17 +55,29 @@ class SamplerConfig:
 
     ``eos_ids``: every token that ends a response (a tokenizer's ``eos_ids``: Qwen and Llama 3
     have several); ``pad_id``: the id written after the end (masked; the tokenizer's pad).
+    ``decode_phases``: the decode loop's phases (``decode_phase_ends``; None: one per 16 new
+    tokens, at most 4). Phase ``i``'s steps attend to the cache's first ``prompt + end_i`` slots
+    only, not to the still-empty later ones: fewer cache reads, one more compiled loop body each.
     """
 
     max_new_tokens: int
     eos_ids: tuple[int, ...]
     pad_id: int
+    decode_phases: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"SamplerConfig.max_new_tokens={self.max_new_tokens}: expected >= 1")
         if not self.eos_ids:
             raise ValueError("SamplerConfig.eos_ids is empty: decoding needs at least one end token")
+        if self.decode_phases is not None and not 1 <= self.decode_phases <= self.max_new_tokens:
+            raise ValueError(f"SamplerConfig.decode_phases={self.decode_phases}: expected 1..max_new_tokens "
+                             f"({self.max_new_tokens}) or None")
+
+    def phase_ends(self) -> tuple[int, ...]:
+        """The decode steps at which each phase ends (increasing, the last = ``max_new_tokens``)."""
+        phases = self.decode_phases or min(4, max(1, self.max_new_tokens // 16))
+        return tuple(sorted({-(-self.max_new_tokens * (i + 1) // phases) for i in range(phases)}))
 
 
 @jax.tree_util.register_dataclass
@@ -129,7 +149,8 @@ def _generate(graphdef, state, prompt_tokens, prompt_valid, keys, temperature, t
         raise ValueError(f"prompt bucket {p} + max_new_tokens {length} exceeds the model's "
                          f"max_seq_len {model.cfg.max_seq_len}")
     positions = jnp.maximum(jnp.cumsum(prompt_valid.astype(jnp.int32), axis=1) - 1, 0)
-    cache = KVCache.zeros(model.cfg, b, p + length)
+    ends = cfg.phase_ends()
+    cache = KVCache.zeros(model.cfg, b, p + ends[0])
     hidden, cache = model(prompt_tokens, positions, prompt_valid, cache)
     logits = jnp.repeat(model.logits(hidden[:, -1]), group_size, axis=0)  # [N, V]
     cache = cache.repeat(group_size)
@@ -145,10 +166,6 @@ def _generate(graphdef, state, prompt_tokens, prompt_valid, keys, temperature, t
     )
     carry0 = (jnp.zeros((), jnp.int32), logits, cache, next_pos, jnp.zeros((n,), bool), out)
 
-    def cond(carry):
-        step, _, _, _, done, _ = carry
-        return (step < length) & ~jnp.all(done)
-
     def body(carry):
         step, logits, cache, pos, done, out = carry
         token, logp, sample_logp, entropy = _choose(logits, keys, step, temperature, top_k, top_p)
@@ -161,7 +178,12 @@ def _generate(graphdef, state, prompt_tokens, prompt_valid, keys, temperature, t
         hidden, cache = model(token[:, None], pos[:, None], live[:, None], cache)
         return step + 1, model.logits(hidden[:, 0]), cache, pos + 1, done, out
 
-    *_, done, out = jax.lax.while_loop(cond, body, carry0)
+    carry = carry0
+    for i, end in enumerate(ends):  # the phase's steps s < end write slots p + s of a p + end cache
+        if i:
+            carry = (*carry[:2], carry[2].grow(p + end), *carry[3:])
+        carry = jax.lax.while_loop(lambda c, end=end: (c[0] < end) & ~jnp.all(c[4]), body, carry)
+    *_, done, out = carry
     return Rollout(finished=done, **out)
 
 

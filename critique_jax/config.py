@@ -76,7 +76,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.overrides = {name: _field(None, t) for name, t in OVERRIDABLE.items()}
     c.mesh = dict(data=-1, fsdp=1, tensor=1, reference="train", critic="train")
     c.distributed = dict(coordinator_address="", num_processes=0, process_id=-1)
-    c.sampling = dict(prompt_buckets=(24,), max_new_tokens=48, temperature=1.0, top_p=1.0, top_k=0)
+    c.sampling = dict(prompt_buckets=(24,), max_new_tokens=48, temperature=1.0, top_p=1.0, top_k=0,
+                      decode_phases=0)  # the policy sampler's decode phases (0: one per 16 tokens, <= 4)
     # How prompts are written (critique_jax.text.prompt_format): auto = marker tokens with the
     # project tokenizer, the chat template of a Hugging Face tokenizer that has one, else plain
     # text; instruction "" = the task's answer-format instruction; system "" = no system prompt.

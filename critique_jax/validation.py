@@ -156,6 +156,9 @@ def validate(c: ml_collections.ConfigDict, n_devices: int, program: str = "train
     need(0 < c.sampling.top_p <= 1, f"sampling.top_p={c.sampling.top_p}: expected a value in (0, 1]")
     need(c.sampling.top_k >= 0, f"sampling.top_k={c.sampling.top_k}: expected >= 0 (0 = off)")
     need(len(c.sampling.prompt_buckets) > 0, "sampling.prompt_buckets is empty")
+    need(c.sampling.decode_phases <= c.sampling.max_new_tokens,
+         f"sampling.decode_phases={c.sampling.decode_phases}: expected 0 (automatic) or at most "
+         f"sampling.max_new_tokens={c.sampling.max_new_tokens}")
     need(c.prompt.format in PROMPT_FORMATS,
          f"prompt.format={c.prompt.format!r}: expected one of {list(PROMPT_FORMATS)}")
     for problem in sources.check_config(c):  # the critique type's own checks

@@ -249,5 +249,5 @@ def test_bad_inputs_raise_clear_errors(model, np_rng):
         generate(model, pb.tokens, pb.valid, keys, SamplerConfig(60, (EOS,), PAD), group_size=2)
     with pytest.raises(ValueError, match="max_new_tokens=0"):
         SamplerConfig(0, (EOS,), PAD)
-    with pytest.raises(ValueError, match=r"decode_phases=13: expected 1..max_new_tokens \(12\) or None"):
+    with pytest.raises(ValueError, match=r"decode_phases=13: expected 0 \(automatic\) or 1..max_new_tokens \(12\)"):
         SamplerConfig(12, (EOS,), PAD, decode_phases=13)

@@ -232,6 +232,7 @@ def test_nonfinite_run_stops_without_nan_checkpoint(tmp_path, monkeypatch):
     ("rl.group_size", 1, r"rl.group_size=1: group-relative advantages \(grpo\) need a group of >= 2"),
     ("rl.minibatches", 3, r"rl.minibatches=3"),
     ("sampling.top_p", 1.5, r"sampling.top_p=1.5"),
+    ("sampling.decode_phases", 1000, r"sampling.decode_phases=1000: expected 0 \(automatic\) or at most sampling.max_new"),
     ("rl.loss.name", "ppo2", r"rl.loss.name='ppo2': unknown loss; registered: \['ppo'"),
     ("rl.loss.clip_cov.cov_ub", 0.5, r"config rl.loss \(clip_cov\): ClipCovConfig.cov_lb=1.0 >= cov_ub=0.5"),
     ("sft.warmup_steps", 10, r"sft.warmup_steps=10: expected between 0 and sft.steps=3"),

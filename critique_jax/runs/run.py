@@ -125,7 +125,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, program: str = "train
     model_cfg, graphdef, param_sh = roles.define(model_cfg, mesh)
     if config.mesh.reference != "train":  # a layout the mesh cannot take fails here, not after SFT
         roles.define(model_cfg, mesh, config.mesh.reference)
-    sampler = SamplerConfig(max_new_tokens=config.sampling.max_new_tokens, eos_ids=tok.eos_ids, pad_id=tok.pad_id)
+    sampler = SamplerConfig(max_new_tokens=config.sampling.max_new_tokens, eos_ids=tok.eos_ids, pad_id=tok.pad_id,
+                            decode_phases=config.sampling.decode_phases)
     return Run(config=config, workdir=workdir, mesh=mesh, task=task, tok=tok, prompts=prompts,
                sampling=SamplingSettings.from_section(config.sampling), train=splits["train"],
                test=splits["test"], model_cfg=model_cfg, graphdef=graphdef, param_sh=param_sh, sampler=sampler)

@@ -55,24 +55,24 @@ class SamplerConfig:
 
     ``eos_ids``: every token that ends a response (a tokenizer's ``eos_ids``: Qwen and Llama 3
     have several); ``pad_id``: the id written after the end (masked; the tokenizer's pad).
-    ``decode_phases``: the decode loop's phases (``decode_phase_ends``; None: one per 16 new
-    tokens, at most 4). Phase ``i``'s steps attend to the cache's first ``prompt + end_i`` slots
+    ``decode_phases``: the decode loop's phases (``phase_ends``; 0: one per 16 new tokens, at
+    most 4). Phase ``i``'s steps attend to the cache's first ``prompt + end_i`` slots
     only, not to the still-empty later ones: fewer cache reads, one more compiled loop body each.
     """
 
     max_new_tokens: int
     eos_ids: tuple[int, ...]
     pad_id: int
-    decode_phases: int | None = None
+    decode_phases: int = 0
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"SamplerConfig.max_new_tokens={self.max_new_tokens}: expected >= 1")
         if not self.eos_ids:
             raise ValueError("SamplerConfig.eos_ids is empty: decoding needs at least one end token")
-        if self.decode_phases is not None and not 1 <= self.decode_phases <= self.max_new_tokens:
-            raise ValueError(f"SamplerConfig.decode_phases={self.decode_phases}: expected 1..max_new_tokens "
-                             f"({self.max_new_tokens}) or None")
+        if not 0 <= self.decode_phases <= self.max_new_tokens:
+            raise ValueError(f"SamplerConfig.decode_phases={self.decode_phases}: expected 0 (automatic) or "
+                             f"1..max_new_tokens ({self.max_new_tokens})")
 
     def phase_ends(self) -> tuple[int, ...]:
         """The decode steps at which each phase ends (increasing, the last = ``max_new_tokens``)."""

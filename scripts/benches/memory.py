@@ -72,6 +72,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-len", type=int, default=512)
     p.add_argument("--new-tokens", type=int, default=1536)
     p.add_argument("--no-sampler", action="store_true", help="compile the update only")
+    p.add_argument("--decode-phases", type=int, default=0,
+                   help="the sampler's decode phases (SamplerConfig.decode_phases; 0: automatic)")
     p.add_argument("--layers", type=int, nargs="+", default=[0],
                    help="also with these depths (one row each; 0: the shape's own), e.g. to see compile time vs depth")
 
@@ -134,7 +136,7 @@ def measure(shape: str, setting: str, devices: int, args: argparse.Namespace, la
         peak = row["update"]
         if not args.no_sampler:
             prompts = n // args.group
-            sampler = SamplerConfig(max_new_tokens=length, eos_ids=(1,), pad_id=0)
+            sampler = SamplerConfig(max_new_tokens=length, eos_ids=(1,), pad_id=0, decode_phases=args.decode_phases)
             per_sample = lambda dtype: rows((n,), dtype)  # noqa: E731
             sm, row["sample_compile_s"] = _compiled(
                 sampler_lib._generate, graphdef, params_abs, rows((prompts, args.prompt_len), jnp.int32),

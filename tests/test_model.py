@@ -142,19 +142,31 @@ def test_left_padding_does_not_change_outputs(np_rng):
     np.testing.assert_allclose(hidden[0, 3:], h_alone[0], atol=1e-5)
 
 
-def test_cache_repeat_shares_a_prompt(np_rng):
-    model = _model("qwen2")
-    tokens, valid = _batch(np_rng, [6, 3], 6)
+@pytest.mark.parametrize("family,attention", [("qwen2", "reference"), ("gemma2", "reference"), ("llama", "xla")])
+def test_a_shared_prefix_equals_teacher_forcing(family, attention, np_rng):
+    """G = 3 samples continue each of 2 left-padded prompts from one copy of the prompt's keys and
+    values (``KVCache.shared``): one token per call (the float32 decode path; ``xla``: the general
+    one) then three at once (the general path); logits equal the full forward of prompt +
+    continuation (Gemma 2: with sliding windows shorter than the sequences)."""
+    model = _model(family, attention=attention)
+    g, p, new = 3, 6, 5
+    prompt, pvalid = _batch(np_rng, [6, 3], p)
+    cont = jnp.asarray(np_rng.integers(4, V, (2 * g, new)), jnp.int32)
+    tokens = jnp.concatenate([jnp.repeat(prompt, g, 0), cont], 1)
+    valid = jnp.concatenate([jnp.repeat(pvalid, g, 0), jnp.ones((2 * g, new), bool)], 1)
     pos = positions_from_valid(valid)
-    _, cache = model(tokens, pos, valid, KVCache.zeros(model.cfg, 2, 8))
-    rep = cache.repeat(3)
-    assert rep.k[0].shape[0] == 6 and len(rep.k) == model.cfg.n_layers and rep.valid.shape == (6, 8)
-    nxt = jnp.full((6, 1), 7, jnp.int32)
-    npos = jnp.repeat(pos[:, -1:] + 1, 3, axis=0)
-    h_rep, _ = model(nxt, npos, jnp.ones((6, 1), bool), rep)
-    h_one, _ = model(nxt[::3], pos[:, -1:] + 1, jnp.ones((2, 1), bool), cache)
-    np.testing.assert_allclose(h_rep[::3], h_one, atol=1e-6)
-    np.testing.assert_allclose(h_rep[1::3], h_one, atol=1e-6)
+    full = model.logits(model(tokens, pos, valid)[0])[:, p:]
+    _, prompt_cache = model(prompt, pos[::g, :p], pvalid, KVCache.zeros(model.cfg, 2, p))
+    cache = prompt_cache.shared(model.cfg, g, 8)
+    assert cache.k[0].shape[0] == 2 * g and cache.prefix.k[0].shape[0] == 2
+    outs = []
+    for i in range(2):
+        h, cache = model(cont[:, i:i + 1], pos[:, p + i:p + i + 1], valid[:, p + i:p + i + 1], cache)
+        outs.append(model.logits(h))
+    h, cache = model(cont[:, 2:], pos[:, p + 2:], valid[:, p + 2:], cache)
+    outs.append(model.logits(h))
+    assert int(cache.end) == new and cache.prefix is not None
+    np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from critique_jax.models.attention import attend, attend_cached
+from critique_jax.models.attention import Prefix, attend, attend_cached
 from critique_jax.models.config import ModelConfig
 from critique_jax.models.kv_cache import KVCache
 from critique_jax.models.layer_scan import scan_blocks
@@ -114,11 +114,13 @@ class Attention(nnx.Module):
         mask: jax.Array,
         cache_kv: tuple[jax.Array, jax.Array] | None,
         write_at: jax.Array | None,
+        prefix: Prefix | None = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         """x: [B, T, d]; mask: [B, T, S] bool (S = T without a cache, else the cache size).
 
         With a cache, this layer's keys ``[B, kv, hd, S]`` and values ``[B, kv, S, hd]`` get the
-        new tokens written at slots ``write_at:write_at + T`` (in place) and are returned updated.
+        new tokens written at slots ``write_at:write_at + T`` (in place) and are returned updated;
+        ``prefix``: a shared prefix's keys, values and mask, read before them (``attend_cached``).
         """
         cfg = self.cfg
         b, t, _ = x.shape
@@ -138,7 +140,7 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice(cache_kv[1], jnp.swapaxes(v, 1, 2).astype(cache_kv[1].dtype),
                                              (zero, zero, write_at, zero))
             cache_kv = (constrain(kt, BATCH, HEADS, None, None), constrain(v, BATCH, HEADS, None, None))
-            out = attend_cached(q, kt, v, mask, cfg)
+            out = attend_cached(q, kt, v, mask, cfg, prefix)
         out = out.reshape(b, t, cfg.n_heads * cfg.head_dim)
         return self.o_proj(out), cache_kv
 
@@ -172,8 +174,8 @@ class Block(nnx.Module):
         self.attn_out_norm = RMSNorm(cfg.d_model, cfg) if cfg.sandwich_norms else None
         self.mlp_out_norm = RMSNorm(cfg.d_model, cfg) if cfg.sandwich_norms else None
 
-    def __call__(self, x, positions, mask, cache_kv, write_at):
-        h, cache_kv = self.attn(self.input_norm(x), positions, mask, cache_kv, write_at)
+    def __call__(self, x, positions, mask, cache_kv, write_at, prefix=None):
+        h, cache_kv = self.attn(self.input_norm(x), positions, mask, cache_kv, write_at, prefix)
         if self.attn_out_norm is not None:
             h = self.attn_out_norm(h)
         x = x + h
@@ -215,8 +217,8 @@ class Transformer(nnx.Module):
 
         Without a cache: causal self-attention among the T tokens. With a cache: the tokens
         are written at slots ``[cache.end, cache.end + T)`` and attend to every valid earlier
-        slot (within ``sliding_window`` slots on sliding layers); the updated cache is
-        returned. Output hidden: [B, T, d_model] in ``cfg.dtype``. ``cfg.remat`` applies to
+        slot (within ``sliding_window`` slots on sliding layers), after the valid slots of the
+        cache's shared prefix if it has one; the updated cache is returned. Output hidden: [B, T, d_model] in ``cfg.dtype``. ``cfg.remat`` applies to
         the uncached forward (the one that is differentiated).
         """
         cfg = self.cfg
@@ -238,6 +240,11 @@ class Transformer(nnx.Module):
         back = query_slot[:, None] - slots[None, :]  # [T, S] slots from key to query
         mask = constrain(keys_valid[:, None, :] & (back >= 0)[None], BATCH, None, None)
         local = None if cfg.sliding_window is None else mask & (back < cfg.sliding_window)[None]
+        shared = None if cache is None else cache.prefix
+        if shared is not None:  # every prefix slot precedes the queries: [Bp, T, P], within the window if sliding
+            pmask = jnp.broadcast_to(shared.valid[:, None, :], (shared.valid.shape[0], t, shared.size))
+            pback = (shared.size + query_slot)[:, None] - jnp.arange(shared.size)[None, :]
+            plocal = None if local is None else pmask & (pback < cfg.sliding_window)[None]
         policy = _REMAT_POLICIES.get(cfg.remat) if cache is None else None
         if cache is None and cfg.scan_layers:
             return self.final_norm(scan_blocks(self.layers, x, positions, mask, local, policy)), None
@@ -245,7 +252,9 @@ class Transformer(nnx.Module):
         for i, block in enumerate(self.layers):
             layer_mask = local if local is not None and i % 2 == 0 else mask
             if cache is not None:
-                x, (k, v) = block(x, positions, layer_mask, (cache.k[i], cache.v[i]), write_at)
+                prefix = None if shared is None else (
+                    shared.k[i], shared.v[i], plocal if local is not None and i % 2 == 0 else pmask)
+                x, (k, v) = block(x, positions, layer_mask, (cache.k[i], cache.v[i]), write_at, prefix)
                 ks.append(k)
                 vs.append(v)
             elif policy is None:
@@ -255,7 +264,7 @@ class Transformer(nnx.Module):
         hidden = self.final_norm(x)
         if cache is None:
             return hidden, None
-        return hidden, KVCache(k=tuple(ks), v=tuple(vs), valid=keys_valid, end=write_at + t)
+        return hidden, KVCache(k=tuple(ks), v=tuple(vs), valid=keys_valid, end=write_at + t, prefix=shared)
 
     def unembed(self) -> jax.Array:
         """The output projection as a [d_model, vocab] matrix (in the parameter dtype)."""

@@ -4,8 +4,9 @@
 per-sample knobs; it compiles once per (prompt bucket, batch size, group size, config) and
 never again: temperatures, top-p and top-k are traced per-sample arrays.
 
-Group sampling: the B prompts are prefilled once and their KV caches repeated G times, so
-the N = B·G samples share the prompt computation (sample ``i`` answers prompt ``i // G``).
+Group sampling: the B prompts are prefilled once into a ``[B, P]``-slot KV cache that the
+N = B·G samples read as a shared prefix (``KVCache.shared``; sample ``i`` answers prompt
+``i // G``): the prompt is computed once and its keys and values held once, not G times.
 
 Per-token outputs (all ``[N, L]``, L = ``max_new_tokens``):
 
@@ -24,12 +25,13 @@ The response of a sample ends with (and includes) its first end token; later pos
 ``max_new_tokens`` tokens.
 
 The decode runs in phases (``SamplerConfig.decode_phases``): phase ``i``'s steps ``s < end_i``
-use a KV cache of ``P + end_i`` slots, grown (copied into a larger buffer, new slots empty)
-between phases, so a step's attention reads the slots filled by its phase's end, not all
-``P + max_new_tokens`` slots in every step. On the CPU (``small`` preset, 64 samples, 20-token
-prompts, 64 new tokens) four phases took generation from ~0.75 to ~0.66 s and its compile from
-~2.6 to ~4.3 s (each phase is its own loop body). The price in memory: while the cache grows into
-its last size, the previous one is still held (up to ~1.75x the full cache for that moment).
+write the samples' own cache of ``end_i`` slots, grown (copied into a larger buffer, new slots
+empty) between phases, so a step's attention reads the slots filled by its phase's end, not all
+``max_new_tokens`` in every step. On the CPU (``small`` preset, 64 samples, 20-token prompts, 64
+new tokens, medians of runs interleaved in one process) four phases took generation from 0.78
+to 0.72 s and its compile from 3.3 to 5.1 s (each phase is its own loop body); the shared prompt
+then ~4% more (~10% with 64-token prompts). The price in memory: while the cache grows into its
+last size, the previous one is still held.
 """
 
 from __future__ import annotations
@@ -150,10 +152,9 @@ def _generate(graphdef, state, prompt_tokens, prompt_valid, keys, temperature, t
                          f"max_seq_len {model.cfg.max_seq_len}")
     positions = jnp.maximum(jnp.cumsum(prompt_valid.astype(jnp.int32), axis=1) - 1, 0)
     ends = cfg.phase_ends()
-    cache = KVCache.zeros(model.cfg, b, p + ends[0])
-    hidden, cache = model(prompt_tokens, positions, prompt_valid, cache)
+    hidden, prompt_cache = model(prompt_tokens, positions, prompt_valid, KVCache.zeros(model.cfg, b, p))
     logits = jnp.repeat(model.logits(hidden[:, -1]), group_size, axis=0)  # [N, V]
-    cache = cache.repeat(group_size)
+    cache = prompt_cache.shared(model.cfg, group_size, ends[0])
     next_pos = jnp.repeat(positions[:, -1] + 1, group_size)
     eos = jnp.asarray(cfg.eos_ids, jnp.int32)
 
@@ -179,9 +180,9 @@ def _generate(graphdef, state, prompt_tokens, prompt_valid, keys, temperature, t
         return step + 1, model.logits(hidden[:, 0]), cache, pos + 1, done, out
 
     carry = carry0
-    for i, end in enumerate(ends):  # the phase's steps s < end write slots p + s of a p + end cache
+    for i, end in enumerate(ends):  # the phase's steps s < end write slot s of an end-slot cache
         if i:
-            carry = (*carry[:2], carry[2].grow(p + end), *carry[3:])
+            carry = (*carry[:2], carry[2].grow(end), *carry[3:])
         carry = jax.lax.while_loop(lambda c, end=end: (c[0] < end) & ~jnp.all(c[4]), body, carry)
     *_, done, out = carry
     return Rollout(finished=done, **out)

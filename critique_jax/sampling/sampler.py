@@ -132,13 +132,16 @@ def _choose(logits, keys, step, temperature, top_k, top_p):
     t_safe = jnp.where(greedy, 1.0, temperature)
     z = logits / t_safe[:, None]
     needs_trunc = jnp.any((top_k > 0) | (top_p < 1.0))
-    allowed = jax.lax.cond(needs_trunc, truncation_mask, lambda z_, k_, p_: jnp.ones(z_.shape, bool), z, top_k, top_p)
-    z_sample = jnp.where(allowed, z, -jnp.inf)
+    z_sample = jax.lax.cond(needs_trunc, lambda: jnp.where(truncation_mask(z, top_k, top_p), z, -jnp.inf), lambda: z)
     step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
-    drawn = jax.vmap(jax.random.categorical)(step_keys, z_sample)
-    token = jnp.where(greedy, jnp.argmax(logits, axis=-1), drawn).astype(jnp.int32)
+    drawn = jax.vmap(jax.random.categorical)(step_keys, z_sample).astype(jnp.int32)
+    token = jax.lax.cond(jnp.any(greedy), lambda: jnp.where(greedy, jnp.argmax(logits, axis=-1).astype(jnp.int32), drawn),
+                         lambda: drawn)
     logp, entropy = logprobs_and_entropy(logits, token, t_safe)
-    sample_logp = jnp.take_along_axis(jax.nn.log_softmax(z_sample, axis=-1), token[:, None], axis=-1)[:, 0]
+    # Untruncated, the sampled distribution is softmax(logits / T): its log-prob is ``logp``.
+    sample_logp = jax.lax.cond(
+        needs_trunc, lambda: jnp.take_along_axis(jax.nn.log_softmax(z_sample, axis=-1), token[:, None], axis=-1)[:, 0],
+        lambda: logp)
     return token, logp, jnp.where(greedy, 0.0, sample_logp), entropy
 
 

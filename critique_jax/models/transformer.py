@@ -218,8 +218,9 @@ class Transformer(nnx.Module):
         Without a cache: causal self-attention among the T tokens. With a cache: the tokens
         are written at slots ``[cache.end, cache.end + T)`` and attend to every valid earlier
         slot (within ``sliding_window`` slots on sliding layers), after the valid slots of the
-        cache's shared prefix if it has one; the updated cache is returned. Output hidden: [B, T, d_model] in ``cfg.dtype``. ``cfg.remat`` applies to
-        the uncached forward (the one that is differentiated).
+        cache's shared prefix if it has one; the updated cache is returned. Output hidden:
+        [B, T, d_model] in ``cfg.dtype``. ``cfg.remat`` applies to the uncached forward (the one
+        that is differentiated).
         """
         cfg = self.cfg
         b, t = tokens.shape

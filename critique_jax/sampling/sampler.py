@@ -58,7 +58,7 @@ class SamplerConfig:
     ``eos_ids``: every token that ends a response (a tokenizer's ``eos_ids``: Qwen and Llama 3
     have several); ``pad_id``: the id written after the end (masked; the tokenizer's pad).
     ``decode_phases``: the decode loop's phases (``phase_ends``; 0: one per 16 new tokens, at
-    most 4). Phase ``i``'s steps attend to the cache's first ``prompt + end_i`` slots
+    most 4). Phase ``i``'s steps attend to the prompt and the first ``end_i`` response slots
     only, not to the still-empty later ones: fewer cache reads, one more compiled loop body each.
     """
 

@@ -48,8 +48,8 @@ Columns: ``rollout_s`` (ours: perf/sample_s + perf/score_s; TRL: ``_generate_and
 on_step_begin -> on_step_end), ``resp_tokens`` (response tokens per step), ``generate_s`` (HF
 ``model.generate`` / our ``sampler._generate``: ``prompts x group`` samples of exactly
 ``new_tokens`` tokens after ``--prompt-len`` random prompt tokens, no early stop); medians over
-every round's timed steps (and one generate call per round). Row ``trl/ours``: TRL's value over
-ours (> 1: we are faster).
+every round's timed steps (and as many generate calls per round, HF's and ours alternating). Row
+``trl/ours``: TRL's value over ours (> 1: we are faster).
 """
 
 from __future__ import annotations
@@ -286,8 +286,9 @@ def run(args: argparse.Namespace) -> list[dict]:
         for r in range(args.rounds):
             sides = {"critique_jax": _ours_round(args, c),
                      "trl": _trl_round(args, c, hf_dir, hf_tok, dataset, countdown_reward)}
-            sides["trl"][0]["generate_s"] = hf_call()
-            sides["critique_jax"][0]["generate_s"] = our_call()
+            for i in range(args.steps):  # as many generate calls as timed steps, alternating
+                sides["trl"][i]["generate_s"] = hf_call()
+                sides["critique_jax"][i]["generate_s"] = our_call()
             for name, steps in sides.items():
                 for k in steps[0]:
                     timed[name].setdefault(k, []).extend(s[k] for s in steps if k in s)

@@ -185,17 +185,22 @@ def test_no_recompilation_across_knobs_and_contents(model, np_rng):
     assert sampler_lib._generate._cache_size() == before
 
 
-def test_sharded_mesh_equals_single_device(model, np_rng):
+@pytest.mark.parametrize("axes", [dict(data=4, fsdp=2), dict(data=2, fsdp=2, tensor=2)])
+def test_sharded_mesh_equals_single_device(model, np_rng, axes):
+    """Under the mesh (as the programs run it: activation constraints on), batch over data x fsdp
+    and heads over tensor (the shared prompt cache and the samples' own cache split by key-value
+    heads) give the single device's tokens, and its statistics up to float summation order."""
     pb = _prompts(np_rng, 8)
     keys = sample_keys(4, range(8), 2)
     temp = jnp.asarray(np_rng.uniform(0.5, 1.2, 16), jnp.float32)
     single = generate(model, pb.tokens, pb.valid, keys, CFG, group_size=2, temperature=temp, top_p=0.95)
-    mesh = make_mesh(data=4, fsdp=2)
+    mesh = make_mesh(**axes)
     graphdef, state = nnx.split(model)
     put = lambda x: jax.device_put(x, batch_sharding(mesh, np.ndim(x)))  # noqa: E731
     state_r = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    sharded = generate((graphdef, state_r), put(pb.tokens), put(pb.valid), put(keys), CFG, group_size=2,
-                       temperature=put(temp), top_p=0.95, mesh=mesh)
+    with jax.set_mesh(mesh):
+        sharded = generate((graphdef, state_r), put(pb.tokens), put(pb.valid), put(keys), CFG, group_size=2,
+                           temperature=put(temp), top_p=0.95, mesh=mesh)
     assert len(sharded.tokens.sharding.device_set) == 8
     np.testing.assert_array_equal(sharded.tokens, single.tokens)
     np.testing.assert_allclose(sharded.logp, single.logp, atol=1e-5)

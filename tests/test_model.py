@@ -236,6 +236,9 @@ def test_model_flops_match_xla_cost_analysis():
     assert expected <= cost["flops"] <= 1.05 * expected
     assert flops.decode_step_bytes(cfg, batch=3, context=10, param_bytes=2, cache_bytes=1) == \
         2 * flops.matmul_params(cfg) + 3 * 2 * (2 * 2 * 32 * 10)
+    # A 6-position prefix held once for the 3 sequences: 3 x 4 own + 1 x 6 shared positions per layer.
+    assert flops.decode_step_bytes(cfg, batch=3, context=10, param_bytes=2, cache_bytes=1, shared=(1, 6)) == \
+        2 * flops.matmul_params(cfg) + 2 * (2 * 2 * 32) * (3 * 4 + 6)
     windowed = model_config("tiny", 512, family="gemma2", sliding_window=4)
     full = model_config("tiny", 512, family="gemma2", sliding_window=None)
     layers = windowed.n_layers

@@ -33,9 +33,18 @@ def forward_flops(cfg: ModelConfig, tokens: float, context: float) -> float:
 
 
 def decode_step_bytes(cfg: ModelConfig, batch: int, context: float, param_bytes: int = 4,
-                      cache_bytes: int = 4) -> float:
+                      cache_bytes: int = 4, shared: tuple[int, float] = (0, 0.0)) -> float:
     """Bytes a decode step must read at least: every matmul weight once (``param_bytes`` per
     value) and, for each of ``batch`` sequences, the keys and values of ``context`` positions in
-    every layer (``cache_bytes`` per value)."""
-    kv = sum(2 * cfg.n_kv_heads * cfg.head_dim * _attended(cfg, i, context) for i in range(cfg.n_layers))
-    return matmul_params(cfg) * param_bytes + batch * kv * cache_bytes
+    every layer (``cache_bytes`` per value). ``shared = (rows, prefix)``: the first ``prefix``
+    positions are a prefix held once per row for ``batch / rows`` sequences each (the sampler's
+    prompt cache), so they are read ``rows`` times, not ``batch`` times (on a sliding-window layer,
+    the window's keys are the sequence's own first)."""
+    rows, prefix = shared
+    per_value = 2 * cfg.n_kv_heads * cfg.head_dim * cache_bytes
+    reads = 0.0
+    for i in range(cfg.n_layers):
+        attended = _attended(cfg, i, context)
+        own = min(context - prefix, attended)
+        reads += batch * own + rows * (attended - own)
+    return matmul_params(cfg) * param_bytes + reads * per_value

@@ -7,7 +7,7 @@ length (no end token). Memory is XLA's compiled estimate (arguments + outputs + 
 Roofline (``critique_jax.models.flops``): ``prefill_TFLOPs`` and ``decode_TFLOPs`` are model
 FLOPs per second (the prompts' causal forward; one token per sample per decode step, attending
 to the prompt and the tokens so far), ``decode_GBps`` the bytes a decode step must read at least
-(every weight once, each sample's keys and values) per second. With ``--peak-tflops`` /
+(every weight once, each prompt's keys and values once, each sample's own) per second. With ``--peak-tflops`` /
 ``--peak-gbps`` (the accelerator's dense peak for the model's dtype, and its memory bandwidth)
 they are also given as shares of the peak: ``prefill_mfu``, ``decode_mfu``, ``decode_mbu``.
 """
@@ -97,7 +97,8 @@ def _roofline(args: argparse.Namespace, cfg, prompts: int, samples: int, t_pre: 
     out = dict(
         prefill_TFLOPs=flops.forward_flops(cfg, prompts * args.prompt_len, (args.prompt_len + 1) / 2) / t_pre / 1e12,
         decode_TFLOPs=steps * flops.forward_flops(cfg, samples, context) / decode_s / 1e12,
-        decode_GBps=steps * flops.decode_step_bytes(cfg, samples, context, itemsize, itemsize) / decode_s / 1e9,
+        decode_GBps=steps * flops.decode_step_bytes(cfg, samples, context, itemsize, itemsize,
+                                                    shared=(prompts, args.prompt_len)) / decode_s / 1e9,
     )
     if args.peak_tflops:
         out["prefill_mfu"] = out["prefill_TFLOPs"] / args.peak_tflops

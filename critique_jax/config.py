@@ -70,7 +70,9 @@ def default_config() -> ml_collections.ConfigDict:
     # are the initial policy (preset, family and the tokenizer section are then unused; see
     # critique_jax.rl.policy_init). Computation (README "Precision and memory"): dtype (activations),
     # param_dtype (parameters, the optimiser's master weights), remat (REMAT_POLICIES), attention
-    # (ATTENTION_IMPLS), scan_layers (the training forward's blocks as one lax.scan).
+    # (ATTENTION_IMPLS), scan_layers (the blocks' parameters stacked per kind and the training forward's
+    # blocks as one lax.scan: the update's compile time flat in depth; the checkpoints take that layout,
+    # so a resumed run keeps it).
     c.model = dict(preset="small", family="qwen2", dtype="float32", param_dtype="float32", hf_dir="",
                    remat="none", attention="reference", scan_layers=False)
     c.model.overrides = {name: _field(None, t) for name, t in OVERRIDABLE.items()}

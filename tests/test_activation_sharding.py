@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from critique_jax.models import Transformer, model_config
@@ -59,9 +60,11 @@ def test_prefill_cache_and_hidden_are_sharded_over_batch_and_heads():
     assert _spec(cache.v[0]) == (BATCH, HEADS, None, None)  # [B, kv, S, hd]
 
 
-def test_data_fsdp_tensor_update_with_constraints_equals_single_device(np_rng):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_data_fsdp_tensor_update_with_constraints_equals_single_device(np_rng, scan_layers):
+    """With ``scan_layers`` (2 layers stacked) the layer axis stays unsharded."""
     # Tensor parallelism needs unfused projections (roles.define turns them off for mesh.tensor > 1).
-    cfg = model_config("tiny", 128, n_layers=1, fuse_projections=False)
+    cfg = model_config("tiny", 128, n_layers=1 + scan_layers, fuse_projections=False, scan_layers=scan_layers)
     graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
     optimizer = optax.sgd(0.5)  # see test_trainer: Adam amplifies zero-gradient float32 noise
     loss_cfg = make_loss_config("ppo", ref_kl_coef=0.01)
@@ -81,3 +84,6 @@ def test_data_fsdp_tensor_update_with_constraints_equals_single_device(np_rng):
         np.testing.assert_allclose(mesh_m[k], single_m[k], rtol=1e-5, atol=1e-6, err_msg=k)
     for a, b in zip(jax.tree.leaves(single_state.params), jax.tree.leaves(mesh_state.params)):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    if scan_layers:
+        q = mesh_state.params["layers"]["attn"]["q_proj"]["kernel"]
+        assert q.shape[0] == 2 and _spec(q) == (None, "fsdp", "tensor")

@@ -2,6 +2,7 @@
 trips, sharded loading, clear errors; HF tokenizers and chat templates equal transformers'.
 Goldens: scripts/make_hf_goldens.py (torch is not needed here)."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file, save_file
 
 from critique_jax.models import (FAMILIES, Transformer, config_from_hf, load_pretrained, model_config, param_count,
@@ -21,7 +23,8 @@ from critique_jax.models.hf import hf_config
 from critique_jax.analysis.state_memory import estimate, table
 from critique_jax.models.hf.published import PUBLISHED
 from critique_jax.parallel.mesh import make_mesh
-from critique_jax.parallel.sharding import spec_for
+from critique_jax.parallel.sharding import param_shardings, spec_for
+from critique_jax.rl.policy_init import pretrained_params
 from critique_jax.rl.rollout import pack_pairs
 from critique_jax.sampling.sampler import SamplerConfig, generate, sample_keys
 from critique_jax.text import (MARKERS, HFTokenizer, critique_prompt, load_tokenizer, refine_prompt, solve_prompt,
@@ -113,6 +116,26 @@ def test_sharded_files_on_a_mesh_equal_single_device(loaded):
     assert len(q.addressable_shards) == 8 and q.addressable_shards[0].data.shape == (24, 32)
     g = _golden("qwen3")
     np.testing.assert_allclose(_logits(model, g), _logits(loaded["qwen3"], g), atol=1e-5)
+
+
+def test_scanned_layers_load_stacked_and_export_per_layer(loaded, tmp_path):
+    """With ``scan_layers`` the run's loader stacks each kind of layer parameter ([n_layers, ...],
+    the layer axis unsharded on a 2x2x2 mesh) and the export unstacks them: the checkpoint's
+    tensors again, and the per-layer model's logits."""
+    cfg = dataclasses.replace(loaded["qwen3"].cfg, scan_layers=True)
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+    model = nnx.merge(graphdef, pretrained_params(GOLDENS / "qwen3", cfg, mesh, param_shardings(abstract, mesh)))
+    q = model.layers.attn.q_proj.kernel[...]
+    assert q.shape[0] == cfg.n_layers and q.sharding.spec == P(None, "fsdp", "tensor")
+    g = _golden("qwen3")
+    np.testing.assert_allclose(_logits(model, g), _logits(loaded["qwen3"], g), atol=1e-5)
+    save_pretrained(model, tmp_path)
+    want = {k: v for f in (GOLDENS / "qwen3").glob("*.safetensors") for k, v in load_file(f).items()}
+    got = load_file(tmp_path / "model.safetensors")
+    assert set(got) == set(want)
+    for name, arr in want.items():
+        np.testing.assert_array_equal(got[name], arr)
 
 
 def test_separate_param_dtype_and_max_seq_len():

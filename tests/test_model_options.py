@@ -15,6 +15,8 @@ Tolerances (all relative to the largest |logit| of the float32 model, ``scale`` 
   Gradients (float32, the master weights') agree to cosine > 0.999, measured 0.9999.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +26,7 @@ from flax import nnx
 from critique_jax import config as config_lib
 from critique_jax import validation
 from critique_jax.models import KVCache, Transformer, model_config, positions_from_valid
+from critique_jax.models.layer_scan import stack_layers, unstack_layers
 from critique_jax.rl.policy_init import policy_model_config
 from critique_jax.rl.train_step import SequenceBatch, make_optimizer, response_stats
 from critique_jax.sampling import SamplerConfig, generate, pad_prompts, sample_keys
@@ -135,20 +138,53 @@ def test_remat_gives_the_same_loss_and_gradients(remat, batch, plain):
         assert float(jnp.abs(a - b).max()) <= 1e-6 * max(float(jnp.abs(a).max()), 1e-12)
 
 
+def _scanned(model: Transformer, **overrides) -> Transformer:
+    """``model`` with ``scan_layers`` (and ``overrides``): its parameters, the layers stacked."""
+    cfg = dataclasses.replace(model.cfg, scan_layers=True, **overrides)
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+    nnx.replace_by_pure_dict(params, stack_layers(nnx.state(model).to_pure_dict()))
+    return nnx.merge(graphdef, params)
+
+
 @pytest.mark.parametrize("remat", ["none", "full"])
 @pytest.mark.parametrize("overrides", [dict(), dict(sliding_window=3)])  # sliding: layers 0 and 2 local
 def test_scanned_layers_give_the_same_loss_and_gradients(remat, overrides, batch):
-    """The blocks as one lax.scan over parameters stacked in the step (3 layers, so the sliding /
-    global alternation is scanned too): the loss and gradients of the Python loop within 1e-6."""
-    (l0, _), g0 = _loss_and_grads(_model(n_layers=3, **overrides), batch)
-    model = _model(n_layers=3, scan_layers=True, remat=remat, **overrides)
+    """The blocks as one lax.scan over the stacked parameters (3 layers, so the sliding / global
+    alternation is scanned too): the loss and gradients of the Python loop within 1e-6, the
+    gradients stacked as the parameters are."""
+    plain = _model(n_layers=3, **overrides)
+    (l0, _), g0 = _loss_and_grads(plain, batch)
+    model = _scanned(plain, remat=remat)
     graphdef, params = nnx.split(model)
+    assert params["layers"]["attn"]["q_proj"]["kernel"].shape[0] == 3
     assert "scan" in str(jax.make_jaxpr(lambda p: _rl_like_loss(graphdef, p, batch)[0])(params))
     (l1, _), g1 = _loss_and_grads(model, batch)
     assert abs(float(l1 - l0)) <= 1e-6 * abs(float(l0))
-    assert jax.tree.structure(g0) == jax.tree.structure(g1)  # one tree per layer, as without the scan
+    g0 = stack_layers(g0.to_pure_dict())
+    g1 = g1.to_pure_dict()
+    assert jax.tree.structure(g0) == jax.tree.structure(g1)
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
         assert float(jnp.abs(a - b).max()) <= 1e-6 * max(float(jnp.abs(a).max()), 1e-12)
+    assert jax.tree.all(jax.tree.map(jnp.array_equal, unstack_layers(stack_layers(nnx.state(plain).to_pure_dict())),
+                                     nnx.state(plain).to_pure_dict()))
+
+
+def test_scanned_layers_in_cached_decode(np_rng):
+    """The cached forward takes each layer's slice of the stacked parameters: prefill then one
+    token at a time equals the loop model's uncached forward (sliding windows on layers 0, 2)."""
+    t, prefix = 10, 4
+    tokens, valid = _batch(np_rng, [10, 7, 3], t)
+    plain = _model(n_layers=3, sliding_window=3)
+    want = _logits(plain, tokens, valid)
+    model = _scanned(plain)
+    pos = positions_from_valid(valid)
+    step = nnx.jit(lambda m, tok, p, v, c: m(tok, p, v, c))
+    h, cache = step(model, tokens[:, :prefix], pos[:, :prefix], valid[:, :prefix], KVCache.zeros(model.cfg, 3, t))
+    outs = [model.logits(h)]
+    for i in range(prefix, t):
+        h, cache = step(model, tokens[:, i:i + 1], pos[:, i:i + 1], valid[:, i:i + 1], cache)
+        outs.append(model.logits(h))
+    assert _max_diff(jnp.concatenate(outs, axis=1), want, valid) <= 1e-5 * float(jnp.abs(want).max())
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])  # qwen2: q/k/v biases

@@ -1,5 +1,6 @@
 """The RL trainer: sharded step = single-device step, exact resume, non-finite guard, config errors."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -18,6 +19,7 @@ from critique_jax.checkpoint import Checkpointer
 from critique_jax.metrics import read_metrics
 from critique_jax.models import Transformer, load_pretrained, model_config, save_pretrained
 from critique_jax.models.hf import load_config
+from critique_jax.models.layer_scan import stack_layers
 from critique_jax.parallel.mesh import batch_sharding, make_mesh
 from critique_jax.parallel.sharding import param_shardings
 from critique_jax.rl.losses import make_loss_config
@@ -428,17 +430,21 @@ def _hf_config(tmp_path, hf_dir, **overrides):
                                     "prompt.instruction": "Solve.", **overrides})
 
 
-def test_rl_from_a_pretrained_checkpoint_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_rl_from_a_pretrained_checkpoint_resumes_exactly(tmp_path, scan_layers):
     """sft.steps=0 from a HF checkpoint: the run starts from its weights (the reference policy
-    too), samples with its tokenizer's end ids and pad, and resumes to the straight run's metrics."""
+    too), samples with its tokenizer's end ids and pad, and resumes to the straight run's metrics;
+    with ``model.scan_layers`` all of it in the stacked layout (the checkpoints too)."""
     hf_dir = _write_checkpoint(tmp_path / "ckpt")
-    cfg = _hf_config(tmp_path, hf_dir)
+    cfg = _hf_config(tmp_path, hf_dir, **{"model.scan_layers": scan_layers})
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(cfg, str(straight))
     run = setup(cfg, str(straight))
-    assert run.model_cfg == load_config(hf_dir, max_seq_len=56 + cfg.sampling.max_new_tokens)
+    want_cfg = load_config(hf_dir, max_seq_len=56 + cfg.sampling.max_new_tokens)
+    assert run.model_cfg == dataclasses.replace(want_cfg, scan_layers=scan_layers)
     assert (run.sampler.eos_ids, run.sampler.pad_id) == ((3, 4), 0)
-    want = nnx.state(load_pretrained(hf_dir))
+    want = nnx.state(load_pretrained(hf_dir)).to_pure_dict()
+    want = stack_layers(want) if scan_layers else want
     got = Checkpointer(straight / "sft_policy").restore(like={"params": run.abstract_params()})[0]["params"]
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
         np.testing.assert_array_equal(np.asarray(b), np.asarray(a))

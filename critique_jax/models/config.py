@@ -54,9 +54,12 @@ class ModelConfig:
     forward; ``attention``, one of :data:`ATTENTION_IMPLS`, the attention implementation;
     ``fuse_projections``: q/k/v and the MLP's gate/up each as one matmul over concatenated kernels
     (faster on the CPU; off where a tensor axis shards those kernels, whose concatenation would
-    move shards between devices: ``critique_jax.runs.roles.define`` decides); ``scan_layers``: the
-    uncached forward's blocks as one ``lax.scan`` (:mod:`critique_jax.models.layer_scan`: compile
-    time flat in depth, remat scheduled layer by layer; the parameters stay one tree per layer).
+    move shards between devices: ``critique_jax.runs.roles.define`` decides).
+
+    Layout: ``scan_layers`` holds the blocks' parameters stacked (``[n_layers, ...]`` per kind)
+    and runs the uncached forward's blocks as one ``lax.scan`` (:mod:`critique_jax.models.layer_scan`:
+    the update's compile time flat in depth, remat scheduled layer by layer); the same numbers, in
+    another parameter (and checkpoint) layout.
     """
 
     vocab_size: int

@@ -25,7 +25,7 @@ from flax import nnx
 from critique_jax.models.attention import Prefix, attend, attend_cached
 from critique_jax.models.config import ModelConfig
 from critique_jax.models.kv_cache import KVCache
-from critique_jax.models.layer_scan import scan_blocks
+from critique_jax.models import layer_scan
 from critique_jax.parallel.activations import BATCH, HEADS, constrain
 
 
@@ -202,7 +202,9 @@ class Transformer(nnx.Module):
         self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.jnp_dtype,
                                param_dtype=cfg.jnp_param_dtype,
                                embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
-        self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+        blocks = [Block(cfg, rngs) for _ in range(cfg.n_layers)]
+        # with scan_layers one block of [n_layers, ...] parameters (layer_scan), else one per layer
+        self.layers = layer_scan.stack_blocks(blocks) if cfg.scan_layers else nnx.List(blocks)
         self.final_norm = RMSNorm(cfg.d_model, cfg)
         self.lm_head = None if cfg.tie_embeddings else _linear(cfg.d_model, cfg.vocab_size, cfg, rngs)
 
@@ -248,9 +250,10 @@ class Transformer(nnx.Module):
             plocal = None if local is None else pmask & (pback < cfg.sliding_window)[None]
         policy = _REMAT_POLICIES.get(cfg.remat) if cache is None else None
         if cache is None and cfg.scan_layers:
-            return self.final_norm(scan_blocks(self.layers, x, positions, mask, local, policy)), None
+            return self.final_norm(layer_scan.scan_blocks(self.layers, x, positions, mask, local, policy)), None
         ks, vs = [], []
-        for i, block in enumerate(self.layers):
+        for i in range(cfg.n_layers):
+            block = layer_scan.layer(self.layers, i) if cfg.scan_layers else self.layers[i]
             layer_mask = local if local is not None and i % 2 == 0 else mask
             if cache is not None:
                 prefix = None if shared is None else (

@@ -26,7 +26,9 @@ from typing import Any
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-# First matching rule wins; paths are "/"-joined keys, e.g. "layers/0/attn/q_proj/kernel".
+# First matching rule wins; paths are "/"-joined keys, e.g. "layers/0/attn/q_proj/kernel". With
+# stacked layers (``model.scan_layers``: "layers/attn/q_proj/kernel", a leading [n_layers] axis)
+# the rule applies to the dimensions after the layer axis, which stays unsharded.
 RULES: tuple[tuple[str, P], ...] = (
     (r"embed/embedding$", P("tensor", "fsdp")),                               # [V, D]
     (r"lm_head/kernel$", P("fsdp", "tensor")),                                # [D, V]
@@ -37,6 +39,7 @@ RULES: tuple[tuple[str, P], ...] = (
 )
 
 LAYOUTS = ("train", "replicated", "sharded")
+STACKED = re.compile(r"layers/(?!\d+/)")  # the parameters of stacked layers (models.layer_scan)
 
 
 def _path_str(path: tuple[Any, ...]) -> str:
@@ -70,6 +73,8 @@ def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh, layout: str = "train
             break
     if len(spec) > len(shape):
         spec = P()  # e.g. a scalar that happens to match: nothing to shard
+    if STACKED.match(path):
+        spec = P(None, *spec)
     if layout == "sharded":
         spec = P(*(("data", "fsdp") if axis == "fsdp" else axis for axis in spec))
     for dim, axis in zip(shape, spec):

@@ -26,9 +26,10 @@ import jax
 import ml_collections
 from flax import nnx
 
-from critique_jax.models import ModelConfig, model_config
+from critique_jax.models import ModelConfig, Transformer, model_config
 from critique_jax.models.hf import load_config, load_pretrained
 from critique_jax.models.hf.weights import tensor_files
+from critique_jax.models.layer_scan import stack_layers
 from critique_jax.text import HFTokenizer, Tokenizer, load_tokenizer, tokenizer_for_task
 
 
@@ -95,7 +96,14 @@ def policy_model_config(c: ml_collections.ConfigDict, tok: Tokenizer | HFTokeniz
 
 def pretrained_params(hf_dir: str, cfg: ModelConfig, mesh: jax.sharding.Mesh, shardings: Any) -> nnx.State:
     """The checkpoint's parameters for the architecture ``cfg`` (from :func:`policy_model_config`),
-    read tensor by tensor into ``shardings`` (the run's parameter shardings) on ``mesh``."""
+    read tensor by tensor into ``shardings`` (the run's parameter shardings) on ``mesh``; with
+    ``cfg.scan_layers``, stacked per kind after reading (a second copy of the layers meanwhile)."""
     model = load_pretrained(hf_dir, dtype=cfg.dtype, param_dtype=cfg.param_dtype, max_seq_len=cfg.max_seq_len,
                             mesh=mesh)
-    return jax.device_put(nnx.split(model)[1], shardings)
+    params = nnx.split(model)[1]
+    if cfg.scan_layers:
+        stacked = stack_layers(params.to_pure_dict())
+        del model, params
+        params = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))[1]
+        nnx.replace_by_pure_dict(params, stacked)
+    return jax.device_put(params, shardings)

@@ -22,9 +22,9 @@ temporaries, ``update`` = update arguments + temporaries + ref, ``sample`` = sam
 temporaries + AdamW moments + ref (the optimiser state stays on the device while sampling),
 ``peak`` the larger; ``fits`` the accelerators whose HBM holds ``peak``.
 
-Settings (all with ``scan_layers``: the model's compile time flat in depth, and the CPU compiler
-schedules each layer's recomputation inside the backward loop; see README "Precision and
-memory"): ``f32`` float32 activations, no remat; ``bf16`` bfloat16 activations over float32
+Settings (all with ``scan_layers``: the layers' parameters stacked, the update's compile time flat
+in depth, and the CPU compiler schedules each layer's recomputation inside the backward loop; see
+README "Precision and memory"): ``f32`` float32 activations, no remat; ``bf16`` bfloat16 activations over float32
 parameters; ``bf16_remat`` the same with ``remat=full``.
 
 The temporaries are the CPU compiler's buffer assignment: a TPU or GPU compiler fuses and

@@ -25,6 +25,7 @@ from safetensors.numpy import save_file
 
 from critique_jax.models.config import ModelConfig
 from critique_jax.models.hf.config import config_from_hf, hf_config
+from critique_jax.models.layer_scan import unstack_layers
 from critique_jax.models.transformer import Transformer
 from critique_jax.parallel.sharding import _path_str, spec_for
 
@@ -156,7 +157,10 @@ def save_pretrained(model: Transformer, directory: str | Path, tokenizer: Any = 
     config = hf_config(cfg, **ids)
     names = hf_names(cfg)
     tensors = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param)):
+    params = nnx.state(model, nnx.Param).to_pure_dict()
+    if cfg.scan_layers:
+        params = unstack_layers(params)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         name, transposed = names[_path_str(path)]
         arr = np.asarray(jax.device_get(leaf))
         tensors[name] = np.ascontiguousarray(arr.T if transposed else arr)

@@ -257,9 +257,10 @@ def test_init_from_is_checked_before_anything_runs(tmp_path):
     source = tmp_path / "source"
     (source / "sft_policy").mkdir(parents=True)
     (source / "config.json").write_text(tiny_config(tmp_path, **{"tokenizer.seed": 1}).to_json())
-    cfg = tiny_config(tmp_path, **{"init_from": str(source), "model.preset": "small"})
+    cfg = tiny_config(tmp_path, **{"init_from": str(source), "model.preset": "small", "model.scan_layers": True})
     with pytest.raises(ValueError, match=r"config model.preset='small' differs from the init_from run's "
-                                         r"model.preset='tiny'; tokenizer.seed=0 differs from .* tokenizer.seed=1"):
+                                         r"model.preset='tiny'; model.scan_layers=True differs from .* "
+                                         r"model.scan_layers=False; tokenizer.seed=0 differs from .* tokenizer.seed=1"):
         train(cfg, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 

@@ -34,9 +34,9 @@ if TYPE_CHECKING:
     from critique_jax.runs.run import Run
 
 #: Fields a policy run (``init_from``, ``critic.policy_from``) must share with the config that loads
-#: its policy: the policy's shapes and vocabulary.
+#: its policy: the policy's shapes, parameter layout (``model.scan_layers``: stacked layers) and vocabulary.
 POLICY_MATCHING_KEYS = ("task.name", "model.preset", "model.family", "model.overrides", "model.hf_dir",
-                        "tokenizer.vocab_size", "tokenizer.seed")
+                        "model.scan_layers", "tokenizer.vocab_size", "tokenizer.seed")
 
 
 def define(cfg: ModelConfig, mesh: Mesh, layout: str = "train") -> tuple[ModelConfig, nnx.GraphDef, Any]:

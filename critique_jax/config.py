@@ -92,8 +92,11 @@ def default_config() -> ml_collections.ConfigDict:
     # RL: lr_schedule "constant" (the papers') or "cosine" (decays to lr x end_lr_ratio at the last
     # step); warmup_steps counts RL steps; the schedule advances once per optimiser update
     # (epochs x minibatches per step). entropy_change: re-measure the batch's initial-response
-    # entropy after each update (one more forward pass) and log train/entropy_change.
-    c.rl = dict(steps=100, prompts_per_step=16, group_size=8, epochs=1, minibatches=2, lr=1e-4,
+    # entropy after each update (one more forward pass) and log train/entropy_change. micro_batches:
+    # each minibatch's gradient summed over this many row blocks (gradient accumulation: the same
+    # update, one block's activations at a time; token-separable losses only, not Clip-Cov, KL-Cov
+    # or forking masks, whose statistics span the minibatch).
+    c.rl = dict(steps=100, prompts_per_step=16, group_size=8, epochs=1, minibatches=2, micro_batches=1, lr=1e-4,
                 lr_schedule="constant", end_lr_ratio=0.1,
                 warmup_steps=0, weight_decay=0.0, grad_clip=1.0, advantage="grpo",
                 recompute_old_logp=True, max_bad_steps=3, entropy_change=True,

@@ -28,7 +28,7 @@ RESUMABLE = ("rl.steps", "critic.steps", "self_train.iterations",  # extend (or 
              "checkpoint.async_save",
              "sft.max_bad_steps", "rl.max_bad_steps", "critic.max_bad_steps",
              "distributed.", "data_dir",
-             "model.remat", "model.attention",  # how the same numbers are computed (memory, kernels)
+             "model.remat", "model.attention", "rl.micro_batches",  # how the same numbers are computed
              "sampling.decode_phases")
 
 

@@ -23,6 +23,7 @@ from critique_jax.parallel.sharding import LAYOUTS
 from critique_jax.rl import policy_init
 from critique_jax.rl.advantages import ESTIMATORS
 from critique_jax.rl.confidence import span_kind
+from critique_jax.rl.losses import token_separable
 from critique_jax.rl.rewards import parse_rewards, uses_confidence
 from critique_jax.rl.train_step import SCHEDULES
 from critique_jax.tasks import files, get_task, task_names
@@ -185,6 +186,10 @@ def _validate_train(c: ml_collections.ConfigDict, shards: int, need: Callable[[b
     need(c.rl.minibatches >= 1 and n_samples % (c.rl.minibatches * shards) == 0,
          f"rl.minibatches={c.rl.minibatches}: rl.prompts_per_step x rl.group_size = {n_samples} samples must "
          f"split into minibatches that are multiples of the {shards} batch shards")
+    mb = n_samples // max(c.rl.minibatches, 1)
+    need(c.rl.micro_batches >= 1 and mb % (c.rl.micro_batches * shards) == 0,
+         f"rl.micro_batches={c.rl.micro_batches}: a minibatch of {mb} samples must split into micro-batches that "
+         f"are multiples of the {shards} batch shards")
     need(c.rl.epochs >= 1, f"rl.epochs={c.rl.epochs}: expected >= 1")
     need(c.sft.steps >= 0 and c.rl.steps >= 0, f"sft.steps={c.sft.steps}, rl.steps={c.rl.steps}: expected >= 0")
     for phase in ("sft", "rl"):
@@ -218,6 +223,10 @@ def _validate_train(c: ml_collections.ConfigDict, shards: int, need: Callable[[b
     need(c.critique.sft_refine_target in ("any", "source"),
          f"critique.sft_refine_target={c.critique.sft_refine_target!r}: expected 'any' or 'source'")
     loss = loss_config(c)
+    need(c.rl.micro_batches == 1 or token_separable(loss),
+         f"rl.micro_batches={c.rl.micro_batches} with rl.loss.name={loss.name!r}"
+         f"{' and a forking mask' if loss.forking_rho is not None else ''}: its statistics span the minibatch, "
+         "so its gradient is not a sum over micro-batches; set rl.micro_batches=1")
     no_reference = c.sft.steps == 0 and not c.init_from and not c.model.hf_dir
     need(not (loss.ref_kl_coef > 0 and no_reference),
          "rl.loss.ref_kl_coef > 0 needs a reference policy: set sft.steps > 0, init_from or model.hf_dir")

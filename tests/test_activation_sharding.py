@@ -60,9 +60,10 @@ def test_prefill_cache_and_hidden_are_sharded_over_batch_and_heads():
     assert _spec(cache.v[0]) == (BATCH, HEADS, None, None)  # [B, kv, S, hd]
 
 
-@pytest.mark.parametrize("scan_layers", [False, True])
-def test_data_fsdp_tensor_update_with_constraints_equals_single_device(np_rng, scan_layers):
-    """With ``scan_layers`` (2 layers stacked) the layer axis stays unsharded."""
+@pytest.mark.parametrize("scan_layers,micro_batches", [(False, 1), (True, 2)])
+def test_data_fsdp_tensor_update_with_constraints_equals_single_device(np_rng, scan_layers, micro_batches):
+    """With ``scan_layers`` (2 layers stacked) the layer axis stays unsharded; with micro-batches
+    each row block keeps the batch's sharding."""
     # Tensor parallelism needs unfused projections (roles.define turns them off for mesh.tensor > 1).
     cfg = model_config("tiny", 128, n_layers=1 + scan_layers, fuse_projections=False, scan_layers=scan_layers)
     graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
@@ -72,7 +73,8 @@ def test_data_fsdp_tensor_update_with_constraints_equals_single_device(np_rng, s
 
     def run(params, batch, mesh):
         state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
-        step = jax.jit(functools.partial(rl_update, graphdef, optimizer, loss_cfg, minibatches=2, mesh=mesh))
+        step = jax.jit(functools.partial(rl_update, graphdef, optimizer, loss_cfg, minibatches=2,
+                                         micro_batches=micro_batches, mesh=mesh))
         return step(state, batch, jax.random.key(3))
 
     single_state, single_m = run(params, SequenceBatch(**{k: jnp.asarray(v) for k, v in arrays.items()}), None)

@@ -19,6 +19,7 @@ import scipy.stats
 
 from critique_jax import rl
 from critique_jax.parallel.mesh import batch_sharding, make_mesh
+from critique_jax.rl.aggregation import part_weight
 
 B, T = 12, 10
 TOL = 1e-5
@@ -270,6 +271,28 @@ CASES = {
     "critique_grpo_kl_cov": ("critique_grpo", dict(base=rl.KLCovConfig(ratio=0.1), forking_rho=0.3)),
     "critique_grpo_gppo": ("critique_grpo", dict(base=rl.GPPOConfig(beta_low=0.5), agg="seq-mean-token-mean")),
 }
+
+
+def test_token_separable_is_false_exactly_where_batch_statistics_are_read():
+    """What ``rl.micro_batches`` may split: no forking mask, no covariance top-k or band, no
+    refinement entropy quantile, in the loss or its wrapped base loss."""
+    separable = {case for case, (name, options) in CASES.items()
+                 if rl.token_separable(rl.make_loss_config(name, **options))}
+    assert separable == {"ppo", "gppo", "gppo_betas", "critique_grpo_is", "critique_grpo_gppo"}
+
+
+@pytest.mark.parametrize("mode,constant", [("token-mean", None), ("seq-mean-token-sum", None),
+                                           ("seq-mean-token-mean", None), ("constant", None), ("constant", 37.0)])
+def test_part_weights_recombine_the_whole_batch_aggregate(mode, constant, np_rng):
+    """Row blocks' aggregation weights (float64 reference ``agg_weights``) scaled by ``part_weight``
+    are the whole batch's, so the weighted block aggregates sum to the batch's; rows without a
+    valid token included."""
+    valid = np_rng.random((12, 7)) < 0.6
+    valid[[3, 4]] = False
+    want = agg_weights(valid, mode, constant)
+    for idx in (np.arange(j, 12, 4) for j in range(4)):
+        w = float(part_weight(jnp.asarray(valid[idx]), jnp.asarray(valid), mode, constant))
+        np.testing.assert_allclose(w * agg_weights(valid[idx], mode, constant), want[idx], rtol=1e-6, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- value + gradient

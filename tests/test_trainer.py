@@ -103,6 +103,45 @@ def test_sharded_rl_step_equals_single_device(np_rng):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("loss_cfg", [
+    make_loss_config("ppo", entropy_coef=0.01, ref_kl_coef=0.05),
+    make_loss_config("ppo", agg="seq-mean-token-mean", ref_kl_coef=0.05),
+    make_loss_config("gppo", agg="seq-mean-token-sum"),
+    make_loss_config("ppo", agg="constant"),
+    make_loss_config("critique_grpo", agg="constant", agg_constant=37.0),
+], ids=["token-mean", "seq-mean-token-mean", "gppo-seq-sum", "constant", "critique_grpo"])
+def test_micro_batches_give_the_same_update(np_rng, loss_cfg):
+    """rl.micro_batches=4 (the gradient summed over row blocks, weighted by their share of the
+    aggregation) against one pass per minibatch: the same parameters and metrics to float32
+    rounding, for every aggregation mode (responses of different lengths, so the blocks' shares
+    differ) and a loss on refinement rows; a loss with batch statistics is refused."""
+    cfg = model_config("tiny", 128, n_layers=1)
+    graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
+    optimizer = optax.sgd(0.5)  # as in the sharded test: Adam would amplify float32 noise
+    arrays = _random_batch(np_rng, 16, 6, 10, 128)
+    arrays["is_refinement"] = np.arange(16) % 3 == 0
+    for row in (5, 11):  # rows without a response token: sequence means skip them, so blocks' shares differ
+        arrays["response_mask"][row] = arrays["valid"][row, 6:] = False
+        arrays["old_logp"][row] = arrays["ref_logp"][row] = 0.0
+    batch = SequenceBatch(**{k: jnp.asarray(v) for k, v in arrays.items()})
+
+    def run(micro_batches):
+        state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+        step = jax.jit(functools.partial(rl_update, graphdef, optimizer, loss_cfg, epochs=2, minibatches=2,
+                                         micro_batches=micro_batches))
+        return step(state, batch, jax.random.key(3))
+
+    (one_state, one_m), (micro_state, micro_m) = run(1), run(4)
+    assert one_m.keys() == micro_m.keys()
+    for k in one_m:
+        np.testing.assert_allclose(micro_m[k], one_m[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    for a, b in zip(jax.tree.leaves(one_state.params), jax.tree.leaves(micro_state.params)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    assert float(jnp.abs(one_state.params["embed"]["embedding"] - params["embed"]["embedding"]).max()) > 1e-3
+    with pytest.raises(ValueError, match=r"micro_batches=2: loss 'kl_cov' \(or its forking mask\) reads statistics"):
+        rl_update(graphdef, optimizer, make_loss_config("kl_cov"), run(1)[0], batch, jax.random.key(3), micro_batches=2)
+
+
 def test_nonfinite_update_is_skipped(np_rng):
     cfg = model_config("tiny", 64, n_layers=1)
     graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
@@ -233,6 +272,9 @@ def test_nonfinite_run_stops_without_nan_checkpoint(tmp_path, monkeypatch):
     ("rl.prompts_per_step", 6, r"rl.prompts_per_step=6: must be a positive multiple of the 8 batch shards"),
     ("rl.group_size", 1, r"rl.group_size=1: group-relative advantages \(grpo\) need a group of >= 2"),
     ("rl.minibatches", 3, r"rl.minibatches=3"),
+    ("rl.micro_batches", 4, r"rl.micro_batches=4: a minibatch of 16 samples must split into micro-batches that are "
+                            r"multiples of the 8 batch shards"),
+    ("rl.micro_batches", 2, r"rl.micro_batches=2 with rl.loss.name='clip_cov': its statistics span the minibatch"),
     ("sampling.top_p", 1.5, r"sampling.top_p=1.5"),
     ("sampling.decode_phases", 1000, r"sampling.decode_phases=1000: expected 0 \(automatic\) or at most sampling.max_new"),
     ("rl.loss.name", "ppo2", r"rl.loss.name='ppo2': unknown loss; registered: \['ppo'"),

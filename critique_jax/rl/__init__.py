@@ -18,6 +18,7 @@ from critique_jax.rl.losses import get_loss as get_loss
 from critique_jax.rl.losses import make_loss_config as make_loss_config
 from critique_jax.rl.losses import register_loss as register_loss
 from critique_jax.rl.losses import registered_losses as registered_losses
+from critique_jax.rl.losses import token_separable as token_separable
 from critique_jax.rl.objective import TokenTerms as TokenTerms
 from critique_jax.rl.objective import compute_loss as compute_loss
 from critique_jax.rl.objective import policy_token_terms as policy_token_terms

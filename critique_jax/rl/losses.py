@@ -101,19 +101,25 @@ PolicyLossFn = Callable[[Any, LossInputs, TokenContext], tuple[Array, dict[str, 
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
-    """A registered policy loss: its config class, function and whether it draws random numbers."""
+    """A registered policy loss: its config class, function, whether it draws random numbers, and
+    whether a config of it (``batch_statistics(config)``) reads statistics of the whole batch's
+    log-probs or entropies (covariance top-k, the Clip-Cov band, entropy quantiles)."""
 
     name: str
     config_cls: type[LossConfig]
     fn: PolicyLossFn
     needs_key: bool
+    batch_statistics: Callable[[LossConfig], bool]
 
 
 _REGISTRY: dict[str, LossSpec] = {}
 
 
-def register_loss(config_cls: type[LossConfig], *, needs_key: bool = False):
-    """Decorator: registers ``fn`` under ``config_cls.name``."""
+def register_loss(config_cls: type[LossConfig], *, needs_key: bool = False,
+                  batch_statistics: Callable[[LossConfig], bool] = lambda cfg: False):
+    """Decorator: registers ``fn`` under ``config_cls.name``. ``batch_statistics(config)``: whether
+    the loss's per-token values depend on statistics over the batch's log-probs or entropies
+    (then a batch's gradient is not the sum of its parts', see :func:`token_separable`)."""
 
     def decorator(fn: PolicyLossFn) -> PolicyLossFn:
         name = config_cls.name
@@ -121,7 +127,7 @@ def register_loss(config_cls: type[LossConfig], *, needs_key: bool = False):
             raise ValueError(f"{config_cls.__name__}.name is empty: a registered loss needs a name")
         if name in _REGISTRY:
             raise ValueError(f"loss {name!r} is already registered (by {_REGISTRY[name].fn.__qualname__})")
-        _REGISTRY[name] = LossSpec(name, config_cls, fn, needs_key)
+        _REGISTRY[name] = LossSpec(name, config_cls, fn, needs_key, batch_statistics)
         return fn
 
     return decorator
@@ -177,7 +183,7 @@ def ppo(cfg: PPOConfig, inputs: LossInputs, ctx: TokenContext):
     return loss, {"clipfrac": clipped, "clipfrac_dual": dual}
 
 
-@register_loss(ClipCovConfig, needs_key=True)
+@register_loss(ClipCovConfig, needs_key=True, batch_statistics=lambda cfg: True)
 def clip_cov(cfg: ClipCovConfig, inputs: LossInputs, ctx: TokenContext):
     """Clip-Cov (verl ``compute_policy_loss_clip_cov``), with static shapes.
 
@@ -194,7 +200,7 @@ def clip_cov(cfg: ClipCovConfig, inputs: LossInputs, ctx: TokenContext):
     return loss, {"clipfrac": clipped, "clipfrac_dual": dual, "selected_frac": selected, "band_frac": band}
 
 
-@register_loss(KLCovConfig)
+@register_loss(KLCovConfig, batch_statistics=lambda cfg: True)
 def kl_cov(cfg: KLCovConfig, inputs: LossInputs, ctx: TokenContext):
     """KL-Cov (verl ``compute_policy_loss_kl_cov``): ``-A r`` everywhere (no clip) plus
     ``kl_coef * |lp - old|`` on the top-k valid tokens by covariance (ties: lower index).
@@ -238,7 +244,7 @@ def gppo(cfg: GPPOConfig, inputs: LossInputs, ctx: TokenContext):
     return loss, {"clipfrac": low | high, "clipfrac_dual": dual}
 
 
-@register_loss(CritiqueGRPOConfig)
+@register_loss(CritiqueGRPOConfig, batch_statistics=lambda cfg: cfg.refinement_forking_rho is not None)
 def critique_grpo(cfg: CritiqueGRPOConfig, inputs: LossInputs, ctx: TokenContext):
     """Critique-GRPO (zhangxy-2019/critique-GRPO ``compute_token_on_off_policy_loss`` with
     ``off_policy_reshape="p_div_p_0.1"``): the ``cfg.base`` loss (PPO in the paper) on initial
@@ -276,7 +282,19 @@ def critique_grpo(cfg: CritiqueGRPOConfig, inputs: LossInputs, ctx: TokenContext
     }
 
 
+def _nested(config: LossConfig) -> list[LossConfig]:
+    return [v for f in dataclasses.fields(config) if isinstance(v := getattr(config, f.name), LossConfig)]
+
+
+def token_separable(config: LossConfig) -> bool:
+    """Whether the objective of ``config`` is a sum of per-token terms once the batch's masks are
+    known: no forking mask and no loss (nor wrapped base loss) that reads statistics of the
+    batch's log-probs or entropies. Then a batch's gradient is the sum of its row blocks'
+    (aggregation weights from the whole batch's masks), what ``rl.micro_batches`` relies on."""
+    return (config.forking_rho is None and not get_loss(config.name).batch_statistics(config)
+            and all(token_separable(v) for v in _nested(config)))
+
+
 def loss_needs_key(config: LossConfig) -> bool:
     """Whether the loss of ``config`` (or the base loss it wraps) draws random numbers."""
-    nested = [v for f in dataclasses.fields(config) if isinstance(v := getattr(config, f.name), LossConfig)]
-    return get_loss(config.name).needs_key or any(loss_needs_key(v) for v in nested)
+    return get_loss(config.name).needs_key or any(loss_needs_key(v) for v in _nested(config))

@@ -24,8 +24,10 @@ from jax.sharding import Mesh
 from critique_jax.models import Transformer
 from critique_jax.ops.masked import masked_mean
 from critique_jax.ops.token_stats import chunked_logprobs_and_entropy
+from critique_jax.rl.aggregation import part_weight
 from critique_jax.rl.config import LossConfig
 from critique_jax.rl.inputs import LossInputs
+from critique_jax.rl.losses import token_separable
 from critique_jax.rl.objective import compute_loss
 
 
@@ -197,6 +199,7 @@ def rl_update(
     mesh: Mesh | None = None,
     lr_schedule: Callable | None = None,
     entropy_after: bool = False,
+    micro_batches: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """``epochs x minibatches`` policy-loss steps on one rollout batch; metrics are step means.
 
@@ -206,26 +209,57 @@ def rl_update(
     ``entropy_after``, the mean token entropy of the batch's initial responses under the updated
     parameters (one more forward pass, minibatch by minibatch): with the entropy of the same
     tokens before the update it gives the same-batch entropy change the covariance predicts.
+    ``micro_batches``: each minibatch's gradient as the sum of this many row blocks' (gradient
+    accumulation: activations of one block at a time), weighted by their share of the
+    aggregation; needs a ``token_separable`` loss, so the update is the same up to float
+    rounding; the metrics are computed on the whole minibatch's log-probs and entropies.
     """
     n = batch.tokens.shape[0]
     if n % minibatches:
         raise ValueError(f"rollout batch of {n} sequences is not divisible by minibatches={minibatches}")
     size = n // minibatches
+    if size % micro_batches:
+        raise ValueError(f"minibatch of {size} sequences is not divisible by micro_batches={micro_batches}")
+    if micro_batches > 1 and not token_separable(loss_config):
+        raise ValueError(f"micro_batches={micro_batches}: loss {loss_config.name!r} (or its forking mask) reads "
+                         "statistics of the whole batch, so its gradient is not a sum over row blocks")
+
+    def inputs_of(mb: SequenceBatch, logp: jax.Array, entropy: jax.Array) -> LossInputs:
+        return LossInputs(logp=logp, old_logp=mb.old_logp, advantages=mb.advantages, mask=mb.response_mask,
+                          entropy=entropy, ref_logp=mb.ref_logp, is_refinement=mb.is_refinement)
 
     def loss_fn(params, mb: SequenceBatch, k):
         logp, entropy = response_stats(nnx.merge(graphdef, params), mb, temperature)
-        inputs = LossInputs(logp=logp, old_logp=mb.old_logp, advantages=mb.advantages,
-                            mask=mb.response_mask, entropy=entropy, ref_logp=mb.ref_logp,
-                            is_refinement=mb.is_refinement)
-        return compute_loss(loss_config, inputs, k, mesh=mesh)
+        return compute_loss(loss_config, inputs_of(mb, logp, entropy), k, mesh=mesh)
+
+    def accumulated(params, mb: SequenceBatch, k):
+        """(loss, metrics), grads of ``loss_fn`` summed over ``micro_batches`` row blocks; block
+        j takes rows j, j + m, j + 2m, ... (m = micro_batches), so each keeps the batch's sharding."""
+        blocks = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(size // micro_batches, micro_batches, *x.shape[1:]),
+                                                     0, 1), mb)
+        valid = mb.response_mask > 0
+
+        def block_loss(p, block: SequenceBatch):
+            logp, entropy = response_stats(nnx.merge(graphdef, p), block, temperature)
+            loss, _ = compute_loss(loss_config, inputs_of(block, logp, entropy), k, mesh=mesh)
+            weight = part_weight(block.response_mask > 0, valid, loss_config.agg, loss_config.agg_constant)
+            return weight * loss, (logp, entropy)
+
+        def body(grads, block: SequenceBatch):
+            (_, stats), g = jax.value_and_grad(block_loss, has_aux=True)(params, block)
+            return jax.tree.map(jnp.add, grads, g), stats
+
+        grads, (logp, entropy) = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), blocks)
+        logp, entropy = (jnp.swapaxes(x, 0, 1).reshape(size, -1) for x in (logp, entropy))
+        return compute_loss(loss_config, inputs_of(mb, logp, entropy), k, mesh=mesh), grads
 
     def one(state: TrainState, i):
         epoch, part = i // minibatches, i % minibatches
         perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
         idx = jax.lax.dynamic_slice_in_dim(perm, part * size, size)
         mb = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), batch)
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, mb, jax.random.fold_in(key, 1_000_003 + i))
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True) if micro_batches == 1 else accumulated
+        (loss, metrics), grads = grad_fn(state.params, mb, jax.random.fold_in(key, 1_000_003 + i))
         if lr_schedule is not None:  # the rate optax applies to this update (its count = state.step)
             metrics = {**metrics, "lr": jnp.asarray(lr_schedule(state.step), jnp.float32)}
         state, grad_norm, skipped = _apply(optimizer, state, grads, loss)

@@ -170,8 +170,8 @@ def run_rl(run: Run, ckpt: Checkpointer, sft_params: nnx.State, source: Critique
     elif c.init_from:  # the SFT run evaluated this policy in its own directory; log it here too
         run.writer.write(s, evaluate(run, state.params, s, source))
     update = jax.jit(functools.partial(rl_update, run.graphdef, optimizer, loss_cfg, epochs=c.rl.epochs,
-                                       minibatches=c.rl.minibatches, temperature=c.sampling.temperature,
-                                       mesh=run.mesh, lr_schedule=schedule, entropy_after=c.rl.entropy_change),
+                                       minibatches=c.rl.minibatches, micro_batches=c.rl.micro_batches,
+                                       temperature=c.sampling.temperature, mesh=run.mesh, lr_schedule=schedule, entropy_after=c.rl.entropy_change),
                      donate_argnums=0,
                      out_shardings=(state_shardings(run, state.params, optimizer), None))
     stats_fn = jax.jit(functools.partial(token_stats_fn, run.graphdef, temperature=c.sampling.temperature))

@@ -42,6 +42,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group", type=int, default=8, help="rl.group_size (samples per prompt)")
     p.add_argument("--new-tokens", type=int, default=64, help="sampling.max_new_tokens")
     p.add_argument("--loss", default=None, help="rl.loss.name (default: the quickstart's)")
+    p.add_argument("--micro-batches", type=int, default=1,
+                   help="rl.micro_batches (gradient accumulation; a token-separable --loss, e.g. ppo)")
     p.add_argument("--steps", type=int, default=4, help="timed RL steps (after one compiling step)")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak dense TFLOP/s, for the update's MFU")
 
@@ -58,6 +60,7 @@ def bench_config(args: argparse.Namespace, preset: str, prompts: int) -> ml_coll
     c.rl.steps = args.steps + 2  # > stop_at: the run ends before the final evaluation
     c.rl.prompts_per_step = prompts
     c.rl.group_size = args.group
+    c.rl.micro_batches = args.micro_batches
     if args.loss:
         c.rl.loss.name = args.loss
     c.eval.n_problems = c.eval.batch_prompts = prompts

@@ -74,6 +74,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-tokens", type=int, default=64,
                    help="max response tokens (generate: exact); the trainer needs >= 30 (countdown solutions)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per framework per round (after 1 warm-up)")
+    p.add_argument("--micro-batches", type=int, default=1,
+                   help="ours: rl.micro_batches (the step's gradient summed over row blocks); TRL: "
+                        "gradient_accumulation_steps (per-device batch = samples / micro-batches)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     p.add_argument("--prompt-len", type=int, default=None,
                    help="generate only: prompt tokens (default: the quickstart's prompt bucket)")
@@ -184,7 +187,8 @@ def _trl_round(args, c, hf_dir: str, hf_tok, dataset, reward) -> list[dict]:
         cfg = GRPOConfig(
             output_dir=out, use_cpu=True, bf16=False, fp16=False, report_to=[], logging_strategy="no",
             save_strategy="no", disable_tqdm=True, seed=c.seed, max_steps=args.steps + 1,
-            per_device_train_batch_size=args.prompts * args.group, gradient_accumulation_steps=1,
+            per_device_train_batch_size=args.prompts * args.group // args.micro_batches,
+            gradient_accumulation_steps=args.micro_batches,
             num_generations=args.group, max_completion_length=args.new_tokens, temperature=1.0, top_k=0,
             top_p=1.0, num_iterations=1, beta=0.0, loss_type="dapo", scale_rewards="group", epsilon=0.2,
             learning_rate=c.rl.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=c.rl.weight_decay,
@@ -193,7 +197,9 @@ def _trl_round(args, c, hf_dir: str, hf_tok, dataset, reward) -> list[dict]:
         trainer = GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=dataset,
                               processing_class=hf_tok, callbacks=[Clock()])
         trainer.remove_callback(transformers.PrinterCallback)  # the end-of-training summary line
-        assert trainer.ref_model is None and cfg.steps_per_generation == 1, "a reference or old-log-prob pass"
+        # one generation per optimiser step, so no old-log-prob pass (TRL computes one when they differ)
+        assert trainer.ref_model is None and cfg.steps_per_generation == cfg.gradient_accumulation_steps, \
+            "a reference or old-log-prob pass"
         generate_and_score, rollouts = trainer._generate_and_score_completions, []
 
         def timed(*a, **kw):

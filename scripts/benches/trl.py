@@ -25,7 +25,9 @@ Matched on both sides:
   (std + eps)); the plain clipped surrogate (clip 0.2 both sides) averaged over all response
   tokens of the batch (ours: loss ``ppo``, agg ``token-mean``; TRL: ``loss_type="dapo"``, the same
   normaliser with ``gradient_accumulation_steps=1``); one forward/backward per sample per step and
-  one AdamW update (ours: ``rl.epochs=1``, ``rl.minibatches=1``; TRL: ``num_iterations=1``); no
+  one AdamW update (ours: ``rl.epochs=1``, ``rl.minibatches=1``; TRL: ``num_iterations=1``), its
+  gradient in ``--micro-batches`` row blocks on both sides (ours: ``rl.micro_batches``; TRL:
+  ``gradient_accumulation_steps`` with one generation per optimiser step); no
   reference model (``ref_kl_coef=0`` / ``beta=0``); no old-log-prob pass (ours:
   ``recompute_old_logp=False``, the sampler's log-probs; TRL: with num_iterations=1 it uses the
   detached current log-probs); no entropy-change pass (``rl.entropy_change=False``); constant lr =

@@ -72,6 +72,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-len", type=int, default=512)
     p.add_argument("--new-tokens", type=int, default=1536)
     p.add_argument("--no-sampler", action="store_true", help="compile the update only")
+    p.add_argument("--micro-batches", type=int, default=1,
+                   help="the update's gradient in this many row blocks (rl.micro_batches; the loss is ppo)")
     p.add_argument("--decode-phases", type=int, default=0,
                    help="the sampler's decode phases (SamplerConfig.decode_phases; 0: automatic)")
     p.add_argument("--layers", type=int, nargs="+", default=[0],
@@ -124,10 +126,10 @@ def measure(shape: str, setting: str, devices: int, args: argparse.Namespace, la
                           advantages=rows((n,), jnp.float32), ref_logp=rows((n, length), jnp.float32))
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated(mesh))
     update = jax.jit(functools.partial(rl_update, graphdef, optimizer, make_loss_config("ppo", ref_kl_coef=0.01),
-                                       mesh=mesh), donate_argnums=0)
+                                       mesh=mesh, micro_batches=args.micro_batches), donate_argnums=0)
     param_bytes, adam_bytes = tree_bytes(params, param_sh), tree_bytes(adam, adam_sh)
     row = dict(shape=shape, layers=cfg.n_layers, setting=setting, devices=devices, tensor=args.tensor,
-               batch=f"{n}x{width}",
+               batch=f"{n}x{width}", micro_batches=args.micro_batches,
                state=(param_bytes + adam_bytes) / GIB, ref=param_bytes / GIB)
     with jax.set_mesh(mesh):
         up, row["update_compile_s"] = _compiled(update, state, batch, key)

@@ -210,8 +210,8 @@ def rl_update(
     parameters (one more forward pass, minibatch by minibatch): with the entropy of the same
     tokens before the update it gives the same-batch entropy change the covariance predicts.
     ``micro_batches``: each minibatch's gradient as the sum of this many row blocks' (gradient
-    accumulation: activations of one block at a time), weighted by their share of the
-    aggregation; needs a ``token_separable`` loss, so the update is the same up to float
+    accumulation: activations of one block at a time; summed in float32), weighted by their share
+    of the aggregation; needs a ``token_separable`` loss, so the update is the same up to float
     rounding; the metrics are computed on the whole minibatch's log-probs and entropies.
     """
     n = batch.tokens.shape[0]
@@ -245,11 +245,13 @@ def rl_update(
             weight = part_weight(block.response_mask > 0, valid, loss_config.agg, loss_config.agg_constant)
             return weight * loss, (logp, entropy)
 
-        def body(grads, block: SequenceBatch):
+        def body(grads, block: SequenceBatch):  # summed in float32 whatever the parameters' dtype
             (_, stats), g = jax.value_and_grad(block_loss, has_aux=True)(params, block)
-            return jax.tree.map(jnp.add, grads, g), stats
+            return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g), stats
 
-        grads, (logp, entropy) = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), blocks)
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        grads, (logp, entropy) = jax.lax.scan(body, zeros, blocks)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
         logp, entropy = (jnp.swapaxes(x, 0, 1).reshape(size, -1) for x in (logp, entropy))
         return compute_loss(loss_config, inputs_of(mb, logp, entropy), k, mesh=mesh), grads
 

@@ -477,9 +477,10 @@ def _hf_config(tmp_path, hf_dir, **overrides):
 def test_rl_from_a_pretrained_checkpoint_resumes_exactly(tmp_path, scan_layers):
     """sft.steps=0 from a HF checkpoint: the run starts from its weights (the reference policy
     too), samples with its tokenizer's end ids and pad, and resumes to the straight run's metrics;
-    with ``model.scan_layers`` all of it in the stacked layout (the checkpoints too)."""
+    with ``model.scan_layers`` all of it in the stacked layout (the checkpoints too), and the
+    update's gradient in 2 micro-batches (``rl.micro_batches``)."""
     hf_dir = _write_checkpoint(tmp_path / "ckpt")
-    cfg = _hf_config(tmp_path, hf_dir, **{"model.scan_layers": scan_layers})
+    cfg = _hf_config(tmp_path, hf_dir, **{"model.scan_layers": scan_layers, "rl.micro_batches": 1 + scan_layers})
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(cfg, str(straight))
     run = setup(cfg, str(straight))

@@ -15,9 +15,9 @@ compiles one block and one optimiser step per parameter kind, not ``n_layers`` o
   did: the compiled update kept every layer's attention scores).
 
 The cached forward (the sampler) keeps a Python loop over the layers, taking layer ``i``'s
-slice of the stacked parameters. Hugging Face checkpoints and the per-layer layout convert with
-:func:`stack_layers` / :func:`unstack_layers`. Gemma 2's alternating sliding-window layers are a
-per-layer flag scanned with the parameters.
+slice of the stacked parameters (:func:`unstack_blocks`). Hugging Face checkpoints and the
+per-layer layout convert with :func:`stack_layers` / :func:`unstack_layers`. Gemma 2's
+alternating sliding-window layers are a per-layer flag scanned with the parameters.
 """
 
 from __future__ import annotations
@@ -29,29 +29,37 @@ import jax.numpy as jnp
 from flax import nnx
 
 
+def _stack(trees: Sequence[Any]) -> Any:
+    """Trees of one structure -> one tree of their leaves stacked on a new leading axis."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _unstack(tree: Any) -> list[Any]:
+    """The inverse of :func:`_stack`."""
+    return [jax.tree.map(lambda a: a[i], tree) for i in range(jax.tree.leaves(tree)[0].shape[0])]
+
+
 def stack_blocks(blocks: Sequence[nnx.Module]) -> nnx.Module:
     """One module of ``blocks``' structure whose parameters are theirs stacked on a new leading axis."""
-    graphdef = nnx.split(blocks[0])[0]
-    return nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *(nnx.split(b)[1] for b in blocks)))
+    return nnx.merge(nnx.split(blocks[0])[0], _stack([nnx.split(b)[1] for b in blocks]))
 
 
-def layer(stacked: nnx.Module, i: int) -> nnx.Module:
-    """Layer ``i`` of a :func:`stack_blocks` module, as a module with that layer's parameters."""
+def unstack_blocks(stacked: nnx.Module) -> list[nnx.Module]:
+    """The layers of a :func:`stack_blocks` module, each a module with its slice of the parameters."""
     graphdef, state = nnx.split(stacked)
-    return nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
+    return [nnx.merge(graphdef, layer) for layer in _unstack(state)]
 
 
 def stack_layers(params: dict[str, Any]) -> dict[str, Any]:
     """A pure parameter dict (``nnx.State.to_pure_dict()``) with per-layer ``layers`` (``{0: tree,
     1: tree, ...}``) -> the same with ``layers`` one tree of ``[n_layers, ...]`` arrays."""
     layers = params["layers"]
-    return {**params, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *(layers[i] for i in range(len(layers))))}
+    return {**params, "layers": _stack([layers[i] for i in range(len(layers))])}
 
 
 def unstack_layers(params: dict[str, Any]) -> dict[str, Any]:
     """The inverse of :func:`stack_layers`."""
-    n = jax.tree.leaves(params["layers"])[0].shape[0]
-    return {**params, "layers": {i: jax.tree.map(lambda a: a[i], params["layers"]) for i in range(n)}}
+    return {**params, "layers": dict(enumerate(_unstack(params["layers"])))}
 
 
 def scan_blocks(stacked: nnx.Module, x: jax.Array, positions: jax.Array, mask: jax.Array,

@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from critique_jax.models import layer_scan
 from critique_jax.models.attention import Prefix, attend, attend_cached
 from critique_jax.models.config import ModelConfig
 from critique_jax.models.kv_cache import KVCache
-from critique_jax.models import layer_scan
 from critique_jax.parallel.activations import BATCH, HEADS, constrain
 
 
@@ -252,8 +252,8 @@ class Transformer(nnx.Module):
         if cache is None and cfg.scan_layers:
             return self.final_norm(layer_scan.scan_blocks(self.layers, x, positions, mask, local, policy)), None
         ks, vs = [], []
-        for i in range(cfg.n_layers):
-            block = layer_scan.layer(self.layers, i) if cfg.scan_layers else self.layers[i]
+        blocks = layer_scan.unstack_blocks(self.layers) if cfg.scan_layers else self.layers
+        for i, block in enumerate(blocks):
             layer_mask = local if local is not None and i % 2 == 0 else mask
             if cache is not None:
                 prefix = None if shared is None else (

@@ -228,9 +228,15 @@ def rl_update(
         return LossInputs(logp=logp, old_logp=mb.old_logp, advantages=mb.advantages, mask=mb.response_mask,
                           entropy=entropy, ref_logp=mb.ref_logp, is_refinement=mb.is_refinement)
 
-    def loss_fn(params, mb: SequenceBatch, k):
+    def loss_fn(params, mb: SequenceBatch, k, weight=1.0):
+        """(weight x the loss of ``mb``, (its metrics, log-probs, entropies))."""
         logp, entropy = response_stats(nnx.merge(graphdef, params), mb, temperature)
-        return compute_loss(loss_config, inputs_of(mb, logp, entropy), k, mesh=mesh)
+        loss, metrics = compute_loss(loss_config, inputs_of(mb, logp, entropy), k, mesh=mesh)
+        return weight * loss, (metrics, logp, entropy)
+
+    def one_pass(params, mb: SequenceBatch, k):
+        (loss, (metrics, _, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb, k)
+        return (loss, metrics), grads
 
     def accumulated(params, mb: SequenceBatch, k):
         """(loss, metrics), grads of ``loss_fn`` summed over ``micro_batches`` row blocks; block
@@ -239,15 +245,10 @@ def rl_update(
                                                      0, 1), mb)
         valid = mb.response_mask > 0
 
-        def block_loss(p, block: SequenceBatch):
-            logp, entropy = response_stats(nnx.merge(graphdef, p), block, temperature)
-            loss, _ = compute_loss(loss_config, inputs_of(block, logp, entropy), k, mesh=mesh)
-            weight = part_weight(block.response_mask > 0, valid, loss_config.agg, loss_config.agg_constant)
-            return weight * loss, (logp, entropy)
-
         def body(grads, block: SequenceBatch):  # summed in float32 whatever the parameters' dtype
-            (_, stats), g = jax.value_and_grad(block_loss, has_aux=True)(params, block)
-            return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g), stats
+            weight = part_weight(block.response_mask > 0, valid, loss_config.agg, loss_config.agg_constant)
+            (_, (_, *stats)), g = jax.value_and_grad(loss_fn, has_aux=True)(params, block, k, weight)
+            return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g), tuple(stats)
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
         grads, (logp, entropy) = jax.lax.scan(body, zeros, blocks)
@@ -260,7 +261,7 @@ def rl_update(
         perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
         idx = jax.lax.dynamic_slice_in_dim(perm, part * size, size)
         mb = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), batch)
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True) if micro_batches == 1 else accumulated
+        grad_fn = one_pass if micro_batches == 1 else accumulated
         (loss, metrics), grads = grad_fn(state.params, mb, jax.random.fold_in(key, 1_000_003 + i))
         if lr_schedule is not None:  # the rate optax applies to this update (its count = state.step)
             metrics = {**metrics, "lr": jnp.asarray(lr_schedule(state.step), jnp.float32)}

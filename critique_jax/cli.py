@@ -48,8 +48,9 @@ def define_verbose() -> flags.FlagHolder:
 
 
 def start(argv: list[str], config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Rejects stray arguments, quiets orbax's per-save INFO logs, joins ``jax.distributed``,
-    turns on the persistent compilation cache (:func:`use_compile_cache`).
+    """Rejects stray arguments, quiets orbax's per-save INFO logs, splits the CPU into
+    ``mesh.cpu_devices`` devices, joins ``jax.distributed``, turns on the persistent compilation
+    cache (:func:`use_compile_cache`).
 
     Call it before importing modules that touch devices: multi-process JAX must be
     initialised before the first device query.
@@ -58,10 +59,25 @@ def start(argv: list[str], config: ml_collections.ConfigDict) -> ml_collections.
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger("absl").setLevel(logging.WARNING)
     logging.getLogger("critique_jax").setLevel(logging.INFO)
+    use_cpu_devices(config.mesh.cpu_devices)
     d = config.distributed
     maybe_initialize(d.coordinator_address, d.num_processes, d.process_id)
     use_compile_cache(config.get("compile_cache", ""))  # run configs saved before the key existed: the default
     return config
+
+
+def use_cpu_devices(n: int) -> None:
+    """Splits the CPU into ``n`` JAX devices (``config.mesh.cpu_devices``; 0: leaves JAX's count).
+    Must run before the first device query; after it, a one-line error naming the key."""
+    import jax
+
+    if not n:
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError as e:  # JAX's backends already started: the count is fixed
+        raise ValueError(f"mesh.cpu_devices={n}: set before JAX's first device query, but it already ran "
+                         f"({jax.device_count()} devices)") from e
 
 
 def use_compile_cache(setting: str) -> str | None:

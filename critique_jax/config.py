@@ -76,7 +76,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = dict(preset="small", family="qwen2", dtype="float32", param_dtype="float32", hf_dir="",
                    remat="none", attention="reference", scan_layers=False)
     c.model.overrides = {name: _field(None, t) for name, t in OVERRIDABLE.items()}
-    c.mesh = dict(data=-1, fsdp=1, tensor=1, reference="train", critic="train")
+    # cpu_devices: on the CPU, the host split into this many JAX devices (one per core: the mesh then
+    # shards the batch over the cores, each a thread of its own; README "Benchmarks"); 0 = JAX's
+    # default (one device, or XLA_FLAGS' --xla_force_host_platform_device_count). Set at start-up.
+    c.mesh = dict(data=-1, fsdp=1, tensor=1, reference="train", critic="train", cpu_devices=0)
     c.distributed = dict(coordinator_address="", num_processes=0, process_id=-1)
     c.sampling = dict(prompt_buckets=(24,), max_new_tokens=48, temperature=1.0, top_p=1.0, top_k=0,
                       decode_phases=0)  # the policy sampler's decode phases (0: one per 16 tokens, <= 4)

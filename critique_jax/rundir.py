@@ -28,8 +28,8 @@ RESUMABLE = ("rl.steps", "critic.steps", "self_train.iterations",  # extend (or 
              "checkpoint.async_save",
              "sft.max_bad_steps", "rl.max_bad_steps", "critic.max_bad_steps",
              "distributed.", "data_dir",
-             "model.remat", "model.attention", "rl.micro_batches",  # how the same numbers are computed
-             "sampling.decode_phases")
+             # how the same numbers are computed (a device count: mesh.data=-1 takes whatever there is)
+             "model.remat", "model.attention", "rl.micro_batches", "sampling.decode_phases", "mesh.cpu_devices")
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -139,6 +139,9 @@ def validate(c: ml_collections.ConfigDict, n_devices: int, program: str = "train
 
     for role in ("reference", "critic"):
         need(c.mesh[role] in LAYOUTS, f"mesh.{role}={c.mesh[role]!r}: expected one of {list(LAYOUTS)}")
+    need(not c.mesh.cpu_devices or jax.default_backend() == "cpu",
+         f"mesh.cpu_devices={c.mesh.cpu_devices}: splits the CPU into devices, but this run computes on "
+         f"{jax.default_backend()} (JAX_PLATFORMS); use 0")
     sizes = [c.mesh.data, c.mesh.fsdp, c.mesh.tensor]
     need(sum(s == -1 for s in sizes) <= 1, f"mesh.data/fsdp/tensor={sizes}: at most one may be -1")
     known = 1

@@ -7,6 +7,7 @@
     python scripts/bench.py trl               # vs TRL GRPOTrainer / HF generate (needs pip install -e .[peers])
     python scripts/bench.py memory            # compiled per-device memory of an RL step at 0.5B-7B shapes
     python scripts/bench.py loss --json out.json
+    python scripts/bench.py trl --cpu-devices 2   # the CPU as 2 JAX devices, the batch sharded over them
 
 Each subcommand lives in ``scripts/benches/<name>.py`` with ``add_args(parser)`` and
 ``run(args) -> list[dict]`` (one dict per table row). Timings are wall-clock medians after
@@ -51,9 +52,16 @@ def main(argv: list[str] | None = None) -> None:
         modules[name] = importlib.import_module(f"benches.{name}")
         p = sub.add_parser(name, help=(modules[name].__doc__ or "").strip().splitlines()[0])
         p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+        p.add_argument("--cpu-devices", type=int, default=0,
+                       help="split the CPU into this many JAX devices (config mesh.cpu_devices; 0: JAX's count); "
+                            "sample / rl / trl shard their batch over every device")
         modules[name].add_args(p)
     args = parser.parse_args(argv)
     import jax
+
+    from critique_jax.cli import use_cpu_devices
+
+    use_cpu_devices(args.cpu_devices)
 
     print(f"# {args.bench} on {jax.devices()[0].platform} ({jax.device_count()} devices), jax {jax.__version__}")
     rows = modules[args.bench].run(args)

@@ -95,3 +95,30 @@ def test_a_cloud_workdir_it_cannot_serve_is_refused_before_anything_is_created(t
                                          r"critique_jax_no_such_package package: pip install -e '.\[cloud\]'"):
         train(tiny_config(tmp_path), "gs://bucket/run")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_cpu_devices_split_the_cpu_before_the_first_device_query(monkeypatch):
+    """mesh.cpu_devices=N gives N CPU devices when cli.start runs first (a fresh process: this one's
+    backend is started); once devices were queried, a one-line error naming the key; on another
+    backend, a config error."""
+    import jax
+    import pytest
+
+    from critique_jax import config as config_lib, validation
+    from critique_jax.cli import use_cpu_devices
+
+    code = ("import sys; from critique_jax import cli, config; c = config.default_config(); "
+            "c.mesh.cpu_devices = 3; cli.start(['prog'], c); import jax; print(jax.device_count())")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split()[-1] == "3", out.stderr
+    with pytest.raises(ValueError, match=rf"mesh.cpu_devices=2: set before JAX's first device query, but it "
+                                         rf"already ran \({jax.device_count()} devices\)"):
+        use_cpu_devices(2)
+    use_cpu_devices(0)  # leaves the count as it is
+    c = config_lib.default_config()
+    c.mesh.cpu_devices = 2
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    with pytest.raises(ValueError, match=r"mesh.cpu_devices=2: splits the CPU into devices, but this run computes "
+                                         r"on gpu \(JAX_PLATFORMS\); use 0"):
+        validation.validate(c, n_devices=1)

@@ -61,6 +61,7 @@ def bench_config(args: argparse.Namespace, preset: str, prompts: int) -> ml_coll
     c.rl.prompts_per_step = prompts
     c.rl.group_size = args.group
     c.rl.micro_batches = args.micro_batches
+    c.mesh.cpu_devices = args.cpu_devices  # bench.py applied it; recorded for validation
     if args.loss:
         c.rl.loss.name = args.loss
     c.eval.n_problems = c.eval.batch_prompts = prompts

@@ -1,6 +1,7 @@
 """Sampler throughput: prefill and decode tokens/s, compile time and compiled memory.
 
-Prefill time is measured with a one-token generation; decode tokens/s is
+Every device takes a share of the batch (a data mesh of all devices: ``--cpu-devices`` on a CPU;
+the parameters replicated). Prefill time is measured with a one-token generation; decode tokens/s is
 ``samples x new tokens / (total - prefill)`` with every sample forced to run the whole
 length (no end token). Memory is XLA's compiled estimate (arguments + outputs + temporaries).
 
@@ -24,6 +25,8 @@ import numpy as np
 from flax import nnx
 
 from critique_jax.models import Transformer, flops, model_config
+from critique_jax.parallel.distributed import to_global
+from critique_jax.parallel.mesh import batch_sharding, make_mesh, replicated
 from critique_jax.sampling import SamplerConfig, pad_prompts, sample_keys
 from critique_jax.sampling import sampler as sampler_lib
 
@@ -50,27 +53,34 @@ def _timed(fn, repeats: int) -> float:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    mesh = make_mesh()
+    with jax.set_mesh(mesh):  # the model's activation constraints read it
+        return _rows(args, mesh)
+
+
+def _rows(args: argparse.Namespace, mesh: jax.sharding.Mesh) -> list[dict]:
     cfg = model_config(args.preset, args.vocab, max_seq_len=args.prompt_len + args.new_tokens)
     graphdef, state = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
+    state = jax.device_put(state, replicated(mesh))
     rows = []
     for b in args.batch:
+        sampler_lib.check_batch(b, args.group, mesh)
         rng = np.random.default_rng(0)
         pb = pad_prompts([list(rng.integers(4, args.vocab, args.prompt_len)) for _ in range(b)], [args.prompt_len], 0)
         n = b * args.group
-        keys = sample_keys(0, range(b), args.group)
-        temp = jnp.ones((n,), jnp.float32)
-        top_k, top_p = jnp.zeros((n,), jnp.int32), jnp.ones((n,), jnp.float32)
+        shard = lambda x: to_global(x, batch_sharding(mesh, x.ndim))  # noqa: E731
+        keys = jax.random.wrap_key_data(shard(np.asarray(jax.random.key_data(sample_keys(0, range(b), args.group)))))
+        inputs = [shard(pb.tokens), shard(pb.valid), keys, shard(np.ones((n,), np.float32)),
+                  shard(np.zeros((n,), np.int32)), shard(np.ones((n,), np.float32))]
 
         def call(length: int):
             sc = SamplerConfig(max_new_tokens=length, eos_ids=(-1,), pad_id=0)  # never ends early
-            return lambda: sampler_lib._generate(graphdef, state, pb.tokens, pb.valid, keys, temp, top_k, top_p,
-                                                 cfg=sc, group_size=args.group)
+            return lambda: sampler_lib._generate(graphdef, state, *inputs, cfg=sc, group_size=args.group)
 
         full, prefill = call(args.new_tokens), call(1)
         sc_full = SamplerConfig(max_new_tokens=args.new_tokens, eos_ids=(-1,), pad_id=0)
         t0 = time.perf_counter()
-        compiled = sampler_lib._generate.lower(graphdef, state, pb.tokens, pb.valid, keys, temp, top_k, top_p,
-                                               cfg=sc_full, group_size=args.group).compile()
+        compiled = sampler_lib._generate.lower(graphdef, state, *inputs, cfg=sc_full, group_size=args.group).compile()
         compile_s = time.perf_counter() - t0
         mem = compiled.memory_analysis()
         jax.block_until_ready(full())

@@ -2,7 +2,9 @@
 
 Needs the ``peers`` extra (torch, transformers, trl, accelerate: imported inside :func:`run` only).
 torch: CPU, ``torch.set_num_threads(os.cpu_count())`` (every core; ``--torch-threads``: on a machine
-busy with other work torch's OpenMP threads wait on each other, many-fold slower); JAX: bench.py's.
+busy with other work torch's OpenMP threads wait on each other, many-fold slower); JAX: bench.py's
+devices (``--cpu-devices N``: the CPU as N devices; our trainer's mesh and sampler shard the batch
+over them, one thread each, where torch splits each op over its threads).
 
 Matched on both sides:
 
@@ -217,10 +219,11 @@ def _trl_round(args, c, hf_dir: str, hf_tok, dataset, reward) -> list[dict]:
     return [dict(rollout_s=r, update_s=s - r, step_s=s, resp_tokens=t) for s, (r, t) in list(zip(steps, rollouts))[1:]]
 
 
-def _generators(args, model, hf_dir: str, tok):
-    """(HF generate, our sampler) closures over the same random prompts; each returns seconds."""
+def _generators(args, run, model, hf_dir: str, tok):
+    """(HF generate, our sampler) closures over the same random prompts; each returns seconds. Ours
+    runs as the trainer's rollouts do: on the run's mesh (every device, ``--cpu-devices``), the
+    batch sharded over it, the parameters in the run's layout."""
     import jax
-    import jax.numpy as jnp
     import torch
     import transformers
     from flax import nnx
@@ -243,15 +246,16 @@ def _generators(args, model, hf_dir: str, tok):
         return time.perf_counter() - t0
 
     graphdef, state = nnx.split(model)
+    state = jax.device_put(state, run.param_sh)
     pb = pad_prompts([list(p) for p in prompts], [plen], tok.pad_id)
-    keys = sample_keys(0, range(b), g)
-    temp, top_k, top_p = jnp.ones((b * g,)), jnp.zeros((b * g,), jnp.int32), jnp.ones((b * g,))
+    inputs = [run.shard(x) for x in (pb.tokens, pb.valid, sample_keys(0, range(b), g), np.ones((b * g,), np.float32),
+                                      np.zeros((b * g,), np.int32), np.ones((b * g,), np.float32))]
     sc = SamplerConfig(max_new_tokens=new, eos_ids=(-1,), pad_id=tok.pad_id)  # never ends early
 
     def our_call() -> float:
         t0 = time.perf_counter()
-        jax.block_until_ready(sampler_lib._generate(graphdef, state, pb.tokens, pb.valid, keys, temp, top_k, top_p,
-                                                    cfg=sc, group_size=g))
+        with jax.set_mesh(run.mesh):
+            jax.block_until_ready(sampler_lib._generate(graphdef, state, *inputs, cfg=sc, group_size=g))
         return time.perf_counter() - t0
 
     return hf_call, our_call
@@ -288,7 +292,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         def countdown_reward(completions, pid, **_):
             return [float(r) for r in task.rewards([problems[i] for i in pid], completions)]
 
-        hf_call, our_call = _generators(args, model, hf_dir, tok)
+        hf_call, our_call = _generators(args, run, model, hf_dir, tok)
         hf_call(), our_call()  # warm-up / compile, excluded
         timed: dict[str, dict[str, list[float]]] = {"critique_jax": {}, "trl": {}}
         for r in range(args.rounds):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 from typing import Any, Iterator
 
@@ -31,6 +32,8 @@ from critique_jax.sampling import SamplerConfig, SamplingSettings
 from critique_jax.tasks import Task, get_task
 from critique_jax.text import Tokenizer, default_cache_dir
 from critique_jax.text.prompt_format import PromptFormat, prompt_format
+
+log = logging.getLogger("critique_jax")
 
 
 @dataclasses.dataclass
@@ -100,6 +103,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, program: str = "train
     if is_main_process():
         lock_run_dir(workdir)
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    log.info("mesh data x fsdp x tensor = %s over %d %s devices in %d process(es)",
+             " x ".join(str(n) for n in mesh.shape.values()), mesh.size, jax.default_backend(), jax.process_count())
     task = get_task(config.task.name)
     data_dir = config.data_dir or os.path.join(default_cache_dir(), "data")
 

@@ -14,7 +14,9 @@ import os
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Sharding
+from jax.sharding import Mesh, Sharding
+
+from critique_jax.parallel.mesh import batch_sharding
 
 
 def maybe_initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1) -> None:
@@ -41,6 +43,13 @@ def to_global(x: np.ndarray, sharding: Sharding) -> jax.Array:
     """A global array from the full host array ``x`` (identical on every process)."""
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def shard_batch(x: np.ndarray | jax.Array, mesh: Mesh) -> jax.Array:
+    """A global array sharded over ``mesh``'s batch axes from a full host array (or an array of PRNG keys)."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(shard_batch(np.asarray(jax.random.key_data(x)), mesh))
+    return to_global(x, batch_sharding(mesh, np.ndim(x)))
 
 
 def to_host(x: jax.Array) -> np.ndarray:

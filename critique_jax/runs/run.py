@@ -22,8 +22,8 @@ from critique_jax import storage, validation
 from critique_jax.data import TaskSource, build_task_dataset
 from critique_jax.metrics import MetricsWriter
 from critique_jax.models import ModelConfig
-from critique_jax.parallel.distributed import is_main_process, to_global
-from critique_jax.parallel.mesh import batch_sharding, make_mesh
+from critique_jax.parallel.distributed import is_main_process, shard_batch
+from critique_jax.parallel.mesh import make_mesh
 from critique_jax.rl import policy_init
 from critique_jax.runlock import lock_run_dir
 from critique_jax.runs import roles
@@ -79,9 +79,7 @@ class Run:
 
     def shard(self, x: np.ndarray | jax.Array) -> jax.Array:
         """A global batch-sharded array from a full host array (or an array of PRNG keys)."""
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return jax.random.wrap_key_data(self.shard(np.asarray(jax.random.key_data(x))))
-        return to_global(x, batch_sharding(self.mesh, np.ndim(x)))
+        return shard_batch(x, self.mesh)
 
     @property
     def prompt_width(self) -> int:

@@ -25,8 +25,8 @@ import numpy as np
 from flax import nnx
 
 from critique_jax.models import Transformer, flops, model_config
-from critique_jax.parallel.distributed import to_global
-from critique_jax.parallel.mesh import batch_sharding, make_mesh, replicated
+from critique_jax.parallel.distributed import shard_batch
+from critique_jax.parallel.mesh import make_mesh, replicated
 from critique_jax.sampling import SamplerConfig, pad_prompts, sample_keys
 from critique_jax.sampling import sampler as sampler_lib
 
@@ -68,10 +68,9 @@ def _rows(args: argparse.Namespace, mesh: jax.sharding.Mesh) -> list[dict]:
         rng = np.random.default_rng(0)
         pb = pad_prompts([list(rng.integers(4, args.vocab, args.prompt_len)) for _ in range(b)], [args.prompt_len], 0)
         n = b * args.group
-        shard = lambda x: to_global(x, batch_sharding(mesh, x.ndim))  # noqa: E731
-        keys = jax.random.wrap_key_data(shard(np.asarray(jax.random.key_data(sample_keys(0, range(b), args.group)))))
-        inputs = [shard(pb.tokens), shard(pb.valid), keys, shard(np.ones((n,), np.float32)),
-                  shard(np.zeros((n,), np.int32)), shard(np.ones((n,), np.float32))]
+        inputs = [shard_batch(x, mesh) for x in (pb.tokens, pb.valid, sample_keys(0, range(b), args.group),
+                                                 np.ones((n,), np.float32), np.zeros((n,), np.int32),
+                                                 np.ones((n,), np.float32))]
 
         def call(length: int):
             sc = SamplerConfig(max_new_tokens=length, eos_ids=(-1,), pad_id=0)  # never ends early
